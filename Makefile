@@ -1,0 +1,35 @@
+# One command each: `make test` (everything CI runs) and `make demo` (a private Prosody + the bot).
+# Both work on a fresh Debian machine as root: they create .venv and install what is missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: test lint demo prosody clean
+
+test: $(VENV)/.installed prosody lint
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check bot tests benchmarks
+	$(BIN)/ruff format --check bot tests benchmarks
+
+demo: $(VENV)/.installed prosody
+	$(BIN)/xmpp-active-users demo
+
+# The Python environment, rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Prosody and mod_privilege (prosody-modules) from Debian, only when missing.
+prosody:
+	@if ! command -v prosody >/dev/null || [ ! -f /usr/lib/prosody/modules/mod_privilege.lua ]; then \
+		echo "Installing Debian packages prosody and prosody-modules..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody prosody-modules; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
