@@ -1,0 +1,222 @@
+"""The settings: one frozen object, read from a TOML file and validated once, at start.
+
+Every problem is reported as one line that names the file, the key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from slixmpp.jid import JID, InvalidJID
+
+SECRET_ENV = "XMPP_ACTIVE_USERS_SECRET"
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the admin who has to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    component_jid: str
+    secret: str
+    server_host: str
+    server_port: int
+    domains: tuple[str, ...]
+    admins: frozenset[str]
+    store_path: Path
+    flush_interval: float
+    first_count_after: float
+    count_interval: float
+    count_jitter: float
+
+
+# section -> key -> (required, parser, default). Parsers raise ValueError with the fix in words.
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"must be zero or a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"must be a TCP port number (1-65535), got {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _domain(value: Any) -> str:
+    text = _text(value)
+    try:
+        jid = JID(text)
+    except InvalidJID as exc:
+        raise ValueError(f"{text!r} is not a valid domain ({exc})") from None
+    if jid.user or jid.resource:
+        raise ValueError(f"{text!r} must be a bare domain such as 'example.org'")
+    return jid.domain
+
+
+def _bare_jid(value: Any) -> str:
+    text = _text(value)
+    try:
+        jid = JID(text)
+    except InvalidJID as exc:
+        raise ValueError(f"{text!r} is not a valid JID ({exc})") from None
+    if not jid.user or jid.resource:
+        raise ValueError(f"{text!r} must be a bare JID such as 'admin@example.org'")
+    return jid.bare
+
+
+def _list_of(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
+    def parse(value: Any) -> tuple[T, ...]:
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"must be a non-empty list, got {value!r}")
+        return tuple(dict.fromkeys(item(v) for v in value))  # de-duplicated, order kept
+
+    return parse
+
+
+_SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
+    # key: (required, parser, default, example shown in errors)
+    "component": {
+        "jid": (True, _domain, None, 'jid = "active.example.org"'),
+        "secret": (False, _text, None, 'secret = "the component_secret of your server"'),
+        "secret_file": (False, _text, None, 'secret_file = "/etc/xmpp-active-users/secret"'),
+    },
+    "server": {
+        "host": (False, _text, "127.0.0.1", 'host = "127.0.0.1"'),
+        "port": (False, _port, 5347, "port = 5347"),
+    },
+    "counting": {
+        "domains": (True, _list_of(_domain), None, 'domains = ["example.org"]'),
+        "first_count_after": (False, _non_negative_number, 15.0, "first_count_after = 15"),
+        "interval": (False, _positive_number, 3600.0, "interval = 3600"),
+        "jitter": (False, _non_negative_number, 300.0, "jitter = 300"),
+    },
+    "access": {
+        "admins": (True, _list_of(_bare_jid), None, 'admins = ["admin@example.org"]'),
+    },
+    "store": {
+        "path": (True, _text, None, 'path = "/var/lib/xmpp-active-users/activity.db"'),
+        "flush_interval": (False, _positive_number, 1.0, "flush_interval = 1.0"),
+    },
+}
+
+
+def load_settings(
+    path: Path, *, environ: Mapping[str, str] | None = None, need_secret: bool = True
+) -> Settings:
+    """Read and validate the config file; raise ConfigError with a one-line explanation.
+
+    `need_secret=False` serves commands that only read the store (`count`), so that an admin
+    without access to the secret can still run them.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; copy config.example.toml there and edit it"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+    values = _validate(path, raw)
+    secret = _resolve_secret(path, values, environ) if need_secret else ""
+    store_path = Path(values["store.path"]).expanduser()
+    if not store_path.is_absolute():  # relative to the config file, not to the working directory
+        store_path = path.resolve().parent / store_path
+    return Settings(
+        component_jid=values["component.jid"],
+        secret=secret,
+        server_host=values["server.host"],
+        server_port=values["server.port"],
+        domains=values["counting.domains"],
+        admins=frozenset(values["access.admins"]),
+        store_path=store_path,
+        flush_interval=values["store.flush_interval"],
+        first_count_after=values["counting.first_count_after"],
+        count_interval=values["counting.interval"],
+        count_jitter=values["counting.jitter"],
+    )
+
+
+def _validate(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for section in raw:
+        if section not in _SCHEMA:
+            raise ConfigError(
+                f"{path}: unknown section [{section}]; known sections: "
+                + ", ".join(f"[{s}]" for s in _SCHEMA)
+            )
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{path}: {section} must be a [{section}] table")
+    for section, keys in _SCHEMA.items():
+        table = raw.get(section, {})
+        for key in table:
+            if key not in keys:
+                raise ConfigError(
+                    f"{path}: [{section}] has unknown key {key!r}; known keys: " + ", ".join(keys)
+                )
+        for key, (required, parse, default, example) in keys.items():
+            if key not in table:
+                if required:
+                    raise ConfigError(f"{path}: [{section}] {key} is missing; add: {example}")
+                values[f"{section}.{key}"] = default
+                continue
+            try:
+                values[f"{section}.{key}"] = parse(table[key])
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{path}: [{section}] {key} {exc}; for example: {example}"
+                ) from None
+    return values
+
+
+def _resolve_secret(path: Path, values: dict[str, Any], environ: Mapping[str, str]) -> str:
+    """The environment variable wins (containers); else exactly one of secret / secret_file."""
+    if environ.get(SECRET_ENV, "").strip():
+        return environ[SECRET_ENV].strip()
+    secret, secret_file = values["component.secret"], values["component.secret_file"]
+    if secret and secret_file:
+        raise ConfigError(
+            f"{path}: [component] has both secret and secret_file; keep only one of them"
+        )
+    if secret_file:
+        file = Path(secret_file).expanduser()
+        if not file.is_absolute():
+            file = path.resolve().parent / file
+        try:
+            secret = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: [component] secret_file {str(file)!r} cannot be read ({exc.strerror})"
+            ) from None
+        if not secret:
+            raise ConfigError(f"{path}: [component] secret_file {str(file)!r} is empty")
+    if not secret:
+        raise ConfigError(
+            f"{path}: [component] secret is missing; add secret = \"...\" or "
+            f"secret_file = \"...\", or set the environment variable {SECRET_ENV}"
+        )
+    return secret
