@@ -1,0 +1,129 @@
+"""Command line: `xmpp-active-users SUBCOMMAND --config FILE` (also `python -m bot`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .activity import ActivityTracker
+from .config import ConfigError, load_settings
+from .counter import Counts, window_label
+from .store import Store, StoreError
+
+log = logging.getLogger("xmpp_active_users")
+
+DESCRIPTION = """\
+Count the daily, weekly and monthly active users (DAU, WAU, MAU) of an XMPP server.
+
+The bot is an external component (XEP-0114): your server forwards it the presence of its users
+(XEP-0356 privileged entity), it keeps each user's last login and logout in a local store, and
+answers admins with the figures. A user is active within a window if online now, or if their last
+login or logout happened within it (the rule of Prosody's mod_measure_active_users).
+"""
+
+EPILOG = """\
+examples:
+  xmpp-active-users count --config /etc/xmpp-active-users/config.toml
+  xmpp-active-users count --config config.toml --json
+
+Start from config.example.toml; every key is explained there.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except (ConfigError, StoreError) as exc:
+        print(f"xmpp-active-users: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmpp-active-users",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    count = commands.add_parser(
+        "count",
+        help="print the figures from the store (safe while the bot runs)",
+        description=(
+            "Print DAU, WAU and MAU, the users and sessions online, and the users known, read "
+            "from the store. Reads only: safe while the bot runs. When the bot is not running, "
+            "sessions it left open are treated as ended at its last sign of life."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_argument(count)
+    count.add_argument("--json", action="store_true", help="print one JSON object instead")
+    count.set_defaults(handler=_count)
+    return parser
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the TOML config file (start from config.example.toml)",
+    )
+
+
+def _count(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, need_secret=False)
+    now = int(time.time())
+    with Store(settings.store_path, readonly=True) as store:
+        tracker = ActivityTracker(store, settings.domains)
+        tracker.load(now, close_stale_sessions=not store.writer_running)
+        counts = tracker.counts(now)
+        bot_running = store.writer_running
+    if args.json:
+        print(json.dumps(counts_as_json(counts) | {"bot_running": bot_running}))
+    else:
+        when = _iso(counts.computed_at)
+        print(f"Active users of {', '.join(settings.domains)} at {when}:")
+        for window, active in counts.active.items():
+            print(f"  last {window_label(window):<9} {active:>9}")
+        print(f"  online now     {counts.online_users:>9} users, {counts.online_sessions} sessions")
+        print(f"  known users    {counts.known_users:>9}")
+        if not bot_running:
+            print("(the bot is not running: online figures are as of its last stop)")
+    return 0
+
+
+def counts_as_json(counts: Counts) -> dict[str, object]:
+    return {
+        "computed_at": _iso(counts.computed_at),
+        "dau": counts.dau,
+        "wau": counts.wau,
+        "mau": counts.mau,
+        "online_users": counts.online_users,
+        "online_sessions": counts.online_sessions,
+        "known_users": counts.known_users,
+    }
+
+
+def _iso(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

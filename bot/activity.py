@@ -1,0 +1,169 @@
+"""Sessions, logins and logouts: turns presence-shaped events into records and index updates.
+
+Knows nothing of XMPP stanzas: the component hands it bare JIDs, resources and the time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .counter import DEFAULT_WINDOWS, ActivityIndex, Counts
+from .model import UserRecord, domain_of
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    users: int
+    recovered_sessions: int  # sessions left online by a stop or crash, closed at the heartbeat
+    closed_at: int
+
+
+class ActivityTracker:
+    """The live state: one ActivityIndex per counted domain, and the online users' records.
+
+    Every change goes to the store (grouped writes) and to the index, in that order of truth:
+    the store is what survives, the index is what answers.
+    """
+
+    def __init__(self, store: Store, domains: Iterable[str]) -> None:
+        self._store = store
+        self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
+        self._online: dict[str, UserRecord] = {}  # bare JID -> record, online users only
+        self._unconfirmed: set[tuple[str, str]] | None = None  # during a resync, see below
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self._indexes)
+
+    def load(self, now: int, *, close_stale_sessions: bool = True) -> LoadReport:
+        """Build the indexes from the store, closing sessions a stop or crash left open.
+
+        Those sessions end at the store's heartbeat: the last time the writer was known alive.
+        A reader of a store whose writer is running passes `close_stale_sessions=False`: there
+        the stored sessions are live. Users of domains no longer configured stay, uncounted.
+        """
+        closed_at = self._store.heartbeat or now
+        self._indexes = {domain: ActivityIndex() for domain in self._indexes}
+        self._online.clear()
+        recovered = 0
+        stale: list[tuple[str, UserRecord]] = []
+
+        def counted_records(domain: str) -> Iterator[UserRecord]:
+            nonlocal recovered
+            for bare_jid, record in self._store.users():
+                if domain_of(bare_jid) != domain:
+                    continue
+                if record.sessions and close_stale_sessions:
+                    recovered += len(record.sessions)
+                    record = record._replace(
+                        last_logout=max(record.last_logout, closed_at), sessions=()
+                    )
+                    stale.append((bare_jid, record))
+                elif record.sessions:
+                    self._online[bare_jid] = record
+                yield record
+
+        # One streamed pass per domain (domains are few): memory stays one int per offline user.
+        for domain, index in self._indexes.items():
+            index.load(counted_records(domain))
+        for bare_jid, record in stale:
+            self._store.put(bare_jid, record)
+        users = sum(index.known_users for index in self._indexes.values())
+        return LoadReport(users=users, recovered_sessions=recovered, closed_at=closed_at)
+
+    def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:
+        """All counted domains together (domains never share a user, so the sums are exact)."""
+        windows = tuple(windows)
+        parts = [index.counts(now, windows) for index in self._indexes.values()]
+        return Counts(
+            computed_at=now,
+            active={w: sum(part.active[w] for part in parts) for w in windows},
+            online_users=sum(part.online_users for part in parts),
+            online_sessions=sum(part.online_sessions for part in parts),
+            known_users=sum(part.known_users for part in parts),
+        )
+
+    def counts_by_domain(
+        self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS
+    ) -> dict[str, Counts]:
+        windows = tuple(windows)
+        return {domain: index.counts(now, windows) for domain, index in self._indexes.items()}
+
+    def online_sessions(self) -> set[tuple[str, str]]:
+        return {(bare, res) for bare, record in self._online.items() for res in record.sessions}
+
+    # --- events ----------------------------------------------------------------------------
+
+    def counts_domain(self, bare_jid: str) -> bool:
+        return domain_of(bare_jid) in self._indexes and "@" in bare_jid
+
+    def session_started(self, bare_jid: str, resource: str, now: int) -> bool:
+        """A session became available. Returns False if nothing changed (not counted, or an
+        already known session whose presence merely changed)."""
+        if not self.counts_domain(bare_jid):
+            return False
+        if self._unconfirmed is not None:
+            self._unconfirmed.discard((bare_jid, resource))
+        before = self._record(bare_jid)
+        if before is not None and resource in before.sessions:
+            return False
+        if before is None:
+            after = UserRecord(first_seen=now, last_login=now, last_logout=0, sessions=(resource,))
+        else:
+            after = before._replace(
+                last_login=max(before.last_login, now), sessions=(*before.sessions, resource)
+            )
+        self._apply(bare_jid, before, after)
+        return True
+
+    def session_ended(self, bare_jid: str, resource: str, now: int) -> bool:
+        """A session became unavailable. An unknown session still counts as activity (its
+        start was missed, for example while the connection was down)."""
+        if not self.counts_domain(bare_jid):
+            return False
+        if self._unconfirmed is not None:
+            self._unconfirmed.discard((bare_jid, resource))
+        before = self._record(bare_jid)
+        if before is None:
+            after = UserRecord(first_seen=now, last_login=0, last_logout=now)
+        else:
+            sessions = tuple(s for s in before.sessions if s != resource)
+            after = before._replace(last_logout=max(before.last_logout, now), sessions=sessions)
+        self._apply(bare_jid, before, after)
+        return True
+
+    # --- reconnection ----------------------------------------------------------------------
+
+    def begin_resync(self) -> None:
+        """The connection came back: the server is about to re-announce every online session.
+        Sessions it does not re-announce (or end) before `end_resync` are gone."""
+        self._unconfirmed = self.online_sessions()
+
+    def end_resync(self, ended_at: int) -> int:
+        """Close the sessions not re-announced since `begin_resync`, at `ended_at` (the time
+        the connection dropped). Returns how many were closed."""
+        unconfirmed, self._unconfirmed = self._unconfirmed or set(), None
+        for bare_jid, resource in sorted(unconfirmed):
+            self.session_ended(bare_jid, resource, ended_at)
+        return len(unconfirmed)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _record(self, bare_jid: str) -> UserRecord | None:
+        # Online users' records stay in memory; others are read from the store (its pending
+        # writes first, then one indexed SQLite lookup) only when they log in.
+        record = self._online.get(bare_jid)
+        return record if record is not None else self._store.get(bare_jid)
+
+    def _apply(self, bare_jid: str, before: UserRecord | None, after: UserRecord) -> None:
+        self._store.put(bare_jid, after)
+        self._indexes[domain_of(bare_jid)].replace(before, after)
+        if after.sessions:
+            self._online[bare_jid] = after
+        else:
+            self._online.pop(bare_jid, None)

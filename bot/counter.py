@@ -1,0 +1,111 @@
+"""The index behind the figures: any window's active-user count in O(log n), never a scan.
+
+The seed's rule (mod_measure_active_users): a user is active within a window if online now, or if
+`now - max(last login, last logout) < window`. So the index keeps the number of online users and a
+sorted list of `last_active` for the users who are offline: the offline users active within the
+window are those with `last_active > now - window`, which one bisection finds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sortedcontainers import SortedList
+
+from .model import UserRecord
+
+DAY = 86_400
+DEFAULT_WINDOWS: tuple[int, ...] = (DAY, 7 * DAY, 30 * DAY)
+
+
+def window_label(seconds: int) -> str:
+    """ "24 hours", "7 days", "90 days": how people say a window."""
+    if seconds % DAY == 0 and seconds > DAY:
+        return f"{seconds // DAY} days"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} hours"
+    return f"{seconds} seconds"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The figures at one instant. `active` maps a window in seconds to its count."""
+
+    computed_at: int
+    active: Mapping[int, int]
+    online_users: int
+    online_sessions: int
+    known_users: int
+
+    @property
+    def dau(self) -> int:
+        return self.active[DAY]
+
+    @property
+    def wau(self) -> int:
+        return self.active[7 * DAY]
+
+    @property
+    def mau(self) -> int:
+        return self.active[30 * DAY]
+
+
+@dataclass
+class ActivityIndex:
+    """Counts for one set of users, updated in O(log n) per change of one user's record."""
+
+    _offline_last_active: SortedList = field(default_factory=SortedList)
+    online_users: int = 0
+    online_sessions: int = 0
+    known_users: int = 0
+
+    @classmethod
+    def build(cls, records: Iterable[UserRecord]) -> ActivityIndex:
+        """The index of many records at once: one sort instead of n insertions."""
+        index = cls()
+        index.load(records)
+        return index
+
+    def load(self, records: Iterable[UserRecord]) -> None:
+        """Add many records; only one int per offline user is kept (records are streamed)."""
+        offline: list[int] = []
+        for record in records:
+            self.known_users += 1
+            if record.sessions:
+                self.online_users += 1
+                self.online_sessions += len(record.sessions)
+            else:
+                offline.append(record.last_active)
+        self._offline_last_active.update(offline)
+
+    def replace(self, before: UserRecord | None, after: UserRecord | None) -> None:
+        """Account for one user's record changing from `before` to `after` (None: absent)."""
+        if before is not None:
+            self.known_users -= 1
+            if before.sessions:
+                self.online_users -= 1
+                self.online_sessions -= len(before.sessions)
+            else:
+                self._offline_last_active.remove(before.last_active)
+        if after is not None:
+            self.known_users += 1
+            if after.sessions:
+                self.online_users += 1
+                self.online_sessions += len(after.sessions)
+            else:
+                self._offline_last_active.add(after.last_active)
+
+    def active(self, now: int, window: int) -> int:
+        """Users online now or with `now - last_active < window`."""
+        offline = self._offline_last_active
+        return self.online_users + len(offline) - offline.bisect_right(now - window)
+
+    def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:
+        return Counts(
+            computed_at=now,
+            active={window: self.active(now, window) for window in windows},
+            online_users=self.online_users,
+            online_sessions=self.online_sessions,
+            known_users=self.known_users,
+        )

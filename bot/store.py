@@ -1,0 +1,361 @@
+"""The activity store: a `shelve.Shelf` over a crash-safe SQLite mapping.
+
+File layout is CPython 3.13's `dbm.sqlite3` (one table `Dict(key BLOB, value BLOB)`, WAL mode), so
+`shelve.open(path)` on Python 3.13 reads a store written here. We do not use `dbm.sqlite3` itself,
+even where present: it commits every single write, and we group writes into one transaction per
+flush interval, so the presence path never waits for the disk.
+
+Values are primitives only (tuples of ints and strings), never our own classes, so no pickle ever
+depends on this package's code. Keys:
+    "meta:schema"     -> int, SCHEMA_VERSION
+    "meta:heartbeat"  -> int, the last time (Unix seconds) the writer was known alive
+    "user:<bare JID>" -> (first_seen, last_login, last_logout, (resource, ...))
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pickle
+import shelve
+import socket
+import sqlite3
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from .model import UserRecord
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arrives
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_USER = "user:"
+_SCHEMA_KEY = "meta:schema"
+_HEARTBEAT_KEY = "meta:heartbeat"
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says why and what to do."""
+
+
+class StoreLockedError(StoreError):
+    """Another process has the store open for writing."""
+
+
+class StoreCorruptError(StoreError):
+    """The file is not a store of ours (or not a readable one). It is never modified."""
+
+
+class SqliteDict(MutableMapping[bytes, bytes]):
+    """bytes -> bytes in SQLite, with the table layout of CPython 3.13's dbm.sqlite3.
+
+    Autocommit outside `transaction()`, so a writer groups its writes explicitly.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool) -> None:
+        mode = "ro" if readonly else "rwc"
+        uri = f"file:{quote(str(path))}?mode={mode}"
+        self._cx = sqlite3.connect(uri, uri=True, isolation_level=None)
+        if not readonly:
+            self._cx.execute("PRAGMA journal_mode = wal")
+            # WAL + NORMAL: a commit survives a crash of this process (kill -9) without an fsync
+            # per commit; only a power loss may take back the last commits, never corrupt the file.
+            self._cx.execute("PRAGMA synchronous = NORMAL")
+            self._cx.execute(
+                "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
+            )
+
+    def has_dict_table(self) -> bool:
+        row = self._cx.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'"
+        ).fetchone()
+        return row is not None
+
+    def __getitem__(self, key: bytes) -> bytes:
+        row = self._cx.execute(
+            "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)", (key,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return bytes(row[0])
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._cx.execute(
+            "REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))",
+            (key, value),
+        )
+
+    def __delitem__(self, key: bytes) -> None:
+        if self._cx.execute("DELETE FROM Dict WHERE key = CAST(? AS BLOB)", (key,)).rowcount == 0:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for (key,) in self._cx.execute("SELECT key FROM Dict"):
+            yield bytes(key)
+
+    def __len__(self) -> int:
+        return int(self._cx.execute("SELECT COUNT(key) FROM Dict").fetchone()[0])
+
+    def items_with_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """All pairs whose key starts with `prefix`, in one query (not one query per key)."""
+        upper = prefix[:-1] + bytes([prefix[-1] + 1])
+        rows = self._cx.execute(
+            "SELECT key, value FROM Dict WHERE key >= CAST(? AS BLOB) AND key < CAST(? AS BLOB)",
+            (prefix, upper),
+        )
+        for key, value in rows:
+            yield bytes(key), bytes(value)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._cx.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._cx.execute("ROLLBACK")
+            raise
+        self._cx.execute("COMMIT")
+
+    def close(self) -> None:
+        self._cx.close()
+
+
+class _Shelf(shelve.Shelf):  # type: ignore[type-arg]
+    """A Shelf that can also read a key range in one query (start-up load of all users)."""
+
+    dict: SqliteDict
+
+    def items_with_prefix(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        encoding = self.keyencoding
+        for key, value in self.dict.items_with_prefix(prefix.encode(encoding)):
+            yield key.decode(encoding), pickle.loads(value)
+
+
+class Store:
+    """Per-user activity records and the writer's heartbeat, with grouped writes.
+
+    One writer at a time (a lock file beside the store says who); any number of readers.
+    `put()` only remembers the record; `flush()` writes everything remembered in one transaction.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
+        self._lock_file: IO[str] | None = None
+        self._heartbeat_written = 0
+        self.writer_running = False  # readers: whether a writer holds the store right now
+        if readonly:
+            if not path.exists():
+                raise StoreError(
+                    f"{path}: no store there yet; the bot creates it when it first runs "
+                    "(check [store] path in the config)"
+                )
+            self.writer_running = _is_locked(_lock_path(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _lock_for_writing(path)
+        try:
+            self._shelf = self._open_shelf()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open_shelf(self) -> _Shelf:
+        path = self.path
+        _refuse_foreign_file(path)
+        try:
+            db = SqliteDict(path, readonly=self.readonly)
+            has_table = db.has_dict_table()
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorruptError(
+                f"{path}: cannot be read as a store ({exc}); it was left untouched. "
+                "Restore it from a backup, or move it away to start a new store."
+            ) from None
+        if not has_table:  # only possible read-only: a writer creates the table
+            db.close()
+            raise StoreCorruptError(f"{path}: an SQLite file but not a store (no table Dict)")
+        shelf = _Shelf(db, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            version = shelf.get(_SCHEMA_KEY)
+            if version is None:
+                if len(db) and not self.readonly:
+                    raise StoreCorruptError(
+                        f"{path}: holds data but no schema version, so it is not a store of "
+                        "xmpp-active-users; it was left untouched. Set [store] path to a new file."
+                    )
+                if not self.readonly:
+                    with db.transaction():
+                        shelf[_SCHEMA_KEY] = SCHEMA_VERSION
+                    version = SCHEMA_VERSION
+            if version is not None and version != SCHEMA_VERSION:
+                raise StoreCorruptError(
+                    f"{path}: schema version {version!r}, but this program reads version "
+                    f"{SCHEMA_VERSION}; run the xmpp-active-users release that wrote it"
+                )
+            self._heartbeat_written = int(shelf.get(_HEARTBEAT_KEY, 0))
+        except (sqlite3.DatabaseError, pickle.UnpicklingError) as exc:
+            db.close()
+            raise StoreCorruptError(f"{path}: cannot be read as a store ({exc})") from None
+        except BaseException:
+            db.close()
+            raise
+        return shelf
+
+    # --- records -------------------------------------------------------------------------
+
+    def get(self, bare_jid: str) -> UserRecord | None:
+        if bare_jid in self._pending:
+            return self._pending[bare_jid]
+        value = self._shelf.get(_USER + bare_jid)
+        return None if value is None else _record(bare_jid, value)
+
+    def put(self, bare_jid: str, record: UserRecord) -> None:
+        self._pending[bare_jid] = record
+
+    def delete(self, bare_jid: str) -> None:
+        self._pending[bare_jid] = None
+
+    def users(self) -> Iterator[tuple[str, UserRecord]]:
+        """Every user with a record, pending writes included: one query, streamed."""
+        for key, value in self._shelf.items_with_prefix(_USER):
+            bare_jid = key[len(_USER) :]
+            if bare_jid in self._pending:
+                continue
+            record = _record(bare_jid, value)
+            if record is not None:
+                yield bare_jid, record
+        for bare_jid, pending in self._pending.items():
+            if pending is not None:
+                yield bare_jid, pending
+
+    @property
+    def heartbeat(self) -> int:
+        """The last time the writer was known alive (0: never)."""
+        return self._heartbeat_written
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def flush(self, now: int, *, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> int:
+        """Write all pending records and the heartbeat `now` in one transaction.
+
+        Without pending records, only refreshes a heartbeat older than `heartbeat_interval`.
+        Returns the number of records written. On failure (disk full, file made read-only) the
+        records stay pending for the next flush and StoreError says what happened.
+        """
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        if not self._pending and now - self._heartbeat_written < heartbeat_interval:
+            return 0
+        try:
+            with self._shelf.dict.transaction():
+                for bare_jid, record in self._pending.items():
+                    key = _USER + bare_jid
+                    if record is None:
+                        self._shelf.pop(key, None)
+                    else:
+                        self._shelf[key] = (*record[:3], tuple(record.sessions))
+                self._shelf[_HEARTBEAT_KEY] = now
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.path}: writing {len(self._pending)} records failed ({exc}); "
+                "they are kept in memory and retried at the next flush"
+            ) from exc
+        written = len(self._pending)
+        self._pending.clear()
+        self._heartbeat_written = now
+        return written
+
+    def close(self, now: int | None = None) -> None:
+        """Flush (writers, when `now` is given) and release the file and the lock."""
+        try:
+            if now is not None and not self.readonly:
+                self.flush(now, heartbeat_interval=0)
+        finally:
+            self._shelf.close()
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _record(bare_jid: str, value: Any) -> UserRecord | None:
+    """The stored tuple as a UserRecord; a malformed one is logged and skipped, never deleted."""
+    try:
+        first_seen, login, logout, sessions = value
+        return UserRecord(int(first_seen), int(login), int(logout), tuple(map(str, sessions)))
+    except (TypeError, ValueError):
+        log.error("Store record of %s is malformed (%r); ignored, left in place", bare_jid, value)
+        return None
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """Never let SQLite touch a file that is not SQLite (it would happily overwrite it)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot be opened ({exc.strerror})") from None
+    if head and head != _SQLITE_MAGIC:
+        raise StoreCorruptError(
+            f"{path}: not an xmpp-active-users store (not an SQLite file); it was left untouched. "
+            "Move it away or set [store] path to another file."
+        )
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _lock_for_writing(path: Path) -> IO[str]:
+    """Take the writer's lock; the kernel releases it when the process dies, even by kill -9."""
+    lock_path = _lock_path(path)
+    lock_file = lock_path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise StoreLockedError(
+            f"{path}: already open for writing by {holder}. Only one bot may use a store; stop "
+            "it first (`xmpp-active-users count` can read the store while it runs)."
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)})\n")
+    lock_file.flush()
+    return lock_file
+
+
+def _is_locked(lock_path: Path) -> bool:
+    try:
+        with lock_path.open("r", encoding="utf-8") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
