@@ -216,7 +216,7 @@ def _resolve_secret(path: Path, values: dict[str, Any], environ: Mapping[str, st
             raise ConfigError(f"{path}: [component] secret_file {str(file)!r} is empty")
     if not secret:
         raise ConfigError(
-            f"{path}: [component] secret is missing; add secret = \"...\" or "
-            f"secret_file = \"...\", or set the environment variable {SECRET_ENV}"
+            f'{path}: [component] secret is missing; add secret = "..." or '
+            f'secret_file = "...", or set the environment variable {SECRET_ENV}'
         )
     return secret
