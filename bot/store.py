@@ -14,6 +14,7 @@ depends on this package's code. Keys:
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -22,7 +23,8 @@ import shelve
 import socket
 import sqlite3
 import sys
-from collections.abc import Iterator, MutableMapping
+import time
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -62,14 +64,19 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         mode = "ro" if readonly else "rwc"
         uri = f"file:{quote(str(path))}?mode={mode}"
         self._cx = sqlite3.connect(uri, uri=True, isolation_level=None)
-        if not readonly:
-            self._cx.execute("PRAGMA journal_mode = wal")
-            # WAL + NORMAL: a commit survives a crash of this process (kill -9) without an fsync
-            # per commit; only a power loss may take back the last commits, never corrupt the file.
-            self._cx.execute("PRAGMA synchronous = NORMAL")
-            self._cx.execute(
-                "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
-            )
+
+    def prepare_for_writing(self) -> None:
+        self._cx.execute("PRAGMA journal_mode = wal")
+        # WAL + NORMAL: a commit survives a crash of this process (kill -9) without an fsync
+        # per commit; only a power loss may take back the last commits, never corrupt the file.
+        self._cx.execute("PRAGMA synchronous = NORMAL")
+        self._cx.execute(
+            "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
+        )
+
+    def is_empty(self) -> bool:
+        """No table at all: a new (or zero-byte) database file."""
+        return self._cx.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
 
     def has_dict_table(self) -> bool:
         row = self._cx.execute(
@@ -168,43 +175,48 @@ class Store:
             raise
 
     def _open_shelf(self) -> _Shelf:
+        """Open and check the file; a writer changes nothing before the checks have passed."""
         path = self.path
         _refuse_foreign_file(path)
+        db: SqliteDict | None = None
         try:
             db = SqliteDict(path, readonly=self.readonly)
-            has_table = db.has_dict_table()
-        except sqlite3.DatabaseError as exc:
-            raise StoreCorruptError(
-                f"{path}: cannot be read as a store ({exc}); it was left untouched. "
-                "Restore it from a backup, or move it away to start a new store."
-            ) from None
-        if not has_table:  # only possible read-only: a writer creates the table
-            db.close()
-            raise StoreCorruptError(f"{path}: an SQLite file but not a store (no table Dict)")
-        shelf = _Shelf(db, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            version = shelf.get(_SCHEMA_KEY)
-            if version is None:
-                if len(db) and not self.readonly:
+            shelf = _Shelf(db, protocol=pickle.HIGHEST_PROTOCOL)
+            if db.has_dict_table():
+                version = shelf.get(_SCHEMA_KEY)
+                if version is None and len(db):
                     raise StoreCorruptError(
                         f"{path}: holds data but no schema version, so it is not a store of "
                         "xmpp-active-users; it was left untouched. Set [store] path to a new file."
                     )
-                if not self.readonly:
-                    with db.transaction():
-                        shelf[_SCHEMA_KEY] = SCHEMA_VERSION
-                    version = SCHEMA_VERSION
+            elif db.is_empty() and not self.readonly:
+                version = None  # a new store
+            else:
+                raise StoreCorruptError(
+                    f"{path}: an SQLite database but not a store of xmpp-active-users (no table "
+                    "Dict); it was left untouched. Set [store] path to another file."
+                )
             if version is not None and version != SCHEMA_VERSION:
                 raise StoreCorruptError(
                     f"{path}: schema version {version!r}, but this program reads version "
                     f"{SCHEMA_VERSION}; run the xmpp-active-users release that wrote it"
                 )
+            if not self.readonly:
+                db.prepare_for_writing()
+                if version is None:
+                    with db.transaction():
+                        shelf[_SCHEMA_KEY] = SCHEMA_VERSION
             self._heartbeat_written = int(shelf.get(_HEARTBEAT_KEY, 0))
         except (sqlite3.DatabaseError, pickle.UnpicklingError) as exc:
-            db.close()
-            raise StoreCorruptError(f"{path}: cannot be read as a store ({exc})") from None
+            if db is not None:
+                db.close()
+            raise StoreCorruptError(
+                f"{path}: cannot be read as a store ({exc}); it was left untouched. "
+                "Restore it from a backup, or move it away to start a new store."
+            ) from None
         except BaseException:
-            db.close()
+            if db is not None:
+                db.close()
             raise
         return shelf
 
@@ -277,10 +289,13 @@ class Store:
         return written
 
     def close(self, now: int | None = None) -> None:
-        """Flush (writers, when `now` is given) and release the file and the lock."""
+        """Write what is pending (writers), then release the file and the lock.
+
+        `now` is the heartbeat to record; the clock is read only when the caller gives none.
+        """
         try:
-            if now is not None and not self.readonly:
-                self.flush(now, heartbeat_interval=0)
+            if not self.readonly:
+                self.flush(int(time.time()) if now is None else now, heartbeat_interval=0)
         finally:
             self._shelf.close()
             self._unlock()
@@ -359,3 +374,23 @@ def _is_locked(lock_path: Path) -> bool:
             return False
     except FileNotFoundError:
         return False
+
+
+async def flush_periodically(
+    store: Store, interval: float, clock: Callable[[], float] = time.time
+) -> None:
+    """Flush every `interval` seconds, on fixed ticks so that the gap between flushes never
+    grows: an event is on disk at most `interval` (plus one flush's own time) after it happened.
+    A failed flush is logged and retried at the next tick; its records stay pending."""
+    loop = asyncio.get_running_loop()
+    next_tick = loop.time()
+    while True:
+        next_tick = max(next_tick + interval, loop.time())  # no backlog after a stall
+        await asyncio.sleep(max(0.0, next_tick - loop.time()))
+        try:
+            written = store.flush(int(clock()))
+        except StoreError as exc:
+            log.error("%s", exc)
+            continue
+        if written:
+            log.debug("Stored %d changed users", written)

@@ -1,0 +1,148 @@
+"""Sessions become logins and logouts; the store and the index agree with the seed's loop."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.activity import ActivityTracker
+from bot.counter import DAY
+from bot.store import Store
+
+from .seed import seed_counts
+
+T0 = 1_800_000_000
+DOMAIN = "example.test"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "activity.db") as store:
+        yield store
+
+
+@pytest.fixture
+def tracker(store):
+    tracker = ActivityTracker(store, [DOMAIN])
+    tracker.load(T0)
+    return tracker
+
+
+def test_login_and_logout_are_recorded_per_user(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_ended("alice@example.test", "phone", T0 + 60)
+    record = store.get("alice@example.test")
+    assert (record.first_seen, record.last_login, record.last_logout) == (T0, T0, T0 + 60)
+    assert record.sessions == ()
+
+
+def test_user_is_online_while_any_session_is(tracker):
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_started("alice@example.test", "laptop", T0 + 1)
+    tracker.session_ended("alice@example.test", "phone", T0 + 2)
+    counts = tracker.counts(T0 + 40 * DAY)  # far later: only "online now" keeps her active
+    assert (counts.online_users, counts.online_sessions, counts.mau) == (1, 1, 1)
+    tracker.session_ended("alice@example.test", "laptop", T0 + 3)
+    assert tracker.counts(T0 + 40 * DAY).mau == 0
+
+
+def test_presence_update_of_a_known_session_is_not_a_new_login(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    assert not tracker.session_started("alice@example.test", "phone", T0 + 500)  # went "away"
+    assert store.get("alice@example.test").last_login == T0
+
+
+def test_other_domains_are_ignored(tracker, store):
+    assert not tracker.session_started("room@conference.example.test", "nick", T0)
+    assert not tracker.session_started("bob@elsewhere.org", "pc", T0)
+    assert not tracker.session_started("example.test", "", T0)  # the server itself
+    assert tracker.counts(T0).known_users == 0
+    assert store.pending == 0
+
+
+def test_logout_of_an_unknown_session_still_counts_as_activity(tracker):
+    tracker.session_ended("bob@example.test", "pc", T0)
+    assert tracker.counts(T0 + DAY - 1).dau == 1
+
+
+def test_sessions_left_online_by_a_crash_end_at_the_last_heartbeat(tmp_path):
+    path = tmp_path / "activity.db"
+    store = Store(path)
+    tracker = ActivityTracker(store, [DOMAIN])
+    tracker.load(T0)
+    tracker.session_started("alice@example.test", "phone", T0)
+    store.flush(T0 + 10)  # heartbeat: alive at T0 + 10, then "crash" (no close, no logout)
+    store._unlock()  # what the kernel does for a killed process
+
+    with Store(path) as reopened:
+        tracker = ActivityTracker(reopened, [DOMAIN])
+        report = tracker.load(T0 + 5 * DAY)
+        assert (report.recovered_sessions, report.closed_at) == (1, T0 + 10)
+        assert reopened.get("alice@example.test").last_logout == T0 + 10
+        counts = tracker.counts(T0 + 5 * DAY)
+        assert (counts.online_users, counts.dau, counts.wau) == (0, 0, 1)
+
+
+def test_resync_closes_sessions_the_server_did_not_announce_again(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_started("bob@example.test", "pc", T0)
+    dropped_at = T0 + 100
+    tracker.begin_resync()
+    tracker.session_started("alice@example.test", "phone", T0 + 130)  # re-announced
+    assert tracker.end_resync(dropped_at) == 1
+    assert tracker.online_sessions() == {("alice@example.test", "phone")}
+    assert store.get("alice@example.test").last_login == T0  # not a new login
+    assert store.get("bob@example.test").last_logout == dropped_at
+
+
+def test_each_domain_is_counted_on_its_own_and_together(store):
+    tracker = ActivityTracker(store, ["a.test", "b.test"])
+    tracker.load(T0)
+    tracker.session_started("x@a.test", "r", T0)
+    tracker.session_started("y@b.test", "r", T0)
+    tracker.session_started("z@b.test", "r", T0)
+    by_domain = tracker.counts_by_domain(T0)
+    assert (by_domain["a.test"].dau, by_domain["b.test"].dau, tracker.counts(T0).dau) == (1, 2, 3)
+
+
+# --- randomized histories: events in, flushed, reopened, compared with the seed's loop ----------
+
+users = st.sampled_from([f"u{i}@{DOMAIN}" for i in range(6)] + ["v@other.test"])
+events = st.lists(
+    st.tuples(
+        st.booleans(), users, st.sampled_from(["a", "b"]), st.integers(0, 35 * DAY)
+    ),  # (available?, user, resource, seconds after T0)
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events, st.integers(0, 70 * DAY))
+def test_random_histories_count_like_the_seed_after_a_restart(history, later):
+    history = sorted(history, key=lambda event: event[3])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "activity.db"
+        with Store(path) as store:
+            tracker = ActivityTracker(store, [DOMAIN])
+            tracker.load(T0)
+            for available, user, resource, offset in history:
+                event = tracker.session_started if available else tracker.session_ended
+                event(user, resource, T0 + offset)
+            end = T0 + (history[-1][3] if history else 0)
+            now = end + later
+            live = tracker.counts(now)
+            store.flush(end)
+            stored = [record for _, record in store.users()]
+            assert (live.dau, live.wau, live.mau) == seed_counts(stored, now)
+
+        with Store(path, readonly=True) as reader:  # what `count` sees, the bot stopped
+            tracker = ActivityTracker(reader, [DOMAIN])
+            tracker.load(now)
+            recovered = [record for _, record in reader.users()]
+            counts = tracker.counts(now)
+            assert (counts.dau, counts.wau, counts.mau) == seed_counts(recovered, now)
+            assert counts.online_users == 0

@@ -1,0 +1,78 @@
+"""The index answers exactly what the seed's loop answers, for any history and any instant."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, window_label
+from bot.model import UserRecord
+
+from .seed import seed_counts
+
+NOW = 1_800_000_000
+timestamps = st.one_of(
+    st.just(0),  # never
+    st.integers(NOW - 40 * DAY, NOW),
+    # exactly on and beside each window's edge, where `<` versus `<=` matters
+    st.sampled_from([NOW - w + d for w in DEFAULT_WINDOWS for d in (-1, 0, 1)]),
+)
+records = st.builds(
+    UserRecord,
+    first_seen=st.just(1),
+    last_login=timestamps,
+    last_logout=timestamps,
+    sessions=st.sampled_from([(), (), ("phone",), ("phone", "laptop")]),
+)
+
+
+def our_counts(index: ActivityIndex, now: int) -> tuple[int, int, int]:
+    counts = index.counts(now)
+    return counts.dau, counts.wau, counts.mau
+
+
+@given(st.lists(records, max_size=60), st.integers(-2, 2))
+def test_built_index_counts_like_the_seed(users, shift):
+    now = NOW + shift
+    assert our_counts(ActivityIndex.build(users), now) == seed_counts(users, now)
+
+
+@given(
+    st.lists(records, min_size=1, max_size=30),
+    st.lists(st.tuples(st.integers(0, 29), records), max_size=60),
+)
+def test_index_updated_one_change_at_a_time_counts_like_the_seed(initial, changes):
+    users = dict(enumerate(initial))
+    index = ActivityIndex.build(users.values())
+    for position, after in changes:
+        key = position % len(initial)
+        index.replace(users[key], after)
+        users[key] = after
+        assert our_counts(index, NOW) == seed_counts(users.values(), NOW)
+
+
+@given(st.lists(records, max_size=30))
+def test_online_users_count_in_every_window_whatever_their_timestamps(users):
+    online = [r._replace(last_login=0, last_logout=0) for r in users if r.sessions]
+    index = ActivityIndex.build(online)
+    assert our_counts(index, NOW) == (len(online),) * 3
+    assert index.online_sessions == sum(len(r.sessions) for r in online)
+
+
+def test_window_edge_is_exclusive_like_the_seed():
+    index = ActivityIndex.build([UserRecord(1, NOW - DAY, 0)])
+    assert index.active(NOW - 1, DAY) == 1  # 23:59:59 ago
+    assert index.active(NOW, DAY) == 0  # exactly 24 hours ago: no longer daily
+
+
+def test_removing_a_user_forgets_them():
+    alice = UserRecord(1, NOW, 0)
+    index = ActivityIndex.build([alice])
+    index.replace(alice, None)
+    assert index.counts(NOW).known_users == 0
+    assert index.active(NOW, DAY) == 0
+
+
+def test_window_labels_read_naturally():
+    assert [window_label(w) for w in DEFAULT_WINDOWS] == ["24 hours", "7 days", "30 days"]
+    assert window_label(90 * DAY) == "90 days"

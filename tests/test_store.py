@@ -1,0 +1,251 @@
+"""The store keeps what it promised, refuses what is not its own, and says why."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shelve
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from bot.model import UserRecord
+from bot.store import (
+    SCHEMA_VERSION,
+    SqliteDict,
+    Store,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+)
+
+T0 = 1_800_000_000
+ALICE = UserRecord(first_seen=T0, last_login=T0 + 5, last_logout=T0 + 9, sessions=("phone",))
+
+
+def test_records_survive_close_and_reopen(tmp_path):
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        store.put("alice@example.test", ALICE)
+    with Store(path, readonly=True) as store:
+        assert dict(store.users()) == {"alice@example.test": ALICE}
+        assert store.heartbeat > 0
+
+
+def test_file_is_a_plain_shelf_of_primitives_in_dbm_sqlite3_layout(tmp_path):
+    """What Python 3.13's `shelve.open(path)` (dbm.sqlite3) expects to find."""
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        store.put("alice@example.test", ALICE)
+        store.flush(T0 + 10)
+    table = sqlite3.connect(path).execute("SELECT sql FROM sqlite_master WHERE name = 'Dict'")
+    assert "key BLOB UNIQUE NOT NULL, value BLOB NOT NULL" in table.fetchone()[0]
+    assert path.read_bytes().startswith(b"SQLite format 3\x00")
+    with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
+        assert dict(shelf) == {
+            "meta:schema": SCHEMA_VERSION,
+            "meta:heartbeat": T0 + 10,
+            "user:alice@example.test": (T0, T0 + 5, T0 + 9, ("phone",)),
+        }
+    raw = sqlite3.connect(path).execute(
+        "SELECT value FROM Dict WHERE key = ?", (b"user:alice@example.test",)
+    )
+    assert b"bot" not in raw.fetchone()[0]  # no class of ours is pickled
+
+
+def test_puts_wait_for_flush_and_a_flush_is_one_transaction(tmp_path):
+    path = tmp_path / "activity.db"
+    with Store(path) as writer, Store(path, readonly=True) as reader:
+        for i in range(100):
+            writer.put(f"u{i}@example.test", ALICE)
+        assert reader.get("u0@example.test") is None  # grouped: nothing on disk yet
+        assert writer.get("u0@example.test") == ALICE  # but the writer reads its own writes
+        assert writer.flush(T0) == 100
+        assert reader.get("u99@example.test") == ALICE
+        assert reader.heartbeat == 0  # readers see the data, the heartbeat they read at open
+
+
+def test_idle_flush_refreshes_only_a_stale_heartbeat(tmp_path):
+    with Store(tmp_path / "activity.db") as store:
+        assert store.flush(T0) == 0
+        assert store.heartbeat == T0
+        store.flush(T0 + 5, heartbeat_interval=30)
+        assert store.heartbeat == T0
+        store.flush(T0 + 31, heartbeat_interval=30)
+        assert store.heartbeat == T0 + 31
+
+
+def test_deleted_user_is_gone_after_flush(tmp_path):
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        store.put("alice@example.test", ALICE)
+        store.flush(T0)
+        store.delete("alice@example.test")
+        assert store.get("alice@example.test") is None
+        assert list(store.users()) == []
+    with Store(path, readonly=True) as store:
+        assert list(store.users()) == []
+
+
+def test_second_writer_is_refused_with_path_and_holder(tmp_path):
+    path = tmp_path / "activity.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_STORE, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreLockedError) as refused:
+            Store(path)
+        message = str(refused.value)
+        assert str(path) in message
+        assert f"pid {holder.pid}" in message
+        with Store(path, readonly=True) as reader:  # reading is fine meanwhile
+            assert reader.writer_running
+            assert reader.get("alice@example.test") == UserRecord(1, 2, 3, ("phone",))
+    finally:
+        holder.kill()
+        holder.wait()
+    with Store(path) as store:  # the kernel dropped the dead holder's lock
+        assert store.get("alice@example.test") == UserRecord(1, 2, 3, ("phone",))
+
+
+_HOLD_STORE = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from bot.model import UserRecord
+    from bot.store import Store
+    store = Store(Path(sys.argv[1]))
+    store.put("alice@example.test", UserRecord(1, 2, 3, ("phone",)))
+    store.flush(4)
+    print("open", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "activity.db"
+    content = b"these are somebody's notes, not a store\n" * 100
+    path.write_bytes(content)
+    for readonly in (False, True):
+        with pytest.raises(StoreCorruptError, match=r"not an SQLite file\); it was left untouched"):
+            Store(path, readonly=readonly)
+    assert path.read_bytes() == content
+    Store(tmp_path / "other.db").close()  # and the lock was released on the way out
+
+
+def test_someone_elses_sqlite_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "activity.db"
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+    other.execute("INSERT INTO Dict VALUES (?, ?)", (b"k", pickle.dumps("v")))
+    other.commit()
+    other.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreCorruptError, match="no schema version"):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_store_of_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "activity.db"
+    Store(path).close()
+    with shelve.Shelf(SqliteDict(path, readonly=False)) as shelf:
+        shelf["meta:schema"] = SCHEMA_VERSION + 1
+    with pytest.raises(StoreCorruptError, match="schema version 2"):
+        Store(path)
+
+
+def test_truncated_database_is_refused_not_reset(tmp_path):
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        for i in range(2000):
+            store.put(f"user{i}@example.test", ALICE)
+    data = path.read_bytes()
+    path.write_bytes(data[:100] + b"\xff" * 4000)  # a valid header, garbage after it
+    damaged = path.read_bytes()
+    with pytest.raises(StoreError):
+        Store(path)
+    assert path.read_bytes() == damaged
+
+
+def test_malformed_record_is_skipped_and_kept(tmp_path, caplog):
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        store.put("alice@example.test", ALICE)
+    with shelve.Shelf(SqliteDict(path, readonly=False)) as shelf:
+        shelf["user:mallory@example.test"] = "not a record"
+    with Store(path) as store:
+        assert dict(store.users()) == {"alice@example.test": ALICE}
+        assert "mallory@example.test is malformed" in caplog.text
+    with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
+        assert shelf["user:mallory@example.test"] == "not a record"
+
+
+def test_reader_of_a_missing_store_is_told_where_it_looked(tmp_path):
+    with pytest.raises(StoreError, match="no store there yet"):
+        Store(tmp_path / "nothing.db", readonly=True)
+
+
+# --- the crash promise ---------------------------------------------------------------------
+
+FLUSH_INTERVAL = 0.2
+COMMIT_SLACK = 0.1  # the flush that starts on time still needs to commit
+
+_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from bot.activity import ActivityTracker
+    from bot.store import Store, flush_periodically
+
+    async def main():
+        store = Store(Path(sys.argv[1]))
+        tracker = ActivityTracker(store, ["example.test"])
+        tracker.load(int(time.time()))
+        flusher = asyncio.create_task(flush_periodically(store, float(sys.argv[2])))
+        for i in range(10**9):
+            tracker.session_started(f"u{i}@example.test", "r", int(time.time()))
+            print(i, time.monotonic(), flush=True)  # recorded: the promise starts now
+            await asyncio.sleep(0.002)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_kill_9_loses_nothing_older_than_one_flush_interval(tmp_path):
+    path = tmp_path / "activity.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), str(FLUSH_INTERVAL)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acked: list[tuple[int, float]] = []
+    try:
+        started = time.monotonic()
+        for line in writer.stdout:
+            number, at = line.split()
+            acked.append((int(number), float(at)))
+            if time.monotonic() - started > 1.5:
+                break
+        os.kill(writer.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+
+    promised = [n for n, at in acked if at < killed_at - FLUSH_INTERVAL - COMMIT_SLACK]
+    assert len(promised) > 100  # the test really exercised several flushes
+    with Store(path, readonly=True) as store:
+        stored = {int(jid[1:].split("@")[0]) for jid, _ in store.users()}
+    missing = sorted(set(promised) - stored)
+    assert not missing, f"{len(missing)} events lost, first {missing[:5]}"
+    assert stored <= {n for n, _ in acked} | {len(acked)}  # nothing invented
