@@ -1,0 +1,108 @@
+"""A good config loads; every bad one fails with one line naming the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import SECRET_ENV, ConfigError, load_settings
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+MINIMAL = """
+[component]
+jid = "active.example.test"
+secret = "s3cret"
+[counting]
+domains = ["example.test"]
+[access]
+admins = ["admin@example.test"]
+[store]
+path = "data/activity.db"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_config_gets_sane_defaults(tmp_path):
+    settings = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert settings.component_jid == "active.example.test"
+    assert settings.secret == "s3cret"
+    assert (settings.server_host, settings.server_port) == ("127.0.0.1", 5347)
+    assert settings.domains == ("example.test",)
+    assert settings.admins == frozenset({"admin@example.test"})
+    assert settings.store_path == tmp_path / "data" / "activity.db"  # relative to the file
+    assert (settings.first_count_after, settings.count_interval, settings.count_jitter) == (
+        15,
+        3600,
+        300,
+    )
+    assert settings.flush_interval == 1.0
+
+
+def test_example_config_is_valid_once_its_secret_exists(tmp_path):
+    with pytest.raises(ConfigError, match="secret_file '/etc/xmpp-active-users/secret' cannot"):
+        load_settings(EXAMPLE, environ={})
+    settings = load_settings(EXAMPLE, environ={SECRET_ENV: "from-env"})
+    assert settings.secret == "from-env"
+
+
+def test_secret_from_file_relative_to_the_config(tmp_path):
+    (tmp_path / "secret").write_text("from-file\n")
+    text = MINIMAL.replace('secret = "s3cret"', 'secret_file = "secret"')
+    assert load_settings(write(tmp_path, text), environ={}).secret == "from-file"
+
+
+def test_environment_secret_wins(tmp_path):
+    settings = load_settings(write(tmp_path, MINIMAL), environ={SECRET_ENV: "env"})
+    assert settings.secret == "env"
+
+
+def test_store_only_commands_need_no_secret(tmp_path):
+    text = MINIMAL.replace('secret = "s3cret"\n', "")
+    assert load_settings(write(tmp_path, text), environ={}, need_secret=False).secret == ""
+    with pytest.raises(ConfigError, match=f"secret is missing.*{SECRET_ENV}"):
+        load_settings(write(tmp_path, text), environ={})
+
+
+JIDS_AND_FIXES = [
+    (MINIMAL.replace('jid = "active.example.test"\n', ""), r"\[component\] jid is missing; add"),
+    (MINIMAL.replace('domains = ["example.test"]', "domains = []"), r"domains must be a non-empty"),
+    (MINIMAL.replace('["admin@example.test"]', '["example.test"]'), r"admins .* bare JID such"),
+    (MINIMAL.replace('["admin@example.test"]', '["a@b/c"]'), r"admins .* bare JID such"),
+    (MINIMAL.replace('domains = ["example.test"]', 'domains = ["a b"]'), r"not a valid domain"),
+    (MINIMAL + "[server]\nport = 99999\n", r"\[server\] port must be a TCP port"),
+    (MINIMAL + "[server]\nport = '5347'\n", r"\[server\] port must be a TCP port"),
+    (MINIMAL.replace("[counting]", "[counting]\ninterval = 0"), r"interval must be a positive"),
+    (MINIMAL.replace("[counting]", "[counting]\nintervall = 60"), r"unknown key 'intervall'"),
+    (MINIMAL + "[extras]\n", r"unknown section \[extras\]"),
+    (MINIMAL.replace('secret = "s3cret"', 's3cret = "x"'), r"unknown key 's3cret'"),
+    (MINIMAL.replace('"s3cret"', '"s3cret"\nsecret_file = "f"'), r"both secret and secret_file"),
+    ("this is = not toml [", r"not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), JIDS_AND_FIXES)
+def test_bad_values_fail_with_one_line_naming_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as failure:
+        load_settings(path, environ={})
+    assert "\n" not in str(failure.value)
+    assert str(path) in str(failure.value)
+
+
+def test_missing_file_says_where_to_start(tmp_path):
+    with pytest.raises(ConfigError, match=r"no such file; copy config\.example\.toml"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_secret_never_appears_in_errors(tmp_path):
+    text = MINIMAL.replace("[counting]", "[counting]\ninterval = -1")
+    with pytest.raises(ConfigError) as failure:
+        load_settings(write(tmp_path, text), environ={})
+    assert "s3cret" not in str(failure.value)
