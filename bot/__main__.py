@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
+from . import daemon
 from .activity import ActivityTracker
+from .commands import iso_utc
 from .config import ConfigError, load_settings
 from .counter import Counts, window_label
 from .store import Store, StoreError
@@ -29,6 +31,7 @@ login or logout happened within it (the rule of Prosody's mod_measure_active_use
 
 EPILOG = """\
 examples:
+  xmpp-active-users run --config /etc/xmpp-active-users/config.toml
   xmpp-active-users count --config /etc/xmpp-active-users/config.toml
   xmpp-active-users count --config config.toml --json
 
@@ -60,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
+    run = commands.add_parser(
+        "run",
+        help="run the bot: connect to the XMPP server and track presence",
+        description=(
+            "Connect to the XMPP server as an external component, track its users' presence, "
+            "and answer admins (ad-hoc command 'Active users', or the chat message 'stats'). "
+            "Reconnects after a drop; SIGTERM or Ctrl-C stop it cleanly (store flushed)."
+        ),
+    )
+    _add_config_argument(run)
+    run.set_defaults(handler=_run)
+
     count = commands.add_parser(
         "count",
         help="print the figures from the store (safe while the bot runs)",
@@ -87,6 +102,11 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    return asyncio.run(daemon.run(settings))
+
+
 def _count(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, need_secret=False)
     now = int(time.time())
@@ -98,7 +118,7 @@ def _count(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(counts_as_json(counts) | {"bot_running": bot_running}))
     else:
-        when = _iso(counts.computed_at)
+        when = iso_utc(counts.computed_at)
         print(f"Active users of {', '.join(settings.domains)} at {when}:")
         for window, active in counts.active.items():
             print(f"  last {window_label(window):<9} {active:>9}")
@@ -111,7 +131,7 @@ def _count(args: argparse.Namespace) -> int:
 
 def counts_as_json(counts: Counts) -> dict[str, object]:
     return {
-        "computed_at": _iso(counts.computed_at),
+        "computed_at": iso_utc(counts.computed_at),
         "dau": counts.dau,
         "wau": counts.wau,
         "mau": counts.mau,
@@ -119,10 +139,6 @@ def counts_as_json(counts: Counts) -> dict[str, object]:
         "online_sessions": counts.online_sessions,
         "known_users": counts.known_users,
     }
-
-
-def _iso(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 if __name__ == "__main__":

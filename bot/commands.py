@@ -1,0 +1,120 @@
+"""What admins can ask, defined once and rendered twice: as an XEP-0004 form and as chat text.
+
+No XMPP here beyond building a data form: the component routes requests to `CommandSet` and sends
+back what it returns. Access is decided in one place, `CommandSet.allowed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from slixmpp.plugins.xep_0004 import Form
+
+from .counter import DAY, Counts, window_label
+
+ADHOC_STATS_NODE = "active-users"
+FORM_TYPE = "urn:xmpp-active-users:stats:1"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One answer: the totals, and each domain's own when several are counted."""
+
+    total: Counts
+    by_domain: Mapping[str, Counts]
+
+
+FiguresSource = Callable[[], Figures]
+
+
+def iso_utc(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+_FIELD_NAMES = {DAY: "dau", 7 * DAY: "wau", 30 * DAY: "mau"}
+
+
+def stats_form(figures: Figures) -> Form:
+    """The XEP-0004 result of the `active-users` command."""
+    counts = figures.total
+    form = Form()
+    form["type"] = "result"
+    form["title"] = "Active users"
+    form.add_field(var="FORM_TYPE", ftype="hidden", value=FORM_TYPE)
+
+    def field(var: str, label: str, value: object) -> None:
+        form.add_field(var=var, ftype="text-single", label=label, value=str(value))
+
+    for window, active in counts.active.items():
+        name = _FIELD_NAMES.get(window, f"active_{window}s")
+        field(name, f"Active users, last {window_label(window)}", active)
+    field("online_users", "Users online now", counts.online_users)
+    field("online_sessions", "Sessions online now", counts.online_sessions)
+    field("known_users", "Users ever seen", counts.known_users)
+    field("computed_at", "Computed at (UTC)", iso_utc(counts.computed_at))
+    if len(figures.by_domain) > 1:
+        for domain, part in figures.by_domain.items():
+            field(f"domain:{domain}", domain, stats_line(part))
+    return form
+
+
+def stats_line(counts: Counts) -> str:
+    """One line of chat: 'Active users: 12 (24 hours), 40 (7 days), 85 (30 days); online: ...'."""
+    windows = ", ".join(
+        f"{active} ({window_label(window)})" for window, active in counts.active.items()
+    )
+    return (
+        f"Active users: {windows}; online now: {counts.online_users} users, "
+        f"{counts.online_sessions} sessions"
+    )
+
+
+def stats_text(figures: Figures) -> str:
+    lines = [stats_line(figures.total)]
+    if len(figures.by_domain) > 1:
+        lines += [f"{domain}: {stats_line(part)}" for domain, part in figures.by_domain.items()]
+    return "\n".join(lines)
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+CHAT_HELP = (
+    "I count the active users of this XMPP service. Send:\n"
+    "  stats: users active in the last 24 hours, 7 days and 30 days, and who is online now\n"
+    "  help: this list\n"
+    f"The same figures are in the ad-hoc command '{ADHOC_STATS_NODE}' (Active users)."
+)
+CHAT_UNKNOWN = "Sorry, I don't know that command. Send 'stats' for the figures or 'help'."
+CHAT_REFUSED = (
+    "Sorry, only the administrators of this service may ask me for statistics. "
+    "If you are one, ask for your address to be added to [access] admins in my config."
+)
+
+
+@dataclass(frozen=True)
+class CommandSet:
+    """Who may ask, and the answer to each question."""
+
+    admins: frozenset[str]
+    figures: FiguresSource
+
+    def allowed(self, bare_jid: str) -> bool:
+        return bare_jid in self.admins
+
+    def chat_reply(self, bare_jid: str, text: str) -> str:
+        """The reply to a chat message; figures only ever for admins."""
+        if not self.allowed(bare_jid):
+            return CHAT_REFUSED
+        word = text.strip().lower()
+        if word == "stats":
+            return stats_text(self.figures())
+        if word in ("help", "?"):
+            return CHAT_HELP
+        return CHAT_UNKNOWN
+
+    def stats_form(self) -> Form:
+        return stats_form(self.figures())

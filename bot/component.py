@@ -1,0 +1,392 @@
+"""The XMPP edge: an external component (XEP-0114) on slixmpp.
+
+Handlers stay thin: they turn a stanza into a call on the ActivityTracker or the CommandSet and
+send back what those return. Anything unexpected in a handler is logged, never fatal.
+
+slixmpp's own presence handling is switched off on purpose: it keeps a roster entry for every JID
+that sends presence, a copy of per-user state that would grow with the whole user base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slixmpp import ComponentXMPP
+from slixmpp.exceptions import XMPPError
+from slixmpp.jid import JID, InvalidJID
+from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
+
+from .activity import ActivityTracker
+from .commands import ADHOC_STATS_NODE, CommandSet
+
+log = logging.getLogger(__name__)
+
+NS_COMPONENT = "jabber:component:accept"
+PRIVILEGE_NAMESPACES = ("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
+COMMANDS_NODE = "http://jabber.org/protocol/commands"
+# Presence permissions that send us every user's presence (XEP-0356 §presence).
+PRESENCE_GRANTS = ("managed_entity", "roster")
+
+RECONNECT_FIRST_DELAY = 1.0
+RECONNECT_MAX_DELAY = 60.0
+
+
+class ConnectionFatal(Exception):
+    """Retrying cannot help (wrong secret, nothing listening at start): exit with this message."""
+
+
+@dataclass
+class Timing:
+    """How long to wait for the server; tests shorten these."""
+
+    privileges_grace: float = 5.0  # after the handshake, before warning that presence is missing
+    resync_grace: float = 5.0  # after a reconnection, for the server to re-announce sessions
+    handshake_timeout: float = 20.0
+
+
+@dataclass
+class _Connection:
+    """What we learn about one connection attempt, from slixmpp's events."""
+
+    started: asyncio.Future[None]
+    ended: asyncio.Future[str]
+    stream_error: str | None = None
+    privileges: dict[str, dict[str, str]] = field(default_factory=dict)  # domain -> access
+
+
+class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is untyped
+    def __init__(
+        self,
+        *,
+        jid: str,
+        secret: str,
+        host: str,
+        port: int,
+        tracker: ActivityTracker,
+        commands: CommandSet,
+        clock: Callable[[], float] = time.time,
+        timing: Timing | None = None,
+    ) -> None:
+        super().__init__(jid, secret, host, port)
+        self.tracker = tracker
+        self.commands = commands
+        self.clock = clock
+        self.timing = timing or Timing()
+        self.connected_since: float | None = None
+        self._connection: _Connection | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+        for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199"):
+            self.register_plugin(plugin)
+        self.plugin["xep_0050"].set_backend(_OpenCommandSessions())
+        self.plugin["xep_0199"].enable_keepalive(interval=60, timeout=30)
+
+        # Our presence handler replaces slixmpp's (see the module docstring).
+        self.remove_handler("Presence")
+        self.del_event_handler("presence_probe", self._handle_probe)
+        self.register_handler(
+            Callback("Presence", MatchXPath(f"{{{NS_COMPONENT}}}presence"), self._on_presence)
+        )
+        for namespace in PRIVILEGE_NAMESPACES:
+            self.register_handler(
+                Callback(
+                    f"Privilege {namespace}",
+                    MatchXPath(f"{{{NS_COMPONENT}}}message/{{{namespace}}}privilege"),
+                    self._on_privileges,
+                )
+            )
+        # Ad-hoc commands: access is checked on every command stanza, whatever its step.
+        self.remove_handler("Ad-Hoc Execute")
+        self.register_handler(
+            Callback(
+                "Ad-Hoc Execute",
+                StanzaPath("iq@type=set/command"),
+                self._on_command,
+            )
+        )
+        self.add_event_handler("session_start", self._on_session_start)
+        self.add_event_handler("disconnected", self._on_disconnected)
+        self.add_event_handler("stream_error", self._on_stream_error)
+        self.add_event_handler("message", self._on_message)
+        self.add_event_handler("session_bind", self._register_commands)
+
+    # --- connection lifecycle ----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Stay connected until cancelled: reconnect with backoff after a drop.
+
+        Raises ConnectionFatal when retrying cannot help: the secret is refused, or nothing
+        accepts the first connection (a wrong host or port is more likely than an outage).
+        """
+        delay = RECONNECT_FIRST_DELAY
+        ever_connected = False
+        dropped_at: int | None = None
+        while True:
+            connection = await self._connect_once()
+            if connection is None:
+                if not ever_connected:
+                    raise ConnectionFatal(
+                        f"cannot connect to {self._address()}: nothing accepts components "
+                        "there. Check [server] host and port, and that the server listens "
+                        "for components (Prosody: component_ports, component_interfaces)."
+                    )
+                log.warning("Reconnecting to %s failed; next try in %.0f s", self._address(), delay)
+            else:
+                if not connection.started.done():
+                    raise ConnectionFatal(self._handshake_failure(connection))
+                ever_connected = True
+                delay = RECONNECT_FIRST_DELAY
+                if dropped_at is not None:
+                    self._spawn(self._finish_resync(dropped_at))
+                reason = await connection.ended
+                dropped_at = int(self.clock())
+                self.connected_since = None
+                if connection.stream_error == "not-authorized":
+                    raise ConnectionFatal(self._handshake_failure(connection))
+                log.warning("Disconnected from %s (%s); reconnecting", self._address(), reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    async def _connect_once(self) -> _Connection | None:
+        """One attempt. None: no TCP connection. Otherwise `started` tells if the handshake
+        succeeded; `ended` resolves when the connection is gone."""
+        loop = asyncio.get_running_loop()
+        connection = _Connection(started=loop.create_future(), ended=loop.create_future())
+        self._connection = connection
+        failed: asyncio.Future[None] = loop.create_future()
+
+        def on_failure(_reason: object) -> None:
+            if not failed.done():
+                failed.set_result(None)
+
+        self.add_event_handler("connection_failed", on_failure, disposable=True)
+        try:
+            self.connect(self._host, self._port)
+            done, _ = await asyncio.wait(
+                [connection.started, connection.ended, failed],
+                timeout=self.timing.handshake_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            self.del_event_handler("connection_failed", on_failure)
+        if failed in done:
+            self.cancel_connection_attempt()  # our backoff, not slixmpp's own retry loop
+            return None
+        if not done:  # connected, but no handshake answer: treat as a drop
+            self.abort()
+            await connection.ended
+        return connection
+
+    @property
+    def _host(self) -> str:
+        return str(self.server_host)
+
+    @property
+    def _port(self) -> int:
+        return int(self.server_port)
+
+    def _address(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    def _handshake_failure(self, connection: _Connection) -> str:
+        if connection.stream_error == "not-authorized":
+            return (
+                f"the server at {self._address()} refused the component secret for "
+                f"{self.boundjid.bare}: make [component] secret equal the server's "
+                "component_secret for that component"
+            )
+        return (
+            f"the server at {self._address()} closed the stream before the handshake "
+            f"({connection.stream_error or 'no reason given'}): is {self.boundjid.bare} "
+            'declared as a component there (Prosody: Component "...")?'
+        )
+
+    def _on_session_start(self, _event: object) -> None:
+        connection = self._connection
+        if connection is not None and not connection.started.done():
+            connection.started.set_result(None)
+        self.connected_since = self.clock()
+        log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
+        self._spawn(self._check_privileges(connection))
+
+    def _on_disconnected(self, reason: object) -> None:
+        connection = self._connection
+        if connection is not None and not connection.ended.done():
+            connection.ended.set_result(str(reason or "connection closed"))
+
+    def _on_stream_error(self, error: Any) -> None:
+        condition = str(error["condition"])
+        if self._connection is not None:
+            self._connection.stream_error = condition
+        log.error("Stream error from the server: %s %s", condition, error["text"])
+
+    # --- presence --------------------------------------------------------------------------
+
+    def _on_presence(self, presence: Any) -> None:
+        # Read the type attribute itself: slixmpp's presence["type"] gives the <show/> value.
+        kind = presence.xml.get("type")
+        if kind in ("error", "probe", "subscribed", "unsubscribe", "unsubscribed"):
+            if kind == "probe":
+                self._answer_probe(presence)
+            return
+        try:
+            sender = presence["from"]
+        except InvalidJID:
+            log.debug("Presence with an invalid from ignored: %s", presence.xml.get("from"))
+            return
+        if not sender.user or sender.bare == self.boundjid.bare:
+            return
+        if kind == "subscribe":
+            self._accept_subscription(sender)
+            return
+        now = int(self.clock())
+        if kind is None:
+            self.tracker.session_started(sender.bare, sender.resource, now)
+        elif kind == "unavailable":
+            self.tracker.session_ended(sender.bare, sender.resource, now)
+
+    def _accept_subscription(self, sender: JID) -> None:
+        """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
+        if not self.tracker.counts_domain(sender.bare):
+            log.info("Subscription from %s refused: not a counted domain", sender.bare)
+            self.send_presence(pto=sender.bare, ptype="unsubscribed")
+            return
+        log.info("Subscription from %s accepted; subscribing back", sender.bare)
+        self.send_presence(pto=sender.bare, ptype="subscribed")
+        self.send_presence(pto=sender.bare, ptype="subscribe")
+        self.send_presence(pto=sender.bare)
+
+    def _answer_probe(self, presence: Any) -> None:
+        try:
+            sender = presence["from"]
+        except InvalidJID:
+            return
+        if self.tracker.counts_domain(sender.bare):
+            self.send_presence(pto=sender.bare)
+
+    # --- privileges ---------------------------------------------------------------------
+
+    def _on_privileges(self, message: Any) -> None:
+        for namespace in PRIVILEGE_NAMESPACES:
+            element = message.xml.find(f"{{{namespace}}}privilege")
+            if element is None:
+                continue
+            perms = {
+                perm.get("access", "?"): perm.get("type", "?")
+                for perm in element.iter(f"{{{namespace}}}perm")
+            }
+            server = message.xml.get("from", "?")
+            if self._connection is not None:
+                self._connection.privileges[server] = perms
+            granted = ", ".join(f"{a}={t}" for a, t in sorted(perms.items())) or "nothing"
+            log.info("Privileges granted by %s (%s): %s", server, namespace, granted)
+            if namespace.endswith(":1"):
+                log.warning(
+                    "%s speaks the older %s; presence works the same, but consider upgrading",
+                    server,
+                    namespace,
+                )
+
+    async def _check_privileges(self, connection: _Connection | None) -> None:
+        await asyncio.sleep(self.timing.privileges_grace)
+        if connection is None or connection.ended.done():
+            return
+        for domain in self.tracker.domains:
+            presence = connection.privileges.get(domain, {}).get("presence")
+            if presence not in PRESENCE_GRANTS:
+                log.warning(
+                    "No presence permission from %s (got %s): the bot sees only users who "
+                    "subscribe to it, so the figures will be low. In Prosody, enable "
+                    'mod_privilege and add to VirtualHost "%s":\n'
+                    '    modules_enabled = { "privilege" }\n'
+                    '    privileged_entities = { ["%s"] = { presence = "managed_entity" } }\n'
+                    'and to Component "%s": modules_enabled = { "privilege" }',
+                    domain,
+                    presence or "none",
+                    domain,
+                    self.boundjid.bare,
+                    self.boundjid.bare,
+                )
+            elif presence == "roster":
+                log.warning(
+                    '%s grants presence = "roster": only users with %s in their roster are '
+                    'seen; grant presence = "managed_entity" to see everyone',
+                    domain,
+                    self.boundjid.bare,
+                )
+
+    # --- after a reconnection --------------------------------------------------------------
+
+    async def _finish_resync(self, dropped_at: int) -> None:
+        """Sessions the server does not announce again soon after reconnecting have ended,
+        at the latest when the connection dropped."""
+        self.tracker.begin_resync()
+        await asyncio.sleep(self.timing.resync_grace)
+        closed = self.tracker.end_resync(dropped_at)
+        log.info("Re-synced after reconnecting: %d sessions had ended while disconnected", closed)
+        self.event("resynced", closed)
+
+    # --- admins: ad-hoc commands and chat ----------------------------------------------------
+
+    def _register_commands(self, _event: object) -> None:
+        self.plugin["xep_0050"].add_command(
+            node=ADHOC_STATS_NODE, name="Active users", handler=self._adhoc_stats
+        )
+        # Only admins see the command list.
+        self.plugin["xep_0030"].set_node_handler(
+            "get_items", self.boundjid, COMMANDS_NODE, self._command_items
+        )
+
+    def _command_items(self, jid: JID, node: str, ifrom: JID | None, data: Any) -> DiscoItems:
+        if ifrom is not None and self.commands.allowed(ifrom.bare):
+            return self.plugin["xep_0030"].static.get_items(jid, node, ifrom, data)
+        items = DiscoItems()
+        items["node"] = node
+        return items
+
+    def _on_command(self, iq: Any) -> None:
+        if not self.commands.allowed(iq["from"].bare):
+            log.info("Ad-hoc command %r refused to %s", iq["command"]["node"], iq["from"])
+            raise XMPPError("forbidden", text="Only the administrators of this service may ask.")
+        self.plugin["xep_0050"]._handle_command(iq)
+
+    def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+        session["payload"] = self.commands.stats_form()
+        session["next"] = None
+        session["has_next"] = False
+        return session
+
+    def _on_message(self, message: Any) -> None:
+        if message["type"] not in ("chat", "normal"):
+            return  # never answer errors or groupchat: no loops
+        sender = message["from"]
+        reply = self.commands.chat_reply(sender.bare, message["body"])
+        message.reply(reply).send()
+
+    # --- background tasks -----------------------------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def cancel_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+
+
+class _OpenCommandSessions(dict[str, Any]):
+    """XEP-0050 sessions without the completed ones, which slixmpp 1.17 would keep forever."""
+
+    def __setitem__(self, sessionid: str, session: Any) -> None:
+        if session.get("next") is None:
+            self.pop(sessionid, None)
+        else:
+            super().__setitem__(sessionid, session)

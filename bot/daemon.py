@@ -1,0 +1,158 @@
+"""`xmpp-active-users run`: wires store, tracker, commands and component, and owns their lifecycle.
+
+Start-up: open the store (refusing a second writer), load the index, close sessions a previous
+crash left open, connect. Shutdown on SIGTERM/SIGINT: disconnect, flush, release the store, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+
+from .activity import ActivityTracker
+from .commands import CommandSet, Figures
+from .component import ActiveUsersComponent, ConnectionFatal, Timing
+from .config import Settings
+from .counter import window_label
+from .store import Store, flush_periodically
+
+log = logging.getLogger(__name__)
+
+
+def figures_source(tracker: ActivityTracker, clock: Callable[[], float]) -> Callable[[], Figures]:
+    """Fresh figures on every call: the index answers in microseconds."""
+
+    def figures() -> Figures:
+        now = int(clock())
+        return Figures(total=tracker.counts(now), by_domain=tracker.counts_by_domain(now))
+
+    return figures
+
+
+async def count_periodically(
+    tracker: ActivityTracker,
+    settings: Settings,
+    clock: Callable[[], float] = time.time,
+    jitter: Callable[[float], float] = lambda upper: random.uniform(0, upper),
+) -> None:
+    """Log the figures shortly after start, then every interval plus jitter, like the seed."""
+    await asyncio.sleep(settings.first_count_after)
+    while True:
+        started = time.perf_counter()
+        counts = tracker.counts(int(clock()))
+        took_us = (time.perf_counter() - started) * 1e6
+        figures = ", ".join(f"{n} ({window_label(w)})" for w, n in counts.active.items())
+        log.info(
+            "Active users (took %.0f µs): %s; online: %d users, %d sessions; known: %d",
+            took_us,
+            figures,
+            counts.online_users,
+            counts.online_sessions,
+            counts.known_users,
+        )
+        await asyncio.sleep(settings.count_interval + jitter(settings.count_jitter))
+
+
+async def run(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    timing: Timing | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    try:
+        return await _run(settings, clock=clock, timing=timing, stop=stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _run(
+    settings: Settings,
+    *,
+    clock: Callable[[], float],
+    timing: Timing | None,
+    stop: asyncio.Event,
+) -> int:
+    store = Store(settings.store_path)
+    try:
+        tracker = ActivityTracker(store, settings.domains)
+        started = time.perf_counter()
+        report = tracker.load(int(clock()))
+        log.info(
+            "Loaded %d users of %s from %s in %.2f s",
+            report.users,
+            ", ".join(settings.domains),
+            settings.store_path,
+            time.perf_counter() - started,
+        )
+        if report.recovered_sessions:
+            log.info(
+                "%d sessions left open by the last stop were closed at its last sign of life (%s)",
+                report.recovered_sessions,
+                time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.closed_at)),
+            )
+        commands = CommandSet(admins=settings.admins, figures=figures_source(tracker, clock))
+        component = ActiveUsersComponent(
+            jid=settings.component_jid,
+            secret=settings.secret,
+            host=settings.server_host,
+            port=settings.server_port,
+            tracker=tracker,
+            commands=commands,
+            clock=clock,
+            timing=timing,
+        )
+        return await _serve_until_stopped(component, store, tracker, settings, clock, stop)
+    finally:
+        store.close(int(clock()))
+        log.info("Store flushed and closed: %s", settings.store_path)
+
+
+async def _serve_until_stopped(
+    component: ActiveUsersComponent,
+    store: Store,
+    tracker: ActivityTracker,
+    settings: Settings,
+    clock: Callable[[], float],
+    stop: asyncio.Event,
+) -> int:
+    serving = asyncio.create_task(component.serve(), name="xmpp")
+    helpers = [
+        asyncio.create_task(
+            flush_periodically(store, settings.flush_interval, clock), name="flush"
+        ),
+        asyncio.create_task(count_periodically(tracker, settings, clock), name="count"),
+    ]
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            error = serving.exception()
+            if isinstance(error, ConnectionFatal):
+                log.error("%s", error)
+                return 1
+            if error is not None:
+                raise error
+        log.info("Stopping")
+        return 0
+    finally:
+        tasks = (stopping, serving, *helpers)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # outcomes were handled above
+        component.cancel_background()
+        if component.is_connected():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(component.disconnect(wait=1), 3)
