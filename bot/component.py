@@ -80,13 +80,15 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.clock = clock
         self.timing = timing or Timing()
         self.connected_since: float | None = None
+        self._dropped_at: int | None = None  # when the last connection was lost
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
-        for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199"):
+        for plugin in ("xep_0030", "xep_0004", "xep_0050"):
             self.register_plugin(plugin)
+        # Keepalive: a silently dead TCP connection is noticed within interval + timeout.
+        self.register_plugin("xep_0199", {"keepalive": True, "interval": 60, "timeout": 30})
         self.plugin["xep_0050"].set_backend(_OpenCommandSessions())
-        self.plugin["xep_0199"].enable_keepalive(interval=60, timeout=30)
 
         # Our presence handler replaces slixmpp's (see the module docstring).
         self.remove_handler("Presence")
@@ -127,7 +129,6 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         """
         delay = RECONNECT_FIRST_DELAY
         ever_connected = False
-        dropped_at: int | None = None
         while True:
             connection = await self._connect_once()
             if connection is None:
@@ -138,15 +139,15 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                         "for components (Prosody: component_ports, component_interfaces)."
                     )
                 log.warning("Reconnecting to %s failed; next try in %.0f s", self._address(), delay)
-            else:
-                if not connection.started.done():
+            elif not connection.started.done():
+                if not ever_connected or connection.stream_error == "not-authorized":
                     raise ConnectionFatal(self._handshake_failure(connection))
+                log.warning("%s; next try in %.0f s", self._handshake_failure(connection), delay)
+            else:
                 ever_connected = True
                 delay = RECONNECT_FIRST_DELAY
-                if dropped_at is not None:
-                    self._spawn(self._finish_resync(dropped_at))
                 reason = await connection.ended
-                dropped_at = int(self.clock())
+                self._dropped_at = int(self.clock())
                 self.connected_since = None
                 if connection.stream_error == "not-authorized":
                     raise ConnectionFatal(self._handshake_failure(connection))
@@ -184,6 +185,12 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             await connection.ended
         return connection
 
+    def reconnect(self, wait: float = 2.0, reason: str = "Reconnecting") -> None:
+        """slixmpp's keepalive calls this on a ping timeout: drop the connection only, and
+        let `serve` reconnect with its backoff (not a second, competing connection loop)."""
+        log.warning("Dropping the connection: %s", reason)
+        self.disconnect(wait, reason)
+
     @property
     def _host(self) -> str:
         return str(self.server_host)
@@ -215,6 +222,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.connected_since = self.clock()
         log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
         self._spawn(self._check_privileges(connection))
+        if self._dropped_at is not None:
+            # Before any stanza of the new stream is handled: the server re-announces the
+            # online sessions right after the handshake.
+            self.tracker.begin_resync()
+            self._spawn(self._finish_resync(self._dropped_at))
 
     def _on_disconnected(self, reason: object) -> None:
         connection = self._connection
@@ -248,9 +260,14 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             return
         now = int(self.clock())
         if kind is None:
-            self.tracker.session_started(sender.bare, sender.resource, now)
+            changed = self.tracker.session_started(sender.bare, sender.resource, now)
         elif kind == "unavailable":
-            self.tracker.session_ended(sender.bare, sender.resource, now)
+            changed = self.tracker.session_ended(sender.bare, sender.resource, now)
+        else:
+            log.debug("Presence of unknown type %r from %s ignored", kind, sender)
+            return
+        if changed:  # for observers (tests, metrics): cheap when nobody listens
+            self.event("presence_tracked", (kind or "available", sender))
 
     def _accept_subscription(self, sender: JID) -> None:
         """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
@@ -327,7 +344,6 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     async def _finish_resync(self, dropped_at: int) -> None:
         """Sessions the server does not announce again soon after reconnecting have ended,
         at the latest when the connection dropped."""
-        self.tracker.begin_resync()
         await asyncio.sleep(self.timing.resync_grace)
         closed = self.tracker.end_resync(dropped_at)
         log.info("Re-synced after reconnecting: %d sessions had ended while disconnected", closed)

@@ -63,38 +63,63 @@ async def run(
     *,
     clock: Callable[[], float] = time.time,
     timing: Timing | None = None,
-    stop: asyncio.Event | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
-    stop = stop or asyncio.Event()
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-
     try:
-        return await _run(settings, clock=clock, timing=timing, stop=stop)
+        return await Bot(settings, clock=clock, timing=timing).serve(stop)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 
 
-async def _run(
-    settings: Settings,
-    *,
-    clock: Callable[[], float],
-    timing: Timing | None,
-    stop: asyncio.Event,
-) -> int:
-    store = Store(settings.store_path)
-    try:
-        tracker = ActivityTracker(store, settings.domains)
+class Bot:
+    """Store, tracker, commands and component, built in order (inside the running loop).
+
+    The store is open from construction until `serve` returns (or `close`, if never served).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        timing: Timing | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = Store(settings.store_path)
+        try:
+            self.tracker = ActivityTracker(self.store, settings.domains)
+            self._load()
+            commands = CommandSet(
+                admins=settings.admins, figures=figures_source(self.tracker, clock)
+            )
+            self.component = ActiveUsersComponent(
+                jid=settings.component_jid,
+                secret=settings.secret,
+                host=settings.server_host,
+                port=settings.server_port,
+                tracker=self.tracker,
+                commands=commands,
+                clock=clock,
+                timing=timing,
+            )
+        except BaseException:
+            self.store.close(int(clock()))
+            raise
+
+    def _load(self) -> None:
         started = time.perf_counter()
-        report = tracker.load(int(clock()))
+        report = self.tracker.load(int(self.clock()))
         log.info(
             "Loaded %d users of %s from %s in %.2f s",
             report.users,
-            ", ".join(settings.domains),
-            settings.store_path,
+            ", ".join(self.settings.domains),
+            self.settings.store_path,
             time.perf_counter() - started,
         )
         if report.recovered_sessions:
@@ -103,21 +128,16 @@ async def _run(
                 report.recovered_sessions,
                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.closed_at)),
             )
-        commands = CommandSet(admins=settings.admins, figures=figures_source(tracker, clock))
-        component = ActiveUsersComponent(
-            jid=settings.component_jid,
-            secret=settings.secret,
-            host=settings.server_host,
-            port=settings.server_port,
-            tracker=tracker,
-            commands=commands,
-            clock=clock,
-            timing=timing,
-        )
-        return await _serve_until_stopped(component, store, tracker, settings, clock, stop)
-    finally:
-        store.close(int(clock()))
-        log.info("Store flushed and closed: %s", settings.store_path)
+
+    async def serve(self, stop: asyncio.Event) -> int:
+        """Stay connected until `stop` is set; then disconnect, flush and close the store."""
+        try:
+            return await _serve_until_stopped(
+                self.component, self.store, self.tracker, self.settings, self.clock, stop
+            )
+        finally:
+            self.store.close(int(self.clock()))
+            log.info("Store flushed and closed: %s", self.settings.store_path)
 
 
 async def _serve_until_stopped(
