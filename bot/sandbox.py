@@ -1,0 +1,382 @@
+"""A private Prosody on 127.0.0.1, living in one temp folder (config, data, log, pid, socket).
+
+Used by the test suite (a real server to log in to) and by the one-command demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+MODULES_DIR = Path("/usr/lib/prosody/modules")
+INSTALL_HINT = "run `make prosody` or `apt-get install -y prosody prosody-modules`"
+POLL = 0.05  # seconds between readiness probes: short, so start() returns soon after ready
+LOG_TAIL_LINES = 40
+PORT_IN_USE = "Failed to open server port"  # Prosody's log line for a port it cannot bind
+STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
+
+
+class ProsodyNotInstalled(RuntimeError):
+    """Prosody or the community module mod_privilege is missing on this machine."""
+
+
+class PortInUse(RuntimeError):
+    """Prosody could not bind a port it was given (it logs that and keeps running without)."""
+
+
+def check_installed() -> None:
+    """Raise ProsodyNotInstalled, with the fix, unless prosody and mod_privilege are present."""
+    missing = [tool for tool in ("prosody", "prosodyctl") if shutil.which(tool) is None]
+    # prosody-modules installs one folder per module; a hand-copied module may be a flat file.
+    privilege = (
+        MODULES_DIR / "mod_privilege.lua",
+        MODULES_DIR / "mod_privilege" / "mod_privilege.lua",
+    )
+    if not any(path.is_file() for path in privilege):
+        missing.append(str(privilege[0]))
+    if missing:
+        raise ProsodyNotInstalled(f"missing {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free on 127.0.0.1 now (held together, so all distinct)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        # Closed before Prosody binds them: a tiny race, accepted for loopback tests.
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def lua_string(value: str | Path) -> str:
+    """A Lua string literal; refuses characters that would need more than simple escaping."""
+    text = str(value)
+    if any(ord(char) < 0x20 for char in text):
+        raise ValueError(f"control character in a value for the Prosody config: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
+
+
+@dataclass
+class ProsodySandbox:
+    """One Prosody process with its own config, data and free ports, all on 127.0.0.1.
+
+    Ports left at 0 are chosen by the first start() and kept by restart().
+    """
+
+    root: Path
+    domain: str = "example.test"
+    component_jid: str = "active.example.test"
+    component_secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    grant_presence: bool = True
+    extra_modules: tuple[str, ...] = ()
+    c2s_port: int = 0
+    component_port: int = 0
+    http_port: int = 0
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _output: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    # --- paths: everything of this instance stays under root ------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "prosody.cfg.lua"
+
+    @property
+    def data_path(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def certs_path(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def log_path(self) -> Path:
+        """Prosody's own log (info and above): print it when a test or the demo fails."""
+        return self.root / "prosody.log"
+
+    @property
+    def output_path(self) -> Path:
+        """Prosody's stdout and stderr: errors from before its logging is set up land here."""
+        return self.root / "prosody.out"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "prosody.pid"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.data_path / "prosody.sock"
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running Prosody (also its process group), or None when stopped."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 15) -> None:
+        """Write the config, start Prosody and return once it really serves c2s and components."""
+        check_installed()
+        if self._process is not None:
+            raise RuntimeError(f"Prosody of {self.root} is already started (pid {self.pid})")
+        for folder in (self.root, self.data_path, self.certs_path):
+            folder.mkdir(parents=True, exist_ok=True)
+        chosen_here = not (self.c2s_port and self.component_port and self.http_port)
+        if chosen_here:
+            self.c2s_port, self.component_port, self.http_port = free_ports(3)
+        try:
+            self._launch(timeout)
+        except PortInUse:
+            if not chosen_here:
+                raise
+            # Someone took a port between free_ports() and Prosody's bind: once more, fresh.
+            self.c2s_port, self.component_port, self.http_port = free_ports(3)
+            self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        self.config_path.write_text(self.render_config())
+        self._output = self.output_path.open("ab")
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._process = subprocess.Popen(
+            ["prosody", "--config", str(self.config_path), "-F"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            # Its own process group: stop() signals Prosody and anything it spawned, and a
+            # Ctrl-C meant for the test run or the demo does not reach it first.
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready(timeout, log_offset)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 5) -> None:
+        """SIGTERM the process group, wait, SIGKILL if needed; always reap. Safe to repeat."""
+        process, self._process = self._process, None
+        if process is not None:
+            try:
+                with contextlib.suppress(ProcessLookupError):  # already gone
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+            finally:
+                process.wait()  # reap: nothing on this machine does it for us
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def restart(self, timeout: float = 15) -> None:
+        """Stop and start again on the same ports and the same data (users, stores)."""
+        self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _wait_ready(self, timeout: float, log_offset: int) -> None:
+        # An open port alone can lie (Prosody may bind, then refuse to run; another process may
+        # hold the port): ready means our process is alive AND it answers an XMPP stream header
+        # on both ports, which it can only do once its startup is over and its loop is running.
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        pending = {
+            self.c2s_port: (self.domain, "jabber:client"),
+            self.component_port: (self.component_jid, "jabber:component:accept"),
+        }
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(self._failure(f"exited with code {self._process.returncode}"))
+            # Prosody logs a port it cannot bind and keeps running without it.
+            if PORT_IN_USE in self._log_since(log_offset):
+                raise PortInUse(self._failure("could not bind one of its ports"))
+            for port, (to, namespace) in list(pending.items()):
+                if _answers_stream(port, to, namespace, deadline):
+                    del pending[port]
+            if not pending and self._process.poll() is None:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(self._failure(f"not ready after {timeout} s"))
+            time.sleep(POLL)
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _failure(self, what: str) -> str:
+        return (
+            f"Prosody of {self.root} {what}.\n"
+            f"--- {self.output_path} ---\n{tail(self.output_path)}\n"
+            f"--- {self.log_path} ---\n{tail(self.log_path)}"
+        )
+
+    # --- using it ----------------------------------------------------------------------------
+
+    def register(self, user: str, password: str) -> str:
+        """Create an account (a localpart, or a bare JID on this domain); return its bare JID."""
+        node, _, host = user.partition("@")
+        host = host or self.domain
+        self.prosodyctl("register", node, host, password)
+        return f"{node}@{host}"
+
+    def metrics(self, timeout: float = 5) -> str:
+        """Prosody's OpenMetrics text (gauges are collected at scrape time: interval manual)."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body: bytes = response.read()
+        return body.decode()
+
+    def shell(self, command: str, timeout: float = 15) -> str:
+        """Run one admin console command, e.g. "module:reload('lastlog2', 'example.test')"."""
+        return self.prosodyctl("shell", command, timeout=timeout)
+
+    def prosodyctl(self, *args: str, timeout: float = 15) -> str:
+        """Run prosodyctl against this instance's config; its output, or RuntimeError."""
+        check_installed()
+        result = subprocess.run(
+            ["prosodyctl", "--config", str(self.config_path), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"prosodyctl {args[0]} failed with code {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    # --- the config --------------------------------------------------------------------------
+
+    def render_config(self) -> str:
+        modules = (
+            "roster",
+            "saslauth",
+            "disco",
+            "ping",
+            "presence",
+            "privilege",
+            "http_openmetrics",
+            "admin_shell",
+            *(module for module in self.extra_modules if module != "privilege"),
+        )
+        privileged = (
+            f"    privileged_entities = {{\n"
+            f'        [{lua_string(self.component_jid)}] = {{ presence = "managed_entity" }};\n'
+            f"    }}\n"
+            if self.grant_presence
+            else ""
+        )
+        log_file = lua_string(self.log_path)
+        log_sink = f'{{ levels = {{ min = "info" }}, to = "file", filename = {log_file} }}'
+        return f"""\
+-- Written by bot/sandbox.py for one private instance; rewritten at every start.
+-- Runs as root in CI: without run_as_root Prosody may open its ports, then refuse to run.
+run_as_root = true
+prosody_user = "root" -- else prosodyctl switches user and cannot write the log
+pidfile = {lua_string(self.pidfile)}
+data_path = {lua_string(self.data_path)}
+certificates = {lua_string(self.certs_path)} -- empty on purpose: no TLS on loopback
+admin_socket = {lua_string(self.admin_socket)}
+plugin_paths = {{ {lua_string(MODULES_DIR)} }}
+log = {{ {log_sink} }}
+
+interfaces = {{ "127.0.0.1" }}
+component_interfaces = {{ "127.0.0.1" }}
+http_interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {self.c2s_port} }}
+component_ports = {{ {self.component_port} }}
+http_ports = {{ {self.http_port} }}
+s2s_ports = {{ }}
+c2s_direct_tls_ports = {{ }}
+https_ports = {{ }}
+
+-- Loopback tests only: plain passwords, no TLS, no server-to-server.
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+modules_disabled = {{ "s2s"; "tls" }}
+
+statistics = "internal"
+statistics_interval = "manual"
+openmetrics_allow_ips = {{ "127.0.0.1" }}
+
+modules_enabled = {{ {"; ".join(lua_string(module) for module in modules)} }}
+
+VirtualHost {lua_string(self.domain)}
+{privileged}
+Component {lua_string(self.component_jid)}
+    component_secret = {lua_string(self.component_secret)}
+    modules_enabled = {{ "privilege" }}
+"""
+
+
+def _answers_stream(port: int, to: str, namespace: str, deadline: float) -> bool:
+    """True if an XMPP server on 127.0.0.1:port answers a stream header addressed to `to`."""
+    header = (
+        f"<?xml version='1.0'?><stream:stream xmlns='{namespace}' to='{to}' version='1.0' "
+        "xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
+    # Short: a probe stuck on a port that accepts but never answers must not delay the checks.
+    budget = max(POLL, min(0.25, deadline - time.monotonic()))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=budget) as sock:
+            sock.sendall(header.encode())
+            received = b""
+            # The reply header names the host back: proves this is our Prosody serving `to`.
+            while (reply := STREAM_HEADER.search(received)) is None:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                received += chunk
+            return (
+                re.search(rb"""\bfrom=(['"])""" + re.escape(to.encode()) + rb"\1", reply[0])
+                is not None
+            )
+    except OSError:
+        return False

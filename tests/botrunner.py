@@ -1,0 +1,82 @@
+"""Run the real bot in the test's event loop against the shared Prosody, and watch what it does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from pathlib import Path
+
+from bot.component import Timing
+from bot.config import Settings
+from bot.daemon import Bot
+
+ADMIN = "admin@example.test"
+FAST = Timing(privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10)
+
+
+def bot_settings(prosody, store_path: Path, **changes) -> Settings:
+    settings = Settings(
+        component_jid=prosody.component_jid,
+        secret=prosody.component_secret,
+        server_host="127.0.0.1",
+        server_port=prosody.component_port,
+        domains=(prosody.domain,),
+        admins=frozenset({ADMIN}),
+        store_path=store_path,
+        flush_interval=0.2,
+        first_count_after=3600,
+        count_interval=3600,
+        count_jitter=0,
+    )
+    return replace(settings, **changes)
+
+
+class RunningBot:
+    """A started Bot, the presence changes it tracked (in order), and a way to stop it."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self.component = bot.component
+        self.tracked: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.component.add_event_handler(
+            "presence_tracked", lambda event: self.tracked.put_nowait((event[0], str(event[1])))
+        )
+        self._stop = asyncio.Event()
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self, timeout: float = 10) -> RunningBot:
+        connected = asyncio.ensure_future(self.component.wait_until("session_start", timeout))
+        self.task = asyncio.create_task(self.bot.serve(self._stop))
+        done, _ = await asyncio.wait([connected, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if self.task in done:
+            connected.cancel()
+            raise AssertionError(f"the bot stopped before connecting: exit {self.task.result()}")
+        await connected
+        return self
+
+    async def expect(self, kind: str, full_jid: str, timeout: float = 5) -> None:
+        """Wait until the bot has tracked this presence change (failing on any other first)."""
+        got = await asyncio.wait_for(self.tracked.get(), timeout)
+        assert got == (kind, full_jid), f"expected {kind} of {full_jid}, the bot tracked {got}"
+
+    async def expect_set(self, changes: set[tuple[str, str]], timeout: float = 5) -> None:
+        """Wait for several changes whose order is not defined (a server's burst)."""
+        seen = set()
+        while len(seen) < len(changes):
+            seen.add(await asyncio.wait_for(self.tracked.get(), timeout))
+        assert seen == changes
+
+    def figures(self):
+        return self.bot.tracker.counts(int(self.bot.clock()))
+
+    async def stop(self) -> int:
+        self._stop.set()
+        assert self.task is not None
+        return await asyncio.wait_for(self.task, 10)
+
+    async def stop_quietly(self) -> None:
+        if self.task is not None and not self.task.done():
+            self._stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, 10)

@@ -1,0 +1,22 @@
+"""Shared fixtures: one real Prosody on loopback for the whole test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.sandbox import ProsodySandbox
+
+USERS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory):
+    """A started Prosody (example.test, component active.example.test) with USERS registered."""
+    sandbox = ProsodySandbox(tmp_path_factory.mktemp("prosody"))
+    sandbox.start()
+    try:
+        for user, password in USERS.items():
+            sandbox.register(user, password)
+        yield sandbox
+    finally:
+        sandbox.stop()

@@ -1,0 +1,291 @@
+"""The bot against a real Prosody: real clients log in and out, ask, and chat.
+
+One Prosody serves the whole session (conftest.py); each test runs its own bot with its own store,
+and stops it and every client it started before the next test begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import pytest
+import pytest_asyncio
+from slixmpp.exceptions import IqError
+
+from bot.commands import ADHOC_STATS_NODE, CHAT_HELP, CHAT_REFUSED, CHAT_UNKNOWN
+from bot.component import COMMANDS_NODE
+from bot.daemon import Bot
+
+from .botrunner import FAST, RunningBot, bot_settings
+from .xmpp_clients import connect_client, disconnect_client
+
+pytestmark = pytest.mark.asyncio
+
+PASSWORDS = {
+    "admin@example.test": "adminpw",
+    "alice@example.test": "alicepw",
+    "bob@example.test": "bobpw",
+    "carol@example.test": "carolpw",
+}
+
+
+@pytest_asyncio.fixture
+async def clients(prosody):
+    """Log in real clients: `await clients.login("alice@example.test/phone")`."""
+
+    class Clients:
+        def __init__(self) -> None:
+            self.connected = []
+
+        async def login(self, full_jid: str, *, presence: bool = True):
+            bare, _, resource = full_jid.partition("/")
+            client = await connect_client(
+                prosody, bare, PASSWORDS[bare], resource=resource, presence=presence
+            )
+            self.connected.append(client)
+            return client
+
+        async def logout(self, client) -> None:
+            self.connected.remove(client)
+            await disconnect_client(client)
+
+    group = Clients()
+    yield group
+    for client in list(group.connected):
+        with contextlib.suppress(Exception):
+            await disconnect_client(client)
+
+
+@pytest_asyncio.fixture
+async def start_bot(prosody, tmp_path):
+    """Start the real bot (its own store in tmp_path); stopped at the end of the test."""
+    running: list[RunningBot] = []
+
+    async def start(**changes) -> RunningBot:
+        settings = bot_settings(prosody, tmp_path / "activity.db", **changes)
+        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        running.append(bot)
+        return bot
+
+    yield start
+    for bot in running:
+        await bot.stop_quietly()
+
+
+async def ask_adhoc(client, node: str = ADHOC_STATS_NODE) -> dict[str, str]:
+    result = await client.plugin["xep_0050"].send_command(jid="active.example.test", node=node)
+    assert result["command"]["status"] == "completed"
+    return {k: v for k, v in result["command"]["form"].get_values().items() if k != "FORM_TYPE"}
+
+
+class Chat:
+    """Chat with the bot from one client; replies come back in order on the same stream."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.replies: asyncio.Queue[str] = asyncio.Queue()
+        client.add_event_handler("message", self._on_message)
+
+    def _on_message(self, message) -> None:
+        if message["from"].bare == "active.example.test":
+            self.replies.put_nowait(message["body"])
+
+    async def ask(self, text: str, mtype: str = "chat") -> str:
+        self.client.send_message(mto="active.example.test", mbody=text, mtype=mtype)
+        return await asyncio.wait_for(self.replies.get(), 5)
+
+
+# --- presence → figures ---------------------------------------------------------------------
+
+
+async def test_two_resources_of_one_user_give_exact_figures(start_bot, clients):
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+
+    phone = await clients.login("alice@example.test/phone")
+    await bot.expect("available", "alice@example.test/phone")
+    laptop = await clients.login("alice@example.test/laptop")
+    await bot.expect("available", "alice@example.test/laptop")
+    figures = await ask_adhoc(admin)
+    assert figures["online_users"] == "2"  # admin and alice
+    assert figures["online_sessions"] == "3"
+    assert (figures["dau"], figures["wau"], figures["mau"]) == ("2", "2", "2")
+
+    await clients.logout(laptop)
+    await bot.expect("unavailable", "alice@example.test/laptop")
+    assert (await ask_adhoc(admin))["online_users"] == "2"  # her phone is still online
+    await clients.logout(phone)
+    await bot.expect("unavailable", "alice@example.test/phone")
+    figures = await ask_adhoc(admin)
+    assert (figures["online_users"], figures["online_sessions"]) == ("1", "1")
+    assert (figures["dau"], figures["known_users"]) == ("2", "2")  # alice was active today
+
+    record = bot.bot.store.get("alice@example.test")
+    assert record.sessions == ()
+    assert record.last_logout >= record.last_login > 0
+
+
+async def test_adhoc_result_form_has_every_field_with_labels(start_bot, clients):
+    await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    result = await admin.plugin["xep_0050"].send_command(
+        jid="active.example.test", node=ADHOC_STATS_NODE
+    )
+    form = result["command"]["form"]
+    assert form["type"] == "result"
+    labels = {var: field["label"] for var, field in form.get_fields().items()}
+    assert labels["dau"] == "Active users, last 24 hours"
+    assert labels["wau"] == "Active users, last 7 days"
+    assert labels["mau"] == "Active users, last 30 days"
+    assert {"online_users", "online_sessions", "known_users", "computed_at"} <= set(labels)
+    assert form.get_values()["computed_at"].endswith("Z")
+
+
+async def test_bot_restarted_while_users_stay_online_relearns_them(start_bot, clients, tmp_path):
+    first = await start_bot()
+    await clients.login("alice@example.test/phone")
+    await first.expect("available", "alice@example.test/phone")
+    assert await first.stop() == 0
+
+    second = await start_bot()  # same store; Prosody re-sends the online users' presence
+    await second.expect("available", "alice@example.test/phone")
+    assert second.bot.tracker.online_sessions() == {("alice@example.test", "phone")}
+    figures = second.figures()
+    assert (figures.online_users, figures.known_users, figures.dau) == (1, 1, 1)
+
+
+async def test_prosody_restart_reconnects_and_resyncs(start_bot, clients, prosody):
+    bot = await start_bot()
+    await clients.login("alice@example.test/phone")
+    await bot.expect("available", "alice@example.test/phone")
+
+    resynced = asyncio.ensure_future(bot.component.wait_until("resynced", 30))
+    reconnected = asyncio.ensure_future(bot.component.wait_until("session_start", 30))
+    await asyncio.to_thread(prosody.restart)  # Prosody says alice went offline, then goes away
+    await bot.expect("unavailable", "alice@example.test/phone")
+    await reconnected
+    clients.connected.clear()  # the restart disconnected them
+    await clients.login("bob@example.test/pc")
+    await bot.expect("available", "bob@example.test/pc")
+    await resynced
+    assert bot.bot.tracker.online_sessions() == {("bob@example.test", "pc")}
+    figures = bot.figures()
+    assert (figures.online_users, figures.dau, figures.known_users) == (1, 2, 2)
+
+
+async def test_session_that_ended_while_disconnected_is_closed_at_the_drop(start_bot, clients):
+    bot = await start_bot()
+    alice = await clients.login("alice@example.test/phone")
+    await clients.login("bob@example.test/pc")
+    await bot.expect_set(
+        {("available", "alice@example.test/phone"), ("available", "bob@example.test/pc")}
+    )
+    reconnected = asyncio.ensure_future(bot.component.wait_until("session_start", 30))
+    resynced = asyncio.ensure_future(bot.component.wait_until("resynced", 30))
+    bot.component.abort()  # the connection drops (as a network failure would)
+    await clients.logout(alice)  # ... and alice leaves while nobody tells the bot
+    await reconnected  # Prosody re-announces bob (no change: he never left), not alice
+    assert await resynced == 1
+    assert bot.bot.tracker.online_sessions() == {("bob@example.test", "pc")}
+    alice_record = bot.bot.store.get("alice@example.test")
+    assert alice_record.sessions == ()
+    assert alice_record.last_logout >= alice_record.last_login
+
+
+async def test_presence_of_other_domains_and_the_component_itself_is_ignored(start_bot, clients):
+    bot = await start_bot()
+    carol = await clients.login("carol@example.test/pc")
+    await bot.expect("available", "carol@example.test/pc")
+    # A directed presence from carol's client with a show value is a presence update, not a login.
+    carol.send_presence(pshow="away")
+    carol.send_presence(pto="active.example.test", ptype="probe")
+    await clients.login("bob@example.test/pc")
+    await bot.expect("available", "bob@example.test/pc")  # nothing was tracked in between
+    assert bot.figures().online_sessions == 2
+
+
+# --- who may ask --------------------------------------------------------------------------------
+
+
+async def test_only_admins_see_and_run_the_command(start_bot, clients):
+    await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    alice = await clients.login("alice@example.test/phone")
+
+    async def command_nodes(client) -> set[str]:
+        items = await client.plugin["xep_0030"].get_items(
+            jid="active.example.test", node=COMMANDS_NODE
+        )
+        return {node for _, node, _ in items["disco_items"]["items"]}
+
+    assert await command_nodes(admin) == {ADHOC_STATS_NODE}
+    assert await command_nodes(alice) == set()
+    with pytest.raises(IqError) as refused:
+        await alice.plugin["xep_0050"].send_command(
+            jid="active.example.test", node=ADHOC_STATS_NODE
+        )
+    assert refused.value.iq["error"]["condition"] == "forbidden"
+    assert "dau" not in str(refused.value.iq)
+
+
+async def test_non_admin_cannot_continue_an_admins_command_session(start_bot, clients):
+    await start_bot()
+    alice = await clients.login("alice@example.test/phone")
+    iq = alice.make_iq_set(ito="active.example.test")
+    iq["command"]["node"] = ADHOC_STATS_NODE
+    iq["command"]["action"] = "next"
+    iq["command"]["sessionid"] = "guessed-session-id"
+    with pytest.raises(IqError) as refused:
+        await iq.send()
+    assert refused.value.iq["error"]["condition"] == "forbidden"
+
+
+async def test_admin_chat_stats_help_and_unknown(start_bot, clients):
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+    chat = Chat(admin)
+    assert await chat.ask("  STATS \n") == (
+        "Active users: 1 (24 hours), 1 (7 days), 1 (30 days); online now: 1 users, 1 sessions"
+    )
+    assert await chat.ask("help") == CHAT_HELP
+    assert await chat.ask("what's up?") == CHAT_UNKNOWN
+
+
+async def test_non_admin_chat_gets_a_polite_refusal_without_figures(start_bot, clients):
+    await start_bot()
+    chat = Chat(await clients.login("alice@example.test/phone"))
+    reply = await chat.ask("stats")
+    assert reply == CHAT_REFUSED
+    assert not any(ch.isdigit() for ch in reply)
+
+
+async def test_error_and_groupchat_messages_get_no_reply(start_bot, clients):
+    await start_bot()
+    chat = Chat(await clients.login("admin@example.test/desk"))
+    chat.client.send_message(mto="active.example.test", mbody="stats", mtype="error")
+    chat.client.send_message(mto="active.example.test", mbody="stats", mtype="groupchat")
+    # Replies come in order: if either had been answered, that answer would come first.
+    assert await chat.ask("help") == CHAT_HELP
+
+
+# --- connection problems -------------------------------------------------------------------
+
+
+async def test_wrong_secret_is_a_clear_error_and_exit_1(prosody, tmp_path, caplog):
+    settings = bot_settings(prosody, tmp_path / "activity.db", secret="not-the-secret")
+    caplog.set_level(logging.ERROR)
+    bot = Bot(settings, timing=FAST)
+    assert await asyncio.wait_for(bot.serve(asyncio.Event()), 15) == 1
+    assert "refused the component secret for active.example.test" in caplog.text
+
+
+async def test_nothing_listening_is_a_clear_error_and_exit_1(prosody, tmp_path, caplog):
+    settings = bot_settings(prosody, tmp_path / "activity.db", server_port=prosody.c2s_port + 7)
+    caplog.set_level(logging.ERROR)
+    bot = Bot(settings, timing=FAST)
+    assert await asyncio.wait_for(bot.serve(asyncio.Event()), 15) == 1
+    assert "nothing accepts components there" in caplog.text

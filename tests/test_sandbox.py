@@ -1,0 +1,107 @@
+"""The sandbox Prosody itself: real logins, metrics, restart on the same ports, clean stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from bot import sandbox as sandbox_module
+from bot.sandbox import PortInUse, ProsodyNotInstalled, ProsodySandbox
+
+from .xmpp_clients import connect_client, disconnect_client
+
+
+@pytest.fixture
+def own_prosody(tmp_path):
+    """A sandbox of the test's own, for tests that restart or stop it, with alice registered."""
+    sandbox = ProsodySandbox(tmp_path / "prosody")
+    sandbox.start()
+    sandbox.register("alice", "alicepw")
+    yield sandbox
+    sandbox.stop()
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.asyncio
+async def test_a_real_client_logs_in_and_gets_a_session(prosody):
+    client = await connect_client(prosody, "alice@example.test", "alicepw")
+    assert str(client.boundjid) == "alice@example.test/test"
+    await disconnect_client(client)
+
+
+@pytest.mark.asyncio
+async def test_a_wrong_password_is_refused_by_the_server(prosody):
+    with pytest.raises(ConnectionError, match="authentication refused"):
+        await connect_client(prosody, "bob@example.test", "not-bobs")
+
+
+def test_metrics_are_prosodys_openmetrics_text(prosody):
+    text = prosody.metrics()
+    assert "prosody" in text
+    assert "# TYPE" in text
+
+
+def test_the_admin_shell_reaches_the_running_server(prosody):
+    assert "privilege" in prosody.shell("module:list('example.test')")
+
+
+@pytest.mark.asyncio
+async def test_restart_keeps_ports_and_accounts(own_prosody):
+    ports = (own_prosody.c2s_port, own_prosody.component_port, own_prosody.http_port)
+    old_pid = own_prosody.pid
+
+    own_prosody.restart()
+
+    assert (own_prosody.c2s_port, own_prosody.component_port, own_prosody.http_port) == ports
+    assert own_prosody.pid != old_pid
+    client = await connect_client(own_prosody, "alice@example.test", "alicepw")
+    await disconnect_client(client)
+
+
+def test_stop_leaves_no_prosody_process_and_frees_the_ports(own_prosody):
+    pid = own_prosody.pid
+    assert pid is not None
+    assert process_exists(pid)
+
+    own_prosody.stop()
+    own_prosody.stop()  # idempotent
+
+    assert own_prosody.pid is None
+    assert not process_exists(pid)  # reaped, not a zombie: the pid is gone
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # nothing left in its process group either
+    assert not own_prosody.pidfile.exists()  # an orderly shutdown, not a SIGKILL
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", own_prosody.c2s_port))
+
+
+def test_a_port_held_by_another_program_fails_the_start_fast(tmp_path):
+    # Prosody logs the failed bind and keeps running: a plain port probe would say "ready".
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        component_port, http_port = sandbox_module.free_ports(2)
+        sandbox = ProsodySandbox(
+            tmp_path / "prosody",
+            c2s_port=squatter.getsockname()[1],
+            component_port=component_port,
+            http_port=http_port,
+        )
+        with pytest.raises(PortInUse, match="Failed to open server port"):
+            sandbox.start(timeout=10)
+    assert sandbox.pid is None
+
+
+def test_missing_mod_privilege_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox_module, "MODULES_DIR", tmp_path)
+    with pytest.raises(ProsodyNotInstalled, match="make prosody"):
+        ProsodySandbox(tmp_path / "prosody").start()
