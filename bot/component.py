@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from slixmpp import ComponentXMPP
@@ -58,7 +58,6 @@ class _Connection:
     started: asyncio.Future[None]
     ended: asyncio.Future[str]
     stream_error: str | None = None
-    privileges: dict[str, dict[str, str]] = field(default_factory=dict)  # domain -> access
 
 
 class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is untyped
@@ -81,6 +80,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.timing = timing or Timing()
         self.connected_since: float | None = None
         self._dropped_at: int | None = None  # when the last connection was lost
+        self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -220,8 +220,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if connection is not None and not connection.started.done():
             connection.started.set_result(None)
         self.connected_since = self.clock()
+        self.privileges = {}
         log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
-        self._spawn(self._check_privileges(connection))
+        self._spawn(self._check_privileges(self.connected_since))
         if self._dropped_at is not None:
             # Before any stanza of the new stream is handled: the server re-announces the
             # online sessions right after the handshake.
@@ -273,12 +274,12 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
         if not self.tracker.counts_domain(sender.bare):
             log.info("Subscription from %s refused: not a counted domain", sender.bare)
-            self.send_presence(pto=sender.bare, ptype="unsubscribed")
+            self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="unsubscribed")
             return
         log.info("Subscription from %s accepted; subscribing back", sender.bare)
-        self.send_presence(pto=sender.bare, ptype="subscribed")
-        self.send_presence(pto=sender.bare, ptype="subscribe")
-        self.send_presence(pto=sender.bare)
+        self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribed")
+        self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribe")
+        self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare)
 
     def _answer_probe(self, presence: Any) -> None:
         try:
@@ -286,7 +287,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         except InvalidJID:
             return
         if self.tracker.counts_domain(sender.bare):
-            self.send_presence(pto=sender.bare)
+            self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare)
 
     # --- privileges ---------------------------------------------------------------------
 
@@ -300,8 +301,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                 for perm in element.iter(f"{{{namespace}}}perm")
             }
             server = message.xml.get("from", "?")
-            if self._connection is not None:
-                self._connection.privileges[server] = perms
+            self.privileges[server] = perms
             granted = ", ".join(f"{a}={t}" for a, t in sorted(perms.items())) or "nothing"
             log.info("Privileges granted by %s (%s): %s", server, namespace, granted)
             if namespace.endswith(":1"):
@@ -311,12 +311,12 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                     namespace,
                 )
 
-    async def _check_privileges(self, connection: _Connection | None) -> None:
+    async def _check_privileges(self, connected_since: float) -> None:
         await asyncio.sleep(self.timing.privileges_grace)
-        if connection is None or connection.ended.done():
-            return
+        if self.connected_since != connected_since:
+            return  # that connection is gone; the next one checks again
         for domain in self.tracker.domains:
-            presence = connection.privileges.get(domain, {}).get("presence")
+            presence = self.privileges.get(domain, {}).get("presence")
             if presence not in PRESENCE_GRANTS:
                 log.warning(
                     "No presence permission from %s (got %s): the bot sees only users who "
@@ -389,7 +389,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     # --- background tasks -----------------------------------------------------------------
 
     def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = self.loop.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

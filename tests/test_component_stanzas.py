@@ -1,0 +1,205 @@
+"""Stanza edge cases at the component's edge, with slixmpp's own test harness (SlixTest).
+
+SlixTest drives its own event loop, so these tests are plain synchronous methods. The component
+is built exactly as `SlixTest.stream_start(mode="component")` builds a plain ComponentXMPP.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from slixmpp.test import SlixTest
+from slixmpp.test import TestTransport as Transport  # not collected as a test
+
+from bot.activity import ActivityTracker
+from bot.commands import CHAT_REFUSED, CommandSet
+from bot.component import ActiveUsersComponent, Timing
+from bot.daemon import figures_source
+from bot.store import Store
+
+T0 = 1_800_000_000
+COMPONENT = "active.example.test"
+
+
+class ComponentStanzaTest(SlixTest):
+    def setUp(self) -> None:
+        self.folder = tempfile.TemporaryDirectory()
+        self.store = Store(Path(self.folder.name) / "activity.db")
+        self.tracker = ActivityTracker(self.store, ["example.test"])
+        self.tracker.load(T0)
+        clock = lambda: T0  # noqa: E731
+        self.xmpp = ActiveUsersComponent(
+            jid=COMPONENT,
+            secret="secret",
+            host="127.0.0.1",
+            port=5347,
+            tracker=self.tracker,
+            commands=CommandSet(
+                admins=frozenset({"admin@example.test"}),
+                figures=figures_source(self.tracker, clock),
+            ),
+            clock=clock,
+            timing=Timing(privileges_grace=0.05),
+        )
+        self.xmpp._always_send_everything = True
+        self.xmpp.connection_made(Transport(self.xmpp))
+        self.xmpp.session_bind_event.set()
+        self.xmpp.use_presence_ids = False
+        self.xmpp.use_message_ids = False
+        self.xmpp.data_received(self.xmpp.stream_header)
+        self.wait_for_send_queue()
+        self.xmpp.socket.next_sent()  # our stream header
+        self.xmpp.socket.next_sent()  # our handshake
+        self.xmpp.event("session_bind", self.xmpp.boundjid)  # what the accepted handshake does
+        self.wait_()
+
+    def tearDown(self) -> None:
+        self.stream_close()
+        self.store.close(T0)
+        self.folder.cleanup()
+
+    def online(self) -> set[tuple[str, str]]:
+        return self.tracker.online_sessions()
+
+    def test_available_and_unavailable_per_full_jid(self):
+        self.recv('<presence from="alice@example.test/phone" to="active.example.test"/>')
+        self.recv(
+            '<presence from="alice@example.test/pc" to="active.example.test">'
+            "<show>away</show></presence>"
+        )
+        assert self.online() == {("alice@example.test", "phone"), ("alice@example.test", "pc")}
+        self.recv(
+            '<presence type="unavailable" from="alice@example.test/pc" to="active.example.test"/>'
+        )
+        assert self.online() == {("alice@example.test", "phone")}
+
+    def test_ignored_presences_never_count(self):
+        for stanza in (
+            '<presence type="error" from="alice@example.test/r"><error type="cancel"/></presence>',
+            '<presence type="subscribed" from="alice@example.test"/>',
+            '<presence type="unsubscribe" from="alice@example.test"/>',
+            '<presence from="room@conference.example.test/nick"/>',
+            '<presence from="bob@elsewhere.org/pc"/>',
+            '<presence from="active.example.test"/>',
+            '<presence from="example.test"/>',
+            '<presence type="bogus" from="alice@example.test/phone"/>',
+        ):
+            self.recv(stanza)
+        assert self.online() == set()
+        assert self.tracker.counts(T0).known_users == 0
+
+    def test_invalid_or_missing_from_is_ignored_without_crashing(self):
+        self.recv('<presence from="not a jid@@/x" to="active.example.test"/>')
+        self.recv('<presence to="active.example.test"/>')
+        self.recv('<presence from="' + "a" * 2000 + '@example.test/r"/>')  # over the JID limits
+        self.recv('<presence from="alice@example.test/' + "r" * 1000 + '"/>')  # a long resource
+        assert self.tracker.counts(T0).online_sessions == 1
+
+    def test_probe_from_a_user_is_answered_with_our_presence(self):
+        self.recv(
+            '<presence type="probe" from="alice@example.test/phone" to="active.example.test"/>'
+        )
+        self.send(
+            '<presence from="active.example.test" to="alice@example.test"/>',
+            method="exact",
+            use_values=False,
+        )
+
+    def test_subscription_fallback_is_accepted_and_returned(self):
+        self.recv('<presence type="subscribe" from="alice@example.test" to="active.example.test"/>')
+        self.send(
+            '<presence from="active.example.test" to="alice@example.test" type="subscribed"/>',
+            use_values=False,
+        )
+        self.send(
+            '<presence from="active.example.test" to="alice@example.test" type="subscribe"/>',
+            use_values=False,
+        )
+        self.send(
+            '<presence from="active.example.test" to="alice@example.test"/>', use_values=False
+        )
+
+    def test_subscription_from_another_domain_is_refused(self):
+        self.recv('<presence type="subscribe" from="eve@elsewhere.org" to="active.example.test"/>')
+        self.send(
+            '<presence from="active.example.test" to="eve@elsewhere.org" type="unsubscribed"/>',
+            use_values=False,
+        )
+
+    def test_non_admin_command_is_forbidden_at_any_step(self):
+        for action in ("execute", "next", "complete", "cancel"):
+            self.recv(
+                f'<iq type="set" id="c-{action}" from="alice@example.test/phone" to="{COMPONENT}">'
+                f'<command xmlns="http://jabber.org/protocol/commands" node="active-users" '
+                f'action="{action}" sessionid="any"/></iq>'
+            )
+            # slixmpp puts <error/> in jabber:client even on a component stream; Prosody
+            # relays it as is (the real-Prosody test sees "forbidden").
+            self.send(
+                f'<iq type="error" id="c-{action}" from="{COMPONENT}" '
+                'to="alice@example.test/phone"><error xmlns="jabber:client" type="auth">'
+                '<forbidden xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
+                '<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas">'
+                "Only the administrators of this service may ask.</text></error></iq>",
+                use_values=False,
+            )
+
+    def test_completed_command_sessions_are_not_kept(self):
+        self.recv(
+            f'<iq type="set" id="c1" from="admin@example.test/desk" to="{COMPONENT}">'
+            '<command xmlns="http://jabber.org/protocol/commands" node="active-users" '
+            'action="execute"/></iq>'
+        )
+        self.wait_for_send_queue()
+        reply = self.xmpp.socket.next_sent().decode()
+        assert 'status="completed"' in reply
+        assert '<field var="dau"' in reply
+        assert len(self.xmpp.plugin["xep_0050"].sessions) == 0
+
+    def test_chat_from_non_admin_is_refused_and_error_messages_get_nothing(self):
+        self.recv(
+            '<message type="error" from="alice@example.test/phone"><body>stats</body></message>'
+        )
+        self.recv(
+            '<message type="groupchat" from="room@muc.example.test/x"><body>stats</body></message>'
+        )
+        self.recv(
+            '<message type="chat" from="alice@example.test/phone"><body>stats</body></message>'
+        )
+        self.send(
+            f'<message type="chat" to="alice@example.test/phone">'
+            f"<body>{CHAT_REFUSED}</body></message>",
+            use_values=False,
+        )
+
+    def test_missing_presence_permission_is_one_clear_warning(self):
+        with self.assertLogs("bot.component", logging.WARNING) as logs:
+            self.xmpp.event("session_start")
+            self.recv(
+                '<message from="example.test" to="active.example.test">'
+                '<privilege xmlns="urn:xmpp:privilege:2"><perm access="roster" type="get"/>'
+                "</privilege></message>"
+            )
+            self.wait_(0.2)
+        (warning,) = logs.output
+        assert "No presence permission from example.test (got none)" in warning
+        assert (
+            'privileged_entities = { ["active.example.test"] = { presence = "managed_entity" } }'
+            in warning
+        )
+
+    def test_privilege_v1_advertisement_is_understood(self):
+        with self.assertLogs("bot.component", logging.INFO) as logs:
+            self.recv(
+                '<message from="example.test" to="active.example.test">'
+                '<privilege xmlns="urn:xmpp:privilege:1">'
+                '<perm access="presence" type="managed_entity"/></privilege></message>'
+            )
+        text = "\n".join(logs.output)
+        assert (
+            "Privileges granted by example.test (urn:xmpp:privilege:1): presence=managed_entity"
+            in text
+        )
+        assert "older urn:xmpp:privilege:1" in text
