@@ -11,7 +11,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import daemon
+from tqdm import tqdm
+
+from . import daemon, importer
 from .activity import ActivityTracker
 from .commands import iso_utc
 from .config import ConfigError, load_settings
@@ -34,6 +36,7 @@ examples:
   xmpp-active-users run --config /etc/xmpp-active-users/config.toml
   xmpp-active-users count --config /etc/xmpp-active-users/config.toml
   xmpp-active-users count --config config.toml --json
+  xmpp-active-users import --config config.toml --from prosody-lastlog2 /var/lib/prosody
 
 Start from config.example.toml; every key is explained there.
 """
@@ -75,6 +78,38 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_argument(run)
     run.set_defaults(handler=_run)
 
+    imports = commands.add_parser(
+        "import",
+        help="import the history Prosody already has (stop the bot first)",
+        description=(
+            "Import last login/logout times that Prosody already stores, so that the figures "
+            "are right from day one. Per user and field the newest timestamp wins: importing "
+            "twice changes nothing. Users of domains not in [counting] domains are skipped. "
+            "Unreadable files are reported and skipped. The bot must be stopped (it holds "
+            "the store)."
+        ),
+        epilog=(
+            "sources:\n"
+            "  prosody-lastlog2          Prosody 0.12 with mod_lastlog2; PATH = Prosody's data\n"
+            "                            dir (e.g. /var/lib/prosody), read: HOST/lastlog2/*.dat\n"
+            "  prosody-account-activity  Prosody 13; PATH = the data dir, read:\n"
+            "                            HOST/account_activity/*.dat\n"
+            "  prosody-sql               mod_storage_sql with SQLite; PATH = the database file\n"
+            "\nexample:\n"
+            "  xmpp-active-users import -c config.toml --from prosody-lastlog2 /var/lib/prosody"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_argument(imports)
+    imports.add_argument(
+        "--from", dest="source", required=True, choices=importer.SOURCES, help="what to read"
+    )
+    imports.add_argument("path", type=Path, metavar="PATH", help="where to read it")
+    imports.add_argument(
+        "--dry-run", action="store_true", help="report what would change, write nothing"
+    )
+    imports.set_defaults(handler=_import)
+
     count = commands.add_parser(
         "count",
         help="print the figures from the store (safe while the bot runs)",
@@ -105,6 +140,29 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     return asyncio.run(daemon.run(settings))
+
+
+def _import(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, need_secret=False)
+    if args.source == "prosody-sql":
+        entries = importer.read_sql(args.path)
+    else:
+        files = importer.data_files(args.source, args.path)
+        if not files:
+            print(
+                f"xmpp-active-users: no {args.source} data files under {args.path}; "
+                "PATH should be Prosody's data directory (e.g. /var/lib/prosody)",
+                file=sys.stderr,
+            )
+            return 2
+        entries = (
+            importer.read_data_file(args.source, file, bare_jid)
+            for file, bare_jid in tqdm(files, desc="Importing", unit=" users", delay=1)
+        )
+    with Store(settings.store_path) as store:
+        report = importer.import_activities(store, entries, settings.domains, dry_run=args.dry_run)
+    print(report.summary(args.dry_run))
+    return 0
 
 
 def _count(args: argparse.Namespace) -> int:

@@ -291,11 +291,13 @@ class Store:
     def close(self, now: int | None = None) -> None:
         """Write what is pending (writers), then release the file and the lock.
 
-        `now` is the heartbeat to record; the clock is read only when the caller gives none.
+        `now` records the heartbeat: only the bot, which is alive, passes it. Other writers
+        (an import) keep the heartbeat as it was, so a crashed bot's sessions still end when
+        the bot was last alive.
         """
         try:
-            if not self.readonly:
-                self.flush(int(time.time()) if now is None else now, heartbeat_interval=0)
+            if not self.readonly and (now is not None or self._pending):
+                self.flush(self._heartbeat_written if now is None else now, heartbeat_interval=0)
         finally:
             self._shelf.close()
             self._unlock()

@@ -34,7 +34,10 @@ def test_records_survive_close_and_reopen(tmp_path):
         store.put("alice@example.test", ALICE)
     with Store(path, readonly=True) as store:
         assert dict(store.users()) == {"alice@example.test": ALICE}
-        assert store.heartbeat > 0
+        assert store.heartbeat == 0  # nobody said the bot was alive
+    Store(path).close(now=T0)
+    with Store(path, readonly=True) as store:
+        assert store.heartbeat == T0
 
 
 def test_file_is_a_plain_shelf_of_primitives_in_dbm_sqlite3_layout(tmp_path):

@@ -1,0 +1,217 @@
+"""Import the history Prosody already keeps, so that MAU is right on the first day.
+
+Sources:
+    prosody-lastlog2          Prosody 0.12 file storage: DATA/<host>/lastlog2/<user>.dat
+    prosody-account-activity  Prosody 13 file storage: DATA/<host>/account_activity/<user>.dat
+    prosody-sql               either store inside a mod_storage_sql SQLite database
+
+Merge rule: per user and field the newest timestamp wins (the oldest for first_seen), so importing
+twice changes nothing. Users of domains not counted are skipped; unreadable files are reported and
+the import goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from .luadata import LuaDataError, parse_lua_data
+from .model import UserRecord, domain_of
+from .store import Store
+
+SOURCES = ("prosody-lastlog2", "prosody-account-activity", "prosody-sql")
+_STORE_OF_SOURCE = {"prosody-lastlog2": "lastlog2", "prosody-account-activity": "account_activity"}
+_FLUSH_EVERY = 10_000  # records per transaction on large imports
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What one source says about one user. Timestamps: Unix seconds, 0 for unknown."""
+
+    bare_jid: str
+    last_login: int = 0
+    last_logout: int = 0
+    registered: int = 0
+
+
+@dataclass(frozen=True)
+class Rejected:
+    where: str  # a file, or a database row's host/user/store
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0  # users new to the store
+    updated: int = 0  # users whose record changed
+    unchanged: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> users
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def summary(self, dry_run: bool) -> str:
+        verb = "would be" if dry_run else "were"
+        lines = [
+            f"Users imported: {self.imported}, updated: {self.updated}, "
+            f"unchanged: {self.unchanged} ({'dry run: nothing written' if dry_run else 'saved'})"
+        ]
+        for reason, users in sorted(self.skipped.items()):
+            lines.append(f"Skipped {users} users: {reason}")
+        if self.rejected:
+            lines.append(f"{len(self.rejected)} entries {verb} rejected:")
+            lines += [f"  {entry.where}: {entry.reason}" for entry in self.rejected]
+        return "\n".join(lines)
+
+
+# --- reading the sources -----------------------------------------------------------------------
+
+
+def data_files(source: str, path: Path) -> list[tuple[Path, str]]:
+    """(file, bare JID) of every user file of the source's store below Prosody's data dir `path`
+    (or inside the store folder itself, e.g. DATA/example%2etest/lastlog2)."""
+    store = _STORE_OF_SOURCE[source]
+    if path.name == store:
+        files = sorted(path.glob("*.dat"))
+    else:
+        files = sorted(path.glob(f"*/{store}/*.dat"))
+    return [(file, f"{unquote(file.stem)}@{unquote(file.parent.parent.name)}") for file in files]
+
+
+def read_data_file(source: str, file: Path, bare_jid: str) -> Activity | Rejected:
+    try:
+        data = parse_lua_data(file.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, LuaDataError) as exc:
+        return Rejected(str(file), f"not a Prosody data file ({exc})")
+    return activity_from(source, bare_jid, data, str(file))
+
+
+def activity_from(source: str, bare_jid: str, data: Any, where: str) -> Activity | Rejected:
+    """Interpret one user's stored table."""
+    if not isinstance(data, dict):
+        return Rejected(where, f"expected a table, found {type(data).__name__}")
+    if source == "prosody-account-activity":
+        timestamp = _timestamp(data.get("timestamp"))
+        if timestamp is None:
+            return Rejected(where, "no numeric timestamp")
+        # The time of the last login or logout: "last seen" is what the seed's rule needs.
+        return Activity(bare_jid, last_logout=timestamp)
+    times = {
+        event: _timestamp(data[event].get("timestamp")) if isinstance(data.get(event), dict) else 0
+        for event in ("login", "logout", "registered")
+    }
+    if None in times.values() or not (times["login"] or times["logout"]):
+        return Rejected(where, "no numeric login or logout timestamp")
+    return Activity(
+        bare_jid,
+        last_login=times["login"] or 0,
+        last_logout=times["logout"] or 0,
+        registered=times["registered"] or 0,
+    )
+
+
+def _timestamp(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return int(value)
+
+
+def read_sql(path: Path) -> Iterator[Activity | Rejected]:
+    """lastlog2 and account_activity rows of a mod_storage_sql SQLite database (read-only)."""
+    if not path.is_file():
+        yield Rejected(str(path), "no such file")
+        return
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+        rows = db.execute(
+            'SELECT "host", "user", "store", "key", "type", "value" FROM "prosody" '
+            "WHERE \"store\" IN ('lastlog2', 'account_activity') "
+            'ORDER BY "host", "user", "store"'
+        ).fetchall()
+        db.close()
+    except sqlite3.Error as exc:
+        yield Rejected(str(path), f"not a Prosody SQL storage database ({exc})")
+        return
+    users: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for host, user, store, key, kind, value in rows:
+        where = f"{path}: {user}@{host} store {store} key {key}"
+        try:
+            decoded = _sql_value(kind, value)
+        except ValueError as exc:
+            yield Rejected(where, str(exc))
+            continue
+        users.setdefault((host, user, store), {})[key] = decoded
+    for (host, user, store), data in users.items():
+        source = "prosody-lastlog2" if store == "lastlog2" else "prosody-account-activity"
+        yield activity_from(source, f"{user}@{host}", data, f"{path}: {user}@{host} {store}")
+
+
+def _sql_value(kind: str, value: str) -> Any:
+    """mod_storage_sql's (type, value) columns, as its own deserialize() reads them."""
+    if kind == "number":
+        return float(value) if "." in value or "e" in value.lower() else int(value)
+    if kind == "json":
+        return json.loads(value)
+    if kind == "string":
+        return value
+    if kind == "boolean" and value in ("true", "false"):
+        return value == "true"
+    raise ValueError(f"unexpected value type {kind!r}")
+
+
+# --- merging into the store ------------------------------------------------------------------
+
+
+def merge(existing: UserRecord | None, activity: Activity) -> UserRecord:
+    """Newest login and logout win; first_seen is the oldest we know."""
+    known = [t for t in (activity.registered, activity.last_login, activity.last_logout) if t]
+    first_seen = min(known) if known else 0
+    if existing is None:
+        return UserRecord(first_seen, activity.last_login, activity.last_logout)
+    if existing.first_seen and first_seen:
+        first_seen = min(existing.first_seen, first_seen)
+    return UserRecord(
+        first_seen=first_seen or existing.first_seen,
+        last_login=max(existing.last_login, activity.last_login),
+        last_logout=max(existing.last_logout, activity.last_logout),
+        sessions=existing.sessions,
+    )
+
+
+def import_activities(
+    store: Store,
+    entries: Iterable[Activity | Rejected],
+    domains: Iterable[str],
+    *,
+    dry_run: bool,
+) -> ImportReport:
+    counted = set(domains)
+    report = ImportReport()
+    for entry in entries:
+        if isinstance(entry, Rejected):
+            report.rejected.append(entry)
+            continue
+        if domain_of(entry.bare_jid) not in counted:
+            report.skipped[f"domain {domain_of(entry.bare_jid)} is not counted"] += 1
+            continue
+        existing = store.get(entry.bare_jid)
+        merged = merge(existing, entry)
+        if merged == existing:
+            report.unchanged += 1
+            continue
+        if existing is None:
+            report.imported += 1
+        else:
+            report.updated += 1
+        if not dry_run:
+            store.put(entry.bare_jid, merged)
+            if store.pending >= _FLUSH_EVERY:
+                # An import is no sign of the bot's life: the heartbeat stays as it was.
+                store.flush(store.heartbeat, heartbeat_interval=0)
+    if not dry_run:
+        store.flush(store.heartbeat, heartbeat_interval=0)
+    return report
