@@ -104,8 +104,8 @@ def activity_from(source: str, bare_jid: str, data: Any, where: str) -> Activity
         event: _timestamp(data[event].get("timestamp")) if isinstance(data.get(event), dict) else 0
         for event in ("login", "logout", "registered")
     }
-    if None in times.values() or not (times["login"] or times["logout"]):
-        return Rejected(where, "no numeric login or logout timestamp")
+    if None in times.values():
+        return Rejected(where, "a timestamp that is not a number")
     return Activity(
         bare_jid,
         last_login=times["login"] or 0,
@@ -197,6 +197,9 @@ def import_activities(
             continue
         if domain_of(entry.bare_jid) not in counted:
             report.skipped[f"domain {domain_of(entry.bare_jid)} is not counted"] += 1
+            continue
+        if not (entry.last_login or entry.last_logout):
+            report.skipped["no login or logout recorded (never active)"] += 1
             continue
         existing = store.get(entry.bare_jid)
         merged = merge(existing, entry)

@@ -11,8 +11,11 @@ USERS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carol
 
 @pytest.fixture(scope="session")
 def prosody(tmp_path_factory):
-    """A started Prosody (example.test, component active.example.test) with USERS registered."""
-    sandbox = ProsodySandbox(tmp_path_factory.mktemp("prosody"))
+    """A started Prosody (example.test, component active.example.test) with USERS registered,
+    running the reference: mod_lastlog2 and mod_measure_active_users."""
+    sandbox = ProsodySandbox(
+        tmp_path_factory.mktemp("prosody"), extra_modules=("lastlog2", "measure_active_users")
+    )
     sandbox.start()
     try:
         for user, password in USERS.items():

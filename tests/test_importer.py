@@ -105,8 +105,7 @@ def test_account_activity_timestamp_is_last_activity(tmp_path):
     [
         ("garbage {", "not a Prosody data file"),
         ('return "a string"', "expected a table"),
-        ('return { ["login"] = { ["timestamp"] = "yesterday" } }', "no numeric login"),
-        ("return {}", "no numeric login"),
+        ('return { ["login"] = { ["timestamp"] = "yesterday" } }', "not a number"),
     ],
 )
 def test_malformed_files_are_rejected_with_the_reason(tmp_path, text, reason):
@@ -173,6 +172,7 @@ def test_import_twice_changes_nothing_and_other_domains_are_skipped(tmp_path):
         Activity("alice@example.test", T, T + 8),
         Activity("bob@example.test", 0, T),
         Activity("room@conference.example.test", T, 0),
+        Activity("carol@example.test", 0, 0, registered=T),
         Rejected("x.dat", "broken"),
     ]
     with Store(tmp_path / "activity.db") as store:
@@ -181,7 +181,10 @@ def test_import_twice_changes_nothing_and_other_domains_are_skipped(tmp_path):
         assert store.heartbeat == 0  # an import says nothing about the bot being alive
     assert (first.imported, first.updated, first.unchanged) == (2, 0, 0)
     assert (second.imported, second.updated, second.unchanged) == (0, 0, 2)
-    assert first.skipped == {"domain conference.example.test is not counted": 1}
+    assert first.skipped == {
+        "domain conference.example.test is not counted": 1,
+        "no login or logout recorded (never active)": 1,
+    }
     assert first.rejected == [Rejected("x.dat", "broken")]
 
 

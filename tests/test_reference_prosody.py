@@ -1,0 +1,146 @@
+"""Acceptance: the bot and Prosody's own mod_measure_active_users give the same figures.
+
+Prosody runs the reference module over mod_lastlog2's store; we write a history into that store,
+import the same folder into the bot, log real clients in and out, and compare the reference's
+three gauges (from /metrics) with the bot's ad-hoc result.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+
+import pytest
+
+from bot.daemon import Bot
+from bot.importer import data_files, import_activities, read_data_file
+from bot.store import Store
+
+from .botrunner import FAST, RunningBot, bot_settings
+from .test_component_prosody import ask_adhoc
+from .xmpp_clients import connect_client, disconnect_client
+
+pytestmark = pytest.mark.asyncio
+
+DAY = 86_400
+EDGE = 120  # seconds either side of a window edge: far more than the test takes
+GAUGE = re.compile(
+    r'^prosody_mod_measure_active_users__active_users_(1d|7d|30d)\{host="example\.test"\} (\d+)$',
+    re.M,
+)
+
+
+def fixed_history(now: int) -> dict[str, tuple[int | None, int | None]]:
+    """user -> (login, logout) timestamps, None for absent."""
+    history = {
+        "h_2h": (now - 2 * 3600, now - 2 * 3600 + 60),
+        "h_3d": (now - 3 * DAY, None),
+        "h_20d": (None, now - 20 * DAY),
+        "h_40d": (now - 40 * DAY, now - 40 * DAY + 5),
+        "h_login_newer": (now - 2 * DAY, now - 9 * DAY),
+        "h_logout_newer": (now - 35 * DAY, now - 6 * DAY),
+    }
+    for days in (1, 7, 30):
+        history[f"h_{days}d_inside"] = (now - days * DAY + EDGE, None)
+        history[f"h_{days}d_outside"] = (None, now - days * DAY - EDGE)
+    return history
+
+
+def random_history(now: int, seed: int) -> dict[str, tuple[int | None, int | None]]:
+    rng = random.Random(seed)
+    history = {}
+    for n in range(60):
+
+        def stamp() -> int | None:
+            if rng.random() < 0.2:
+                return None
+            age = rng.randrange(0, 45 * DAY)
+            if any(abs(age - days * DAY) < EDGE for days in (1, 7, 30)):
+                age += 2 * EDGE  # keep clear of the edges: the two counts are seconds apart
+            return now - age
+
+        history[f"r{seed}_{n}"] = (stamp(), stamp())
+    return history
+
+
+def write_lastlog2(prosody, history) -> None:
+    folder = prosody.data_path / "example%2etest" / "lastlog2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for user, (login, logout) in history.items():
+        fields = "".join(
+            f'["{name}"] = {{ ["timestamp"] = {value}; }}; '
+            for name, value in (("login", login), ("logout", logout))
+            if value is not None
+        )
+        (folder / f"{prosody_encode(user)}.dat").write_text(
+            f"return {{ {fields}}};\n", encoding="utf-8"
+        )
+
+
+def prosody_encode(name: str) -> str:
+    """How Prosody's datamanager names files: every byte but [A-Za-z0-9] as %xx."""
+    return re.sub(r"[^A-Za-z0-9]", lambda match: f"%{ord(match.group()):02x}", name)
+
+
+def reference_figures(prosody) -> dict[str, int]:
+    prosody.shell(
+        '> prosody.hosts["example.test"].modules.measure_active_users.update_calculations()'
+    )
+    gauges = dict(GAUGE.findall(prosody.metrics()))
+    return {"dau": int(gauges["1d"]), "wau": int(gauges["7d"]), "mau": int(gauges["30d"])}
+
+
+async def compare_once(prosody, store_path, history) -> tuple[dict, dict]:
+    write_lastlog2(prosody, history)
+    with Store(store_path) as store:  # the admin's `import`, the bot stopped
+        files = data_files("prosody-lastlog2", prosody.data_path)
+        entries = (read_data_file("prosody-lastlog2", f, jid) for f, jid in files)
+        report = import_activities(store, entries, ["example.test"], dry_run=False)
+    assert not report.rejected
+
+    bot = await RunningBot(Bot(bot_settings(prosody, store_path), timing=FAST)).start()
+    clients = []
+    try:
+
+        async def login(bare: str, password: str, resource: str):
+            client = await connect_client(prosody, bare, password, resource=resource)
+            clients.append(client)
+            await bot.expect("available", f"{bare}/{resource}")
+            return client
+
+        async def logout(client, full_jid: str):
+            clients.remove(client)
+            await disconnect_client(client)
+            await bot.expect("unavailable", full_jid)
+
+        admin = await login("admin@example.test", "adminpw", "desk")
+        await login("alice@example.test", "alicepw", "phone")
+        laptop = await login("alice@example.test", "alicepw", "laptop")
+        await logout(laptop, "alice@example.test/laptop")
+        bob = await login("bob@example.test", "bobpw", "pc")
+        await logout(bob, "bob@example.test/pc")
+        await login("carol@example.test", "carolpw", "pc")  # stays online
+
+        ours = await ask_adhoc(admin)
+        reference = reference_figures(prosody)
+    finally:
+        for client in clients:
+            await disconnect_client(client)
+        await bot.stop()
+    return reference, {key: int(ours[key]) for key in ("dau", "wau", "mau")}
+
+
+async def test_bot_matches_prosodys_reference_module_on_the_same_history(prosody, tmp_path):
+    store_path = tmp_path / "activity.db"
+    now = int(time.time())
+    reference, ours = await compare_once(prosody, store_path, fixed_history(now))
+    print(f"fixed history: reference {reference}, bot {ours}")
+    assert ours == reference
+    # The history's own share (edges, ages, login/logout orders) is really in both figures.
+    assert reference["mau"] - reference["dau"] >= 6
+
+    seed = random.randrange(1_000_000)
+    reference, ours = await compare_once(prosody, store_path, random_history(now, seed))
+    print(f"random history (seed {seed}): reference {reference}, bot {ours}")
+    assert ours == reference, f"random history with seed {seed} differs"
