@@ -86,6 +86,7 @@ class ActivityTracker:
             online_users=sum(part.online_users for part in parts),
             online_sessions=sum(part.online_sessions for part in parts),
             known_users=sum(part.known_users for part in parts),
+            new_users={w: sum(part.new_users[w] for part in parts) for w in windows},
         )
 
     def counts_by_domain(

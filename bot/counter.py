@@ -30,25 +30,33 @@ def window_label(seconds: int) -> str:
 
 @dataclass(frozen=True)
 class Counts:
-    """The figures at one instant. `active` maps a window in seconds to its count."""
+    """The figures at one instant. `active` and `new_users` map a window in seconds to a count."""
 
     computed_at: int
     active: Mapping[int, int]
     online_users: int
     online_sessions: int
     known_users: int
+    new_users: Mapping[int, int] = field(default_factory=dict)  # first seen within the window
 
     @property
-    def dau(self) -> int:
-        return self.active[DAY]
+    def dau(self) -> int | None:
+        return self.active.get(DAY)
 
     @property
-    def wau(self) -> int:
-        return self.active[7 * DAY]
+    def wau(self) -> int | None:
+        return self.active.get(7 * DAY)
 
     @property
-    def mau(self) -> int:
-        return self.active[30 * DAY]
+    def mau(self) -> int | None:
+        return self.active.get(30 * DAY)
+
+    @property
+    def stickiness(self) -> float | None:
+        """DAU / MAU: the share of this month's users who were active today."""
+        if self.dau is None or not self.mau:
+            return None
+        return self.dau / self.mau
 
 
 @dataclass
@@ -56,6 +64,7 @@ class ActivityIndex:
     """Counts for one set of users, updated in O(log n) per change of one user's record."""
 
     _offline_last_active: SortedList = field(default_factory=SortedList)
+    _first_seen: SortedList = field(default_factory=SortedList)
     online_users: int = 0
     online_sessions: int = 0
     known_users: int = 0
@@ -68,21 +77,30 @@ class ActivityIndex:
         return index
 
     def load(self, records: Iterable[UserRecord]) -> None:
-        """Add many records; only one int per offline user is kept (records are streamed)."""
+        """Add many records; only ints are kept (records are streamed)."""
         offline: list[int] = []
+        first_seen: list[int] = []
         for record in records:
             self.known_users += 1
+            first_seen.append(record.first_seen)
             if record.sessions:
                 self.online_users += 1
                 self.online_sessions += len(record.sessions)
             else:
                 offline.append(record.last_active)
         self._offline_last_active.update(offline)
+        self._first_seen.update(first_seen)
 
     def replace(self, before: UserRecord | None, after: UserRecord | None) -> None:
         """Account for one user's record changing from `before` to `after` (None: absent)."""
+        # first_seen rarely changes: touch its list only when it does (or a user comes or goes).
+        same_first_seen = (
+            before is not None and after is not None and before.first_seen == after.first_seen
+        )
         if before is not None:
             self.known_users -= 1
+            if not same_first_seen:
+                self._first_seen.remove(before.first_seen)
             if before.sessions:
                 self.online_users -= 1
                 self.online_sessions -= len(before.sessions)
@@ -90,6 +108,8 @@ class ActivityIndex:
                 self._offline_last_active.remove(before.last_active)
         if after is not None:
             self.known_users += 1
+            if not same_first_seen:
+                self._first_seen.add(after.first_seen)
             if after.sessions:
                 self.online_users += 1
                 self.online_sessions += len(after.sessions)
@@ -101,11 +121,17 @@ class ActivityIndex:
         offline = self._offline_last_active
         return self.online_users + len(offline) - offline.bisect_right(now - window)
 
+    def new_users(self, now: int, window: int) -> int:
+        """Users first seen within the window (`now - first_seen < window`)."""
+        return len(self._first_seen) - self._first_seen.bisect_right(now - window)
+
     def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:
+        windows = tuple(windows)
         return Counts(
             computed_at=now,
             active={window: self.active(now, window) for window in windows},
             online_users=self.online_users,
             online_sessions=self.online_sessions,
             known_users=self.known_users,
+            new_users={window: self.new_users(now, window) for window in windows},
         )

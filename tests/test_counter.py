@@ -76,3 +76,26 @@ def test_removing_a_user_forgets_them():
 def test_window_labels_read_naturally():
     assert [window_label(w) for w in DEFAULT_WINDOWS] == ["24 hours", "7 days", "30 days"]
     assert window_label(90 * DAY) == "90 days"
+
+
+@given(
+    st.lists(records.map(lambda r: r._replace(first_seen=r.last_login or 1)), max_size=40),
+    st.lists(st.tuples(st.integers(0, 39), timestamps), max_size=20),
+)
+def test_new_users_are_those_first_seen_within_the_window(users, changes):
+    index = ActivityIndex.build(users)
+    for position, first_seen in changes:
+        if users:
+            key = position % len(users)
+            after = users[key]._replace(first_seen=first_seen)
+            index.replace(users[key], after)
+            users[key] = after
+    counts = index.counts(NOW)
+    for window in DEFAULT_WINDOWS:
+        assert counts.new_users[window] == sum(NOW - u.first_seen < window for u in users)
+
+
+def test_stickiness_is_dau_over_mau():
+    index = ActivityIndex.build([UserRecord(1, NOW - 3600, 0), UserRecord(1, NOW - 3 * DAY, 0)])
+    assert index.counts(NOW).stickiness == 0.5
+    assert ActivityIndex().counts(NOW).stickiness is None  # no monthly users: undefined
