@@ -169,7 +169,9 @@ def _count(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, need_secret=False)
     now = int(time.time())
     with Store(settings.store_path, readonly=True) as store:
-        tracker = ActivityTracker(store, settings.domains)
+        tracker = ActivityTracker(
+            store, settings.domains, exclude=settings.exclude, windows=settings.windows
+        )
         tracker.load(now, close_stale_sessions=not store.writer_running)
         counts = tracker.counts(now)
         bot_running = store.writer_running

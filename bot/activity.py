@@ -5,8 +5,10 @@ Knows nothing of XMPP stanzas: the component hands it bare JIDs, resources and t
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .counter import DEFAULT_WINDOWS, ActivityIndex, Counts
@@ -21,6 +23,16 @@ class LoadReport:
     users: int
     recovered_sessions: int  # sessions left online by a stop or crash, closed at the heartbeat
     closed_at: int
+    hidden: int = 0  # stored users that the exclusions now hide
+
+
+def exclusion_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Bare JIDs and glob patterns (`*@bots.example.org`), case-insensitive, as one regex."""
+    patterns = tuple(patterns)
+    if not patterns:
+        return lambda _bare_jid: False
+    regex = re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns))
+    return lambda bare_jid: regex.match(bare_jid.lower()) is not None
 
 
 class ActivityTracker:
@@ -30,8 +42,17 @@ class ActivityTracker:
     the store is what survives, the index is what answers.
     """
 
-    def __init__(self, store: Store, domains: Iterable[str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        domains: Iterable[str],
+        *,
+        exclude: Iterable[str] = (),
+        windows: Iterable[int] = DEFAULT_WINDOWS,
+    ) -> None:
         self._store = store
+        self._excluded = exclusion_matcher(exclude)
+        self.windows = tuple(windows)
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # bare JID -> record, online users only
         self._unconfirmed: set[tuple[str, str]] | None = None  # during a resync, see below
@@ -50,13 +71,16 @@ class ActivityTracker:
         closed_at = self._store.heartbeat or now
         self._indexes = {domain: ActivityIndex() for domain in self._indexes}
         self._online.clear()
-        recovered = 0
+        recovered = hidden = 0
         stale: list[tuple[str, UserRecord]] = []
 
         def counted_records(domain: str) -> Iterator[UserRecord]:
-            nonlocal recovered
+            nonlocal recovered, hidden
             for bare_jid, record in self._store.users():
                 if domain_of(bare_jid) != domain:
+                    continue
+                if self._excluded(bare_jid):
+                    hidden += 1
                     continue
                 if record.sessions and close_stale_sessions:
                     recovered += len(record.sessions)
@@ -74,11 +98,13 @@ class ActivityTracker:
         for bare_jid, record in stale:
             self._store.put(bare_jid, record)
         users = sum(index.known_users for index in self._indexes.values())
-        return LoadReport(users=users, recovered_sessions=recovered, closed_at=closed_at)
+        return LoadReport(
+            users=users, recovered_sessions=recovered, closed_at=closed_at, hidden=hidden
+        )
 
-    def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:
+    def counts(self, now: int, windows: Iterable[int] | None = None) -> Counts:
         """All counted domains together (domains never share a user, so the sums are exact)."""
-        windows = tuple(windows)
+        windows = self.windows if windows is None else tuple(windows)
         parts = [index.counts(now, windows) for index in self._indexes.values()]
         return Counts(
             computed_at=now,
@@ -89,10 +115,8 @@ class ActivityTracker:
             new_users={w: sum(part.new_users[w] for part in parts) for w in windows},
         )
 
-    def counts_by_domain(
-        self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS
-    ) -> dict[str, Counts]:
-        windows = tuple(windows)
+    def counts_by_domain(self, now: int, windows: Iterable[int] | None = None) -> dict[str, Counts]:
+        windows = self.windows if windows is None else tuple(windows)
         return {domain: index.counts(now, windows) for domain, index in self._indexes.items()}
 
     def online_sessions(self) -> set[tuple[str, str]]:
@@ -101,7 +125,12 @@ class ActivityTracker:
     # --- events ----------------------------------------------------------------------------
 
     def counts_domain(self, bare_jid: str) -> bool:
-        return domain_of(bare_jid) in self._indexes and "@" in bare_jid
+        """Whether this JID's activity is counted: a user of a counted domain, not excluded."""
+        return (
+            "@" in bare_jid
+            and domain_of(bare_jid) in self._indexes
+            and not self._excluded(bare_jid)
+        )
 
     def session_started(self, bare_jid: str, resource: str, now: int) -> bool:
         """A session became available. Returns False if nothing changed (not counted, or an

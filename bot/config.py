@@ -6,6 +6,7 @@ Every problem is reported as one line that names the file, the key and how to fi
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ class Settings:
     first_count_after: float
     count_interval: float
     count_jitter: float
+    windows: tuple[int, ...] = (86_400, 7 * 86_400, 30 * 86_400)
+    exclude: tuple[str, ...] = ()  # bare JIDs and glob patterns never counted nor stored
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9470)  # None: no endpoint
 
 
 # section -> key -> (required, parser, default). Parsers raise ValueError with the fix in words.
@@ -85,9 +89,41 @@ def _bare_jid(value: Any) -> str:
     return jid.bare
 
 
-def _list_of(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
+def _window(value: Any) -> int:
+    """ "30d" or "12h" as seconds."""
+    text = _text(value)
+    match = re.fullmatch(r"(\d+)\s*([dh])", text.lower())
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a window such as '7d' (days) or '12h' (hours)")
+    return int(match.group(1)) * (86_400 if match.group(2) == "d" else 3600)
+
+
+def _windows(value: Any) -> tuple[int, ...]:
+    return tuple(sorted(_list_of(_window)(value)))
+
+
+def _exclusion(value: Any) -> str:
+    text = _text(value).lower()
+    if "@" not in text or "/" in text:
+        raise ValueError(f"{text!r} must be a bare JID or a pattern such as '*@bots.example.org'")
+    return text
+
+
+def _listen(value: Any) -> tuple[str, int] | None:
+    if value == "":
+        return None
+    text = _text(value)
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{text!r} must be HOST:PORT such as '127.0.0.1:9470', or \"\" for off")
+    return host.strip("[]"), _port(int(port))
+
+
+def _list_of(
+    item: Callable[[Any], T], *, may_be_empty: bool = False
+) -> Callable[[Any], tuple[T, ...]]:
     def parse(value: Any) -> tuple[T, ...]:
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, list) or not (value or may_be_empty):
             raise ValueError(f"must be a non-empty list, got {value!r}")
         return tuple(dict.fromkeys(item(v) for v in value))  # de-duplicated, order kept
 
@@ -110,9 +146,19 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
         "first_count_after": (False, _non_negative_number, 15.0, "first_count_after = 15"),
         "interval": (False, _positive_number, 3600.0, "interval = 3600"),
         "jitter": (False, _non_negative_number, 300.0, "jitter = 300"),
+        "windows": (False, _windows, None, 'windows = ["1d", "7d", "30d", "90d"]'),
+        "exclude": (
+            False,
+            _list_of(_exclusion, may_be_empty=True),
+            (),
+            'exclude = ["monitor@example.org", "*@bots.example.org"]',
+        ),
     },
     "access": {
         "admins": (True, _list_of(_bare_jid), None, 'admins = ["admin@example.org"]'),
+    },
+    "metrics": {
+        "listen": (False, _listen, ("127.0.0.1", 9470), 'listen = "127.0.0.1:9470"'),
     },
     "store": {
         "path": (True, _text, None, 'path = "/var/lib/xmpp-active-users/activity.db"'),
@@ -158,6 +204,9 @@ def load_settings(
         first_count_after=values["counting.first_count_after"],
         count_interval=values["counting.interval"],
         count_jitter=values["counting.jitter"],
+        windows=values["counting.windows"] or Settings.windows,
+        exclude=values["counting.exclude"],
+        metrics_listen=values["metrics.listen"],
     )
 
 

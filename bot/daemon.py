@@ -93,7 +93,9 @@ class Bot:
         self.clock = clock
         self.store = Store(settings.store_path)
         try:
-            self.tracker = ActivityTracker(self.store, settings.domains)
+            self.tracker = ActivityTracker(
+                self.store, settings.domains, exclude=settings.exclude, windows=settings.windows
+            )
             self._load()
             commands = CommandSet(
                 admins=settings.admins, figures=figures_source(self.tracker, clock)
@@ -122,6 +124,12 @@ class Bot:
             self.settings.store_path,
             time.perf_counter() - started,
         )
+        if self.settings.exclude:
+            log.info(
+                "Exclusions (%s) hide %d stored users; they are neither counted nor updated",
+                ", ".join(self.settings.exclude),
+                report.hidden,
+            )
         if report.recovered_sessions:
             log.info(
                 "%d sessions left open by the last stop were closed at its last sign of life (%s)",

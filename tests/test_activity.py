@@ -64,6 +64,29 @@ def test_other_domains_are_ignored(tracker, store):
     assert store.pending == 0
 
 
+def test_excluded_accounts_are_never_counted_nor_stored(store):
+    tracker = ActivityTracker(store, [DOMAIN], exclude=["monitor@example.test", "*@bots.test"])
+    tracker.load(T0)
+    assert not tracker.session_started("Monitor@example.test", "probe", T0)
+    assert tracker.session_started("alice@example.test", "phone", T0)
+    assert store.get("monitor@example.test") is None
+    assert store.get("Monitor@example.test") is None
+
+
+def test_exclusion_added_later_hides_stored_users_at_load(store):
+    tracker = ActivityTracker(store, [DOMAIN])
+    tracker.load(T0)
+    tracker.session_started("monitor@example.test", "probe", T0)
+    tracker.session_ended("monitor@example.test", "probe", T0 + 1)
+    tracker.session_started("alice@example.test", "phone", T0)
+    store.flush(T0 + 2)
+    restarted = ActivityTracker(store, [DOMAIN], exclude=["monitor@*"])
+    report = restarted.load(T0 + 3)
+    assert (report.users, report.hidden) == (1, 1)
+    assert restarted.counts(T0 + 3).known_users == 1
+    assert store.get("monitor@example.test") is not None  # hidden, not deleted
+
+
 def test_logout_of_an_unknown_session_still_counts_as_activity(tracker):
     tracker.session_ended("bob@example.test", "pc", T0)
     assert tracker.counts(T0 + DAY - 1).dau == 1

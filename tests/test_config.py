@@ -43,6 +43,22 @@ def test_minimal_config_gets_sane_defaults(tmp_path):
         300,
     )
     assert settings.flush_interval == 1.0
+    assert settings.windows == (86_400, 7 * 86_400, 30 * 86_400)
+    assert settings.exclude == ()
+    assert settings.metrics_listen == ("127.0.0.1", 9470)
+
+
+def test_windows_exclusions_and_metrics_address(tmp_path):
+    text = MINIMAL.replace(
+        "[counting]",
+        '[counting]\nwindows = ["90d", "1d", "12h"]\nexclude = ["Mon@example.test", "*@bots.x"]',
+    )
+    settings = load_settings(write(tmp_path, text + '[metrics]\nlisten = ""\n'), environ={})
+    assert settings.windows == (12 * 3600, 86_400, 90 * 86_400)
+    assert settings.exclude == ("mon@example.test", "*@bots.x")
+    assert settings.metrics_listen is None
+    text += '[metrics]\nlisten = "[::1]:9100"\n'
+    assert load_settings(write(tmp_path, text), environ={}).metrics_listen == ("::1", 9100)
 
 
 def test_example_config_is_valid_once_its_secret_exists(tmp_path):
@@ -84,6 +100,10 @@ JIDS_AND_FIXES = [
     (MINIMAL.replace('secret = "s3cret"', 's3cret = "x"'), r"unknown key 's3cret'"),
     (MINIMAL.replace('"s3cret"', '"s3cret"\nsecret_file = "f"'), r"both secret and secret_file"),
     ("this is = not toml [", r"not valid TOML"),
+    (MINIMAL.replace("[counting]", '[counting]\nwindows = ["week"]'), r"not a window such as"),
+    (MINIMAL.replace("[counting]", '[counting]\nwindows = ["0d"]'), r"not a window such as"),
+    (MINIMAL.replace("[counting]", '[counting]\nexclude = ["bots"]'), r"exclude .* pattern"),
+    (MINIMAL + '[metrics]\nlisten = "9470"\n', r"listen .* HOST:PORT"),
 ]
 
 
