@@ -38,6 +38,15 @@ def iso_utc(timestamp: int) -> str:
 _FIELD_NAMES = {DAY: "dau", 7 * DAY: "wau", 30 * DAY: "mau"}
 
 
+def window_short(seconds: int) -> str:
+    """ "1d", "7d", "12h": for field and metric label names."""
+    return f"{seconds // DAY}d" if seconds % DAY == 0 else f"{seconds // 3600}h"
+
+
+def percent(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.0%}"
+
+
 def stats_form(figures: Figures) -> Form:
     """The XEP-0004 result of the `active-users` command."""
     counts = figures.total
@@ -50,8 +59,12 @@ def stats_form(figures: Figures) -> Form:
         form.add_field(var=var, ftype="text-single", label=label, value=str(value))
 
     for window, active in counts.active.items():
-        name = _FIELD_NAMES.get(window, f"active_{window}s")
+        name = _FIELD_NAMES.get(window, f"active_{window_short(window)}")
         field(name, f"Active users, last {window_label(window)}", active)
+    for window, new in counts.new_users.items():
+        field(f"new_{window_short(window)}", f"New users, last {window_label(window)}", new)
+    if counts.stickiness is not None:
+        field("stickiness", "Stickiness (DAU/MAU)", percent(counts.stickiness))
     field("online_users", "Users online now", counts.online_users)
     field("online_sessions", "Sessions online now", counts.online_sessions)
     field("known_users", "Users ever seen", counts.known_users)
@@ -63,14 +76,16 @@ def stats_form(figures: Figures) -> Form:
 
 
 def stats_line(counts: Counts) -> str:
-    """One line of chat: 'Active users: 12 (24 hours), 40 (7 days), 85 (30 days); online: ...'."""
-    windows = ", ".join(
-        f"{active} ({window_label(window)})" for window, active in counts.active.items()
-    )
-    return (
-        f"Active users: {windows}; online now: {counts.online_users} users, "
-        f"{counts.online_sessions} sessions"
-    )
+    """One line of chat: 'Active users: 12 (24 hours), 40 (7 days), 85 (30 days); new: ...'."""
+
+    def per_window(values: Mapping[int, int]) -> str:
+        return ", ".join(f"{n} ({window_label(w)})" for w, n in values.items())
+
+    parts = [f"Active users: {per_window(counts.active)}", f"new: {per_window(counts.new_users)}"]
+    if counts.stickiness is not None:
+        parts.append(f"DAU/MAU: {percent(counts.stickiness)}")
+    parts.append(f"online now: {counts.online_users} users, {counts.online_sessions} sessions")
+    return "; ".join(parts)
 
 
 def stats_text(figures: Figures) -> str:
@@ -84,7 +99,8 @@ def stats_text(figures: Figures) -> str:
 
 CHAT_HELP = (
     "I count the active users of this XMPP service. Send:\n"
-    "  stats: users active in the last 24 hours, 7 days and 30 days, and who is online now\n"
+    "  stats: users active in the last 24 hours, 7 days and 30 days, new users, DAU/MAU,\n"
+    "         and who is online now\n"
     "  help: this list\n"
     f"The same figures are in the ad-hoc command '{ADHOC_STATS_NODE}' (Active users)."
 )

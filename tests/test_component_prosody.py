@@ -140,6 +140,8 @@ async def test_adhoc_result_form_has_every_field_with_labels(start_bot, clients)
     assert labels["dau"] == "Active users, last 24 hours"
     assert labels["wau"] == "Active users, last 7 days"
     assert labels["mau"] == "Active users, last 30 days"
+    assert labels["new_1d"] == "New users, last 24 hours"
+    assert labels["stickiness"] == "Stickiness (DAU/MAU)"
     assert {"online_users", "online_sessions", "known_users", "computed_at"} <= set(labels)
     assert form.get_values()["computed_at"].endswith("Z")
 
@@ -249,7 +251,9 @@ async def test_admin_chat_stats_help_and_unknown(start_bot, clients):
     await bot.expect("available", "admin@example.test/desk")
     chat = Chat(admin)
     assert await chat.ask("  STATS \n") == (
-        "Active users: 1 (24 hours), 1 (7 days), 1 (30 days); online now: 1 users, 1 sessions"
+        "Active users: 1 (24 hours), 1 (7 days), 1 (30 days); "
+        "new: 1 (24 hours), 1 (7 days), 1 (30 days); DAU/MAU: 100%; "
+        "online now: 1 users, 1 sessions"
     )
     assert await chat.ask("help") == CHAT_HELP
     assert await chat.ask("what's up?") == CHAT_UNKNOWN
