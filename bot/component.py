@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,11 @@ PRIVILEGE_NAMESPACES = ("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
 COMMANDS_NODE = "http://jabber.org/protocol/commands"
 # Presence permissions that send us every user's presence (XEP-0356 §presence).
 PRESENCE_GRANTS = ("managed_entity", "roster")
+
+# Presence types counted by name in the metrics; anything else is "other" (bounded labels).
+PRESENCE_KINDS = frozenset(
+    {"unavailable", "error", "probe", "subscribe", "subscribed", "unsubscribe", "unsubscribed"}
+)
 
 RECONNECT_FIRST_DELAY = 1.0
 RECONNECT_MAX_DELAY = 60.0
@@ -81,6 +87,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.connected_since: float | None = None
         self._dropped_at: int | None = None  # when the last connection was lost
         self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
+        self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -245,6 +252,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def _on_presence(self, presence: Any) -> None:
         # Read the type attribute itself: slixmpp's presence["type"] gives the <show/> value.
         kind = presence.xml.get("type")
+        if kind is None:
+            self.presence_events["available"] += 1
+        else:
+            self.presence_events[kind if kind in PRESENCE_KINDS else "other"] += 1
         if kind in ("error", "probe", "subscribed", "unsubscribe", "unsubscribed"):
             if kind == "probe":
                 self._answer_probe(presence)

@@ -19,6 +19,7 @@ from .commands import CommandSet, Figures
 from .component import ActiveUsersComponent, ConnectionFatal, Timing
 from .config import Settings
 from .counter import window_label
+from .metrics import ActivityCollector, MetricsServer, Snapshot, snapshot_from_loop
 from .store import Store, flush_periodically
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Bot:
         self.settings = settings
         self.clock = clock
         self.store = Store(settings.store_path)
+        self.metrics: MetricsServer | None = None
         try:
             self.tracker = ActivityTracker(
                 self.store, settings.domains, exclude=settings.exclude, windows=settings.windows
@@ -137,13 +139,46 @@ class Bot:
                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.closed_at)),
             )
 
+    def metrics_snapshot(self) -> Snapshot:
+        started = time.perf_counter()
+        by_domain = self.tracker.counts_by_domain(int(self.clock()))
+        return Snapshot(
+            by_domain=by_domain,
+            presence_events=dict(self.component.presence_events),
+            connected=self.component.connected_since is not None,
+            count_seconds=time.perf_counter() - started,
+        )
+
+    def _start_metrics(self) -> MetricsServer | None:
+        if self.settings.metrics_listen is None:
+            return None
+        host, port = self.settings.metrics_listen
+        collector = ActivityCollector(
+            snapshot_from_loop(asyncio.get_running_loop(), self.metrics_snapshot)
+        )
+        try:
+            return MetricsServer(host, port, collector)
+        except OSError as exc:
+            raise ConnectionFatal(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror}): change [metrics] "
+                'listen, or set it to "" to turn the metrics off'
+            ) from None
+
     async def serve(self, stop: asyncio.Event) -> int:
         """Stay connected until `stop` is set; then disconnect, flush and close the store."""
+        metrics: MetricsServer | None = None
         try:
+            try:
+                metrics = self.metrics = self._start_metrics()
+            except ConnectionFatal as exc:
+                log.error("%s", exc)
+                return 1
             return await _serve_until_stopped(
                 self.component, self.store, self.tracker, self.settings, self.clock, stop
             )
         finally:
+            if metrics is not None:
+                await asyncio.to_thread(metrics.close)
             self.store.close(int(self.clock()))
             log.info("Store flushed and closed: %s", self.settings.store_path)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.request
 
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 from slixmpp.exceptions import IqError
 
 from bot.commands import ADHOC_STATS_NODE, CHAT_HELP, CHAT_REFUSED, CHAT_UNKNOWN
@@ -207,6 +209,33 @@ async def test_presence_of_other_domains_and_the_component_itself_is_ignored(sta
     await clients.login("bob@example.test/pc")
     await bot.expect("available", "bob@example.test/pc")  # nothing was tracked in between
     assert bot.figures().online_sessions == 2
+
+
+async def test_metrics_endpoint_serves_the_figures(start_bot, clients):
+    bot = await start_bot(metrics_listen=("127.0.0.1", 0))  # a free port; the bot says which
+    await clients.login("alice@example.test/phone")
+    await bot.expect("available", "alice@example.test/phone")
+    await clients.login("alice@example.test/laptop")
+    await bot.expect("available", "alice@example.test/laptop")
+    metrics = bot.bot.metrics
+    url = f"http://127.0.0.1:{metrics.port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    domain = (("domain", "example.test"),)
+    assert samples[("xmpp_active_users", (*domain, ("window", "1d")))] == 1
+    assert samples[("xmpp_active_users", (*domain, ("window", "30d")))] == 1
+    assert samples[("xmpp_new_users", (*domain, ("window", "7d")))] == 1
+    assert samples[("xmpp_online_users", domain)] == 1
+    assert samples[("xmpp_online_sessions", domain)] == 2
+    assert samples[("xmpp_known_users", domain)] == 1
+    assert samples[("xmpp_stickiness_ratio", domain)] == 1.0
+    assert samples[("xmpp_presence_events_total", (("kind", "available"),))] >= 2
+    assert samples[("xmpp_component_connected", ())] == 1
+    assert samples[("xmpp_count_duration_seconds", ())] < 1
 
 
 # --- who may ask --------------------------------------------------------------------------------
