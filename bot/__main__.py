@@ -15,9 +15,10 @@ from tqdm import tqdm
 
 from . import daemon, importer
 from .activity import ActivityTracker
-from .commands import iso_utc
+from .commands import iso_utc, parse_days
 from .config import ConfigError, load_settings
 from .counter import Counts, window_label
+from .history import chat_chart, history_csv, last_days, utc_day
 from .store import Store, StoreError
 
 log = logging.getLogger("xmpp_active_users")
@@ -110,6 +111,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     imports.set_defaults(handler=_import)
 
+    history = commands.add_parser(
+        "history",
+        help="print the daily history (a chart, or CSV) from the store",
+        description=(
+            "Print one line per UTC day: each window's active users, new users and the peak of "
+            "users online, as the bot recorded them. Days the bot was not running are gaps "
+            "(empty in CSV). Reads only: safe while the bot runs."
+        ),
+    )
+    _add_config_argument(history)
+    history.add_argument(
+        "--days", type=int, default=30, metavar="N", help="how many days up to today (30)"
+    )
+    history.add_argument("--csv", action="store_true", help="CSV, one row per day and domain")
+    history.set_defaults(handler=_history)
+
     count = commands.add_parser(
         "count",
         help="print the figures from the store (safe while the bot runs)",
@@ -162,6 +179,22 @@ def _import(args: argparse.Namespace) -> int:
     with Store(settings.store_path) as store:
         report = importer.import_activities(store, entries, settings.domains, dry_run=args.dry_run)
     print(report.summary(args.dry_run))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, need_secret=False)
+    try:
+        days = parse_days(str(args.days))
+    except ValueError as exc:
+        raise ConfigError(f"--days: {exc}") from None
+    with Store(settings.store_path, readonly=True) as store:
+        stored = store.days()
+    rows = last_days(stored, utc_day(time.time()), days)
+    if args.csv:
+        print(history_csv(rows, settings.windows, settings.domains), end="")
+    else:
+        print(chat_chart(rows, settings.windows))
     return 0
 
 

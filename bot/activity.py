@@ -55,6 +55,7 @@ class ActivityTracker:
         self.windows = tuple(windows)
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # bare JID -> record, online users only
+        self.peak_online: dict[str, int] = {}  # domain -> most users online at once, today
         self._unconfirmed: set[tuple[str, str]] | None = None  # during a resync, see below
 
     @property
@@ -190,10 +191,18 @@ class ActivityTracker:
         record = self._online.get(bare_jid)
         return record if record is not None else self._store.get(bare_jid)
 
+    def reset_peaks(self) -> None:
+        """A new day: its peak starts from who is online now."""
+        self.peak_online = {d: index.online_users for d, index in self._indexes.items()}
+
     def _apply(self, bare_jid: str, before: UserRecord | None, after: UserRecord) -> None:
         self._store.put(bare_jid, after)
-        self._indexes[domain_of(bare_jid)].replace(before, after)
+        domain = domain_of(bare_jid)
+        index = self._indexes[domain]
+        index.replace(before, after)
         if after.sessions:
+            if index.online_users > self.peak_online.get(domain, 0):
+                self.peak_online[domain] = index.online_users
             self._online[bare_jid] = after
         else:
             self._online.pop(bare_jid, None)

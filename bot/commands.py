@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 
 from slixmpp.plugins.xep_0004 import Form
 
-from .counter import DAY, Counts, window_label
+from .counter import DAY, DEFAULT_WINDOWS, Counts, window_label, window_short
+from .history import Day, chat_chart, history_form
 
 ADHOC_STATS_NODE = "active-users"
+ADHOC_HISTORY_NODE = "history"
 FORM_TYPE = "urn:xmpp-active-users:stats:1"
 
 
@@ -36,11 +38,6 @@ def iso_utc(timestamp: int) -> str:
 # --- rendering ------------------------------------------------------------------------------
 
 _FIELD_NAMES = {DAY: "dau", 7 * DAY: "wau", 30 * DAY: "mau"}
-
-
-def window_short(seconds: int) -> str:
-    """ "1d", "7d", "12h": for field and metric label names."""
-    return f"{seconds // DAY}d" if seconds % DAY == 0 else f"{seconds // 3600}h"
 
 
 def percent(ratio: float | None) -> str:
@@ -101,14 +98,31 @@ CHAT_HELP = (
     "I count the active users of this XMPP service. Send:\n"
     "  stats: users active in the last 24 hours, 7 days and 30 days, new users, DAU/MAU,\n"
     "         and who is online now\n"
+    "  history [DAYS]: a chart of the last DAYS days (30 by default)\n"
     "  help: this list\n"
-    f"The same figures are in the ad-hoc command '{ADHOC_STATS_NODE}' (Active users)."
+    f"The same figures are in the ad-hoc commands '{ADHOC_STATS_NODE}' (Active users) and "
+    f"'{ADHOC_HISTORY_NODE}' (Activity history)."
 )
-CHAT_UNKNOWN = "Sorry, I don't know that command. Send 'stats' for the figures or 'help'."
+CHAT_UNKNOWN = (
+    "Sorry, I don't know that command. Send 'stats' for the figures, 'history' for a chart, "
+    "or 'help'."
+)
 CHAT_REFUSED = (
     "Sorry, only the administrators of this service may ask me for statistics. "
     "If you are one, ask for your address to be added to [access] admins in my config."
 )
+
+
+HISTORY_DEFAULT_DAYS = 30
+HISTORY_MAX_DAYS = 366
+
+
+def parse_days(text: str) -> int:
+    """The N of 'history N': a whole number of days, 1 to HISTORY_MAX_DAYS."""
+    text = text.strip() or str(HISTORY_DEFAULT_DAYS)
+    if not text.isdigit() or not 1 <= int(text) <= HISTORY_MAX_DAYS:
+        raise ValueError(f"the number of days must be 1 to {HISTORY_MAX_DAYS}, not {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,8 @@ class CommandSet:
 
     admins: frozenset[str]
     figures: FiguresSource
+    history: Callable[[int], list[Day]] = lambda _days: []
+    windows: tuple[int, ...] = DEFAULT_WINDOWS
 
     def allowed(self, bare_jid: str) -> bool:
         return bare_jid in self.admins
@@ -125,12 +141,21 @@ class CommandSet:
         """The reply to a chat message; figures only ever for admins."""
         if not self.allowed(bare_jid):
             return CHAT_REFUSED
-        word = text.strip().lower()
+        word, _, argument = text.strip().lower().partition(" ")
         if word == "stats":
             return stats_text(self.figures())
+        if word == "history":
+            try:
+                days = parse_days(argument)
+            except ValueError as exc:
+                return f"Sorry, {exc}. Example: history 7"
+            return chat_chart(self.history(days), self.windows)
         if word in ("help", "?"):
             return CHAT_HELP
         return CHAT_UNKNOWN
 
     def stats_form(self) -> Form:
         return stats_form(self.figures())
+
+    def history_form(self, days: int) -> Form:
+        return history_form(self.history(days), self.windows)

@@ -20,12 +20,19 @@ from typing import Any
 from slixmpp import ComponentXMPP
 from slixmpp.exceptions import XMPPError
 from slixmpp.jid import JID, InvalidJID
+from slixmpp.plugins.xep_0004 import Form
 from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
 
 from .activity import ActivityTracker
-from .commands import ADHOC_STATS_NODE, CommandSet
+from .commands import (
+    ADHOC_HISTORY_NODE,
+    ADHOC_STATS_NODE,
+    HISTORY_DEFAULT_DAYS,
+    CommandSet,
+    parse_days,
+)
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +373,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.plugin["xep_0050"].add_command(
             node=ADHOC_STATS_NODE, name="Active users", handler=self._adhoc_stats
         )
+        self.plugin["xep_0050"].add_command(
+            node=ADHOC_HISTORY_NODE, name="Activity history", handler=self._adhoc_history
+        )
         # Only admins see the command list.
         self.plugin["xep_0030"].set_node_handler(
             "get_items", self.boundjid, COMMANDS_NODE, self._command_items
@@ -388,6 +398,28 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         session["payload"] = self.commands.stats_form()
         session["next"] = None
         session["has_next"] = False
+        return session
+
+    def _adhoc_history(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+        form = Form()
+        form["type"] = "form"
+        form["title"] = "Activity history"
+        form["instructions"] = "One row per UTC day, up to today. How many days?"
+        form.add_field(
+            var="days", ftype="text-single", label="Days", value=str(HISTORY_DEFAULT_DAYS)
+        )
+        session["payload"] = form
+        session["next"] = self._adhoc_history_result
+        session["has_next"] = False
+        return session
+
+    def _adhoc_history_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+        try:
+            days = parse_days(str(payload["values"].get("days") or ""))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise XMPPError("bad-request", text=str(exc)) from None
+        session["payload"] = self.commands.history_form(days)
+        session["next"] = None
         return session
 
     def _on_message(self, message: Any) -> None:

@@ -28,6 +28,11 @@ def window_label(seconds: int) -> str:
     return f"{seconds} seconds"
 
 
+def window_short(seconds: int) -> str:
+    """ "1d", "7d", "12h": for field and metric label names."""
+    return f"{seconds // DAY}d" if seconds % DAY == 0 else f"{seconds // 3600}h"
+
+
 @dataclass(frozen=True)
 class Counts:
     """The figures at one instant. `active` and `new_users` map a window in seconds to a count."""

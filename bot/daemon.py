@@ -19,6 +19,7 @@ from .commands import CommandSet, Figures
 from .component import ActiveUsersComponent, ConnectionFatal, Timing
 from .config import Settings
 from .counter import window_label
+from .history import Day, day_snapshot, last_days, utc_day
 from .metrics import ActivityCollector, MetricsServer, Snapshot, snapshot_from_loop
 from .store import Store, flush_periodically
 
@@ -40,8 +41,10 @@ async def count_periodically(
     settings: Settings,
     clock: Callable[[], float] = time.time,
     jitter: Callable[[float], float] = lambda upper: random.uniform(0, upper),
+    after_count: Callable[[], None] = lambda: None,
 ) -> None:
-    """Log the figures shortly after start, then every interval plus jitter, like the seed."""
+    """Log the figures shortly after start, then every interval plus jitter, like the seed;
+    `after_count` keeps the day's history snapshot up to date."""
     await asyncio.sleep(settings.first_count_after)
     while True:
         started = time.perf_counter()
@@ -56,6 +59,7 @@ async def count_periodically(
             counts.online_sessions,
             counts.known_users,
         )
+        after_count()
         await asyncio.sleep(settings.count_interval + jitter(settings.count_jitter))
 
 
@@ -94,13 +98,18 @@ class Bot:
         self.clock = clock
         self.store = Store(settings.store_path)
         self.metrics: MetricsServer | None = None
+        self._history_day = utc_day(clock())
         try:
             self.tracker = ActivityTracker(
                 self.store, settings.domains, exclude=settings.exclude, windows=settings.windows
             )
             self._load()
+            self.tracker.reset_peaks()
             commands = CommandSet(
-                admins=settings.admins, figures=figures_source(self.tracker, clock)
+                admins=settings.admins,
+                figures=figures_source(self.tracker, clock),
+                history=self.history,
+                windows=settings.windows,
             )
             self.component = ActiveUsersComponent(
                 jid=settings.component_jid,
@@ -139,6 +148,19 @@ class Bot:
                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.closed_at)),
             )
 
+    def record_today(self) -> None:
+        """Rewrite today's history snapshot with the current figures (UTC days)."""
+        now = self.clock()
+        day = utc_day(now)
+        if day != self._history_day:
+            self.tracker.reset_peaks()
+            self._history_day = day
+        by_domain = self.tracker.counts_by_domain(int(now))
+        self.store.put_day(day, day_snapshot(by_domain, self.tracker.peak_online))
+
+    def history(self, days: int) -> list[Day]:
+        return last_days(self.store.days(), utc_day(self.clock()), days)
+
     def metrics_snapshot(self) -> Snapshot:
         started = time.perf_counter()
         by_domain = self.tracker.counts_by_domain(int(self.clock()))
@@ -174,11 +196,18 @@ class Bot:
                 log.error("%s", exc)
                 return 1
             return await _serve_until_stopped(
-                self.component, self.store, self.tracker, self.settings, self.clock, stop
+                self.component,
+                self.store,
+                self.tracker,
+                self.settings,
+                self.clock,
+                stop,
+                self.record_today,
             )
         finally:
             if metrics is not None:
                 await asyncio.to_thread(metrics.close)
+            self.record_today()
             self.store.close(int(self.clock()))
             log.info("Store flushed and closed: %s", self.settings.store_path)
 
@@ -190,13 +219,16 @@ async def _serve_until_stopped(
     settings: Settings,
     clock: Callable[[], float],
     stop: asyncio.Event,
+    record_today: Callable[[], None],
 ) -> int:
     serving = asyncio.create_task(component.serve(), name="xmpp")
     helpers = [
         asyncio.create_task(
             flush_periodically(store, settings.flush_interval, clock), name="flush"
         ),
-        asyncio.create_task(count_periodically(tracker, settings, clock), name="count"),
+        asyncio.create_task(
+            count_periodically(tracker, settings, clock, after_count=record_today), name="count"
+        ),
     ]
     stopping = asyncio.create_task(stop.wait(), name="stop")
     try:

@@ -18,8 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from .commands import window_short
-from .counter import Counts
+from .counter import Counts, window_short
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ depends on this package's code. Keys:
     "meta:schema"     -> int, SCHEMA_VERSION
     "meta:heartbeat"  -> int, the last time (Unix seconds) the writer was known alive
     "user:<bare JID>" -> (first_seen, last_login, last_logout, (resource, ...))
+    "day:<YYYY-MM-DD>" -> {domain: {"active": {"1d": n, ...}, "new": {...}, "peak_online": n}}
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SCHEMA_VERSION = 1
 HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arrives
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _USER = "user:"
+_DAY = "day:"
 _SCHEMA_KEY = "meta:schema"
 _HEARTBEAT_KEY = "meta:heartbeat"
 
@@ -155,6 +157,7 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
+        self._pending_days: dict[str, dict[str, Any]] = {}
         self._lock_file: IO[str] | None = None
         self._heartbeat_written = 0
         self.writer_running = False  # readers: whether a writer holds the store right now
@@ -247,6 +250,17 @@ class Store:
             if pending is not None:
                 yield bare_jid, pending
 
+    # --- daily snapshots (history) ----------------------------------------------------------
+
+    def put_day(self, day: str, snapshot: dict[str, Any]) -> None:
+        """Remember one UTC day's figures (primitives only), written with the next flush."""
+        self._pending_days[day] = snapshot
+
+    def days(self) -> dict[str, dict[str, Any]]:
+        """Every stored day's snapshot, pending ones included, by date (YYYY-MM-DD)."""
+        stored = {key[len(_DAY) :]: value for key, value in self._shelf.items_with_prefix(_DAY)}
+        return stored | self._pending_days
+
     @property
     def heartbeat(self) -> int:
         """The last time the writer was known alive (0: never)."""
@@ -267,7 +281,11 @@ class Store:
         """
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only")
-        if not self._pending and now - self._heartbeat_written < heartbeat_interval:
+        if (
+            not self._pending
+            and not self._pending_days
+            and now - self._heartbeat_written < heartbeat_interval
+        ):
             return 0
         try:
             with self._shelf.dict.transaction():
@@ -277,6 +295,8 @@ class Store:
                         self._shelf.pop(key, None)
                     else:
                         self._shelf[key] = (*record[:3], tuple(record.sessions))
+                for day, snapshot in self._pending_days.items():
+                    self._shelf[_DAY + day] = snapshot
                 self._shelf[_HEARTBEAT_KEY] = now
         except sqlite3.Error as exc:
             raise StoreError(
@@ -285,6 +305,7 @@ class Store:
             ) from exc
         written = len(self._pending)
         self._pending.clear()
+        self._pending_days.clear()
         self._heartbeat_written = now
         return written
 
@@ -296,7 +317,7 @@ class Store:
         the bot was last alive.
         """
         try:
-            if not self.readonly and (now is not None or self._pending):
+            if not self.readonly and (now is not None or self._pending or self._pending_days):
                 self.flush(self._heartbeat_written if now is None else now, heartbeat_interval=0)
         finally:
             self._shelf.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import urllib.request
 
 import pytest
@@ -16,9 +17,10 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from slixmpp.exceptions import IqError
 
-from bot.commands import ADHOC_STATS_NODE, CHAT_HELP, CHAT_REFUSED, CHAT_UNKNOWN
+from bot.commands import ADHOC_HISTORY_NODE, ADHOC_STATS_NODE, CHAT_HELP, CHAT_REFUSED, CHAT_UNKNOWN
 from bot.component import COMMANDS_NODE
 from bot.daemon import Bot
+from bot.history import utc_day
 
 from .botrunner import FAST, RunningBot, bot_settings
 from .xmpp_clients import connect_client, disconnect_client
@@ -252,7 +254,7 @@ async def test_only_admins_see_and_run_the_command(start_bot, clients):
         )
         return {node for _, node, _ in items["disco_items"]["items"]}
 
-    assert await command_nodes(admin) == {ADHOC_STATS_NODE}
+    assert await command_nodes(admin) == {ADHOC_STATS_NODE, ADHOC_HISTORY_NODE}
     assert await command_nodes(alice) == set()
     with pytest.raises(IqError) as refused:
         await alice.plugin["xep_0050"].send_command(
@@ -286,6 +288,37 @@ async def test_admin_chat_stats_help_and_unknown(start_bot, clients):
     )
     assert await chat.ask("help") == CHAT_HELP
     assert await chat.ask("what's up?") == CHAT_UNKNOWN
+
+
+async def test_admin_gets_history_by_adhoc_in_two_steps_and_by_chat(start_bot, clients):
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+    bot.bot.record_today()  # what the periodic count does
+
+    adhoc = admin.plugin["xep_0050"]
+    first = await adhoc.send_command(jid="active.example.test", node=ADHOC_HISTORY_NODE)
+    assert first["command"]["status"] == "executing"
+    assert first["command"]["form"].get_fields()["days"]["value"] == "30"
+    answer = first["command"]["form"]
+    answer["type"] = "submit"
+    answer.set_values({"days": "3"})
+    step = admin.make_iq_set(ito="active.example.test")
+    step["command"]["node"] = ADHOC_HISTORY_NODE
+    step["command"]["sessionid"] = first["command"]["sessionid"]
+    step["command"]["action"] = "complete"
+    step["command"].append(answer)
+    result = await step.send()
+    assert result["command"]["status"] == "completed"
+    rows = result["command"]["form"]["items"]
+    assert [row["date"] for row in rows][-1] == utc_day(time.time())
+    assert (rows[-1]["active_1d"], rows[-1]["peak_online"]) == ("1", "1")
+    assert (rows[0]["active_1d"], rows[0]["peak_online"]) == ("", "")  # the bot did not run
+
+    chart = await Chat(admin).ask("history 7")
+    assert chart.startswith("Active users over the last 7 days")
+    assert "   24 hours  ······█  (now 1, max 1)" in chart
+    assert "peak online  ······█  (max 1)" in chart
 
 
 async def test_non_admin_chat_gets_a_polite_refusal_without_figures(start_bot, clients):

@@ -1,0 +1,78 @@
+"""Daily snapshots: recorded per UTC day, gaps stay gaps, rendered as a chart, a table and CSV."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from bot.counter import DEFAULT_WINDOWS, ActivityIndex
+from bot.history import GAP, day_snapshot, history_csv, history_form, last_days, sparkline, utc_day
+from bot.model import UserRecord
+from bot.store import Store
+
+from .test_config import MINIMAL, write
+
+NOW = 1_800_000_000  # 2027-01-15
+
+
+def snapshot(online: int, offline_ages: list[int]) -> dict:
+    records = [UserRecord(NOW - 100, NOW - age, 0) for age in offline_ages]
+    records += [UserRecord(NOW, NOW, 0, ("r",))] * online
+    return day_snapshot({"example.test": ActivityIndex.build(records).counts(NOW)}, {})
+
+
+def test_days_without_a_snapshot_are_gaps_not_zeros():
+    stored = {"2027-01-13": snapshot(1, [3600]), "2027-01-15": snapshot(0, [60])}
+    days = last_days(stored, "2027-01-15", 4)
+    assert [d.date for d in days] == ["2027-01-12", "2027-01-13", "2027-01-14", "2027-01-15"]
+    assert [d.total("active", "1d") for d in days] == [None, 2, None, 1]
+    assert sparkline(d.total("active", "1d") for d in days) == f"{GAP}█{GAP}▄"
+
+
+def test_table_has_reported_fields_and_empty_cells_on_gap_days():
+    days = last_days({"2027-01-15": snapshot(2, [])}, "2027-01-15", 2)
+    form = history_form(days, DEFAULT_WINDOWS)
+    assert list(form.get_reported()) == [
+        "date", "active_1d", "active_7d", "active_30d", "new_1d", "new_7d", "new_30d",
+        "peak_online",
+    ]  # fmt: skip
+    gap, today = form["items"]
+    assert gap["active_30d"] == ""
+    assert (today["active_30d"], today["new_1d"], today["peak_online"]) == ("2", "2", "2")
+
+
+def test_csv_has_one_row_per_day_and_domain():
+    stored = {"2027-01-15": {**snapshot(1, []), "b.test": snapshot(0, [10])["example.test"]}}
+    text = history_csv(last_days(stored, "2027-01-15", 2), (86_400,), ["example.test", "b.test"])
+    assert text.splitlines() == [
+        "date,domain,active_1d,new_1d,peak_online",
+        "2027-01-14,example.test,,,",
+        "2027-01-14,b.test,,,",
+        "2027-01-15,example.test,1,1,1",
+        "2027-01-15,b.test,1,1,0",
+    ]
+
+
+def test_snapshots_persist_in_the_store(tmp_path):
+    with Store(tmp_path / "a.db") as store:
+        store.put_day("2027-01-15", snapshot(1, []))
+        store.flush(NOW)
+    with Store(tmp_path / "a.db", readonly=True) as store:
+        assert store.days() == {"2027-01-15": snapshot(1, [])}
+
+
+def test_history_command_prints_csv_from_the_store(tmp_path):
+    config = write(tmp_path, MINIMAL)
+    today = utc_day(time.time())
+    with Store(tmp_path / "data" / "activity.db") as store:
+        store.put_day(today, snapshot(3, []))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "history", "-c", str(config), "--csv", "--days", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("date,domain,active_1d")
+    assert lines[2].startswith(f"{today},example.test,3,3,3,")
+    assert lines[1].endswith(",,,,,,,")  # yesterday: a gap
