@@ -1,0 +1,59 @@
+"""What admins are told: the same figures in chat and in the form, per domain when several."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.commands import CHAT_REFUSED, CommandSet, Figures, parse_days, stats_form
+from bot.counter import DAY, ActivityIndex
+from bot.model import UserRecord
+
+NOW = 1_800_000_000
+
+
+def figures_of(**domains: list[UserRecord]) -> Figures:
+    by_domain = {
+        d.replace("_", "."): ActivityIndex.build(r).counts(NOW) for d, r in domains.items()
+    }
+    total = ActivityIndex.build([r for records in domains.values() for r in records]).counts(NOW)
+    return Figures(total=total, by_domain=by_domain)
+
+
+TWO_DOMAINS = figures_of(
+    a_test=[UserRecord(NOW - 10 * DAY, NOW - 60, 0, ("phone",))],
+    b_test=[UserRecord(NOW - 10 * DAY, NOW - 3 * DAY, NOW - 3 * DAY + 5)],
+)
+
+
+def test_several_domains_get_a_line_each_after_the_total():
+    commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
+    lines = commands.chat_reply("admin@a.test", "stats").splitlines()
+    assert lines[0].startswith("Active users: 1 (24 hours), 2 (7 days), 2 (30 days)")
+    assert lines[1].startswith("a.test: Active users: 1 (24 hours), 1 (7 days)")
+    assert lines[2].startswith("b.test: Active users: 0 (24 hours), 1 (7 days)")
+    values = stats_form(TWO_DOMAINS).get_values()
+    assert (values["dau"], values["wau"], values["stickiness"]) == ("1", "2", "50%")
+    assert values["domain:b.test"] == lines[2].removeprefix("b.test: ")
+
+
+def test_one_domain_gets_no_per_domain_lines():
+    single = figures_of(a_test=[UserRecord(NOW, NOW, 0, ("phone",))])
+    commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: single)
+    assert len(commands.chat_reply("admin@a.test", "stats").splitlines()) == 1
+    assert not any(var.startswith("domain:") for var in stats_form(single).get_values())
+
+
+def test_non_admin_never_gets_figures_whatever_they_send():
+    commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
+    for text in ("stats", "STATS", "history", "history 3", "help", "", "🙂" * 1000):
+        assert commands.chat_reply("alice@a.test", text) == CHAT_REFUSED
+
+
+def test_history_days_are_validated():
+    assert parse_days("") == 30
+    assert parse_days(" 7 ") == 7
+    for bad in ("0", "-1", "367", "seven", "1.5"):
+        with pytest.raises(ValueError, match="number of days must be 1 to 366"):
+            parse_days(bad)
+    commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
+    assert commands.chat_reply("admin@a.test", "history lots").startswith("Sorry, the number")
