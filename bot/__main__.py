@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from slixmpp.jid import JID, InvalidJID
 from tqdm import tqdm
 
 from . import daemon, importer
@@ -127,6 +128,19 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--csv", action="store_true", help="CSV, one row per day and domain")
     history.set_defaults(handler=_history)
 
+    forget = commands.add_parser(
+        "forget",
+        help="remove one user's data from the store (stop the bot first)",
+        description=(
+            "Remove everything stored about one user, for an account deletion request. The "
+            "bot must be stopped (it holds the store); while it runs, use its ad-hoc command "
+            "'Forget a user' (forget-user) instead."
+        ),
+    )
+    _add_config_argument(forget)
+    forget.add_argument("jid", metavar="JID", help="the user's bare JID, e.g. alice@example.org")
+    forget.set_defaults(handler=_forget)
+
     count = commands.add_parser(
         "count",
         help="print the figures from the store (safe while the bot runs)",
@@ -195,6 +209,23 @@ def _history(args: argparse.Namespace) -> int:
         print(history_csv(rows, settings.windows, settings.domains), end="")
     else:
         print(chat_chart(rows, settings.windows))
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, need_secret=False)
+    try:
+        jid = JID(args.jid)
+    except InvalidJID as exc:
+        raise ConfigError(f"{args.jid!r} is not a valid JID ({exc})") from None
+    if not jid.user or jid.resource:
+        raise ConfigError(f"{args.jid!r}: give a bare JID such as alice@example.org")
+    with Store(settings.store_path) as store:
+        if store.get(jid.bare) is None:
+            print(f"Nothing was stored about {jid.bare}.")
+            return 0
+        store.delete(jid.bare)
+    print(f"Forgot {jid.bare}.")
     return 0
 
 

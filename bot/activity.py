@@ -168,6 +168,28 @@ class ActivityTracker:
         self._apply(bare_jid, before, after)
         return True
 
+    def forget(self, bare_jid: str) -> bool:
+        """Remove everything about one user (an account deletion request). False: unknown."""
+        before = self._record(bare_jid)
+        if before is None:
+            return False
+        index = self._indexes.get(domain_of(bare_jid))
+        if index is not None and not self._excluded(bare_jid):
+            index.replace(before, None)
+        self._online.pop(bare_jid, None)
+        self._store.delete(bare_jid)
+        return True
+
+    def forget_inactive(self, candidates: Iterable[str], active_since: int) -> int:
+        """Forget the candidates still offline and last active before `active_since`
+        (re-checked here: they may have come back since the candidates were listed)."""
+        forgotten = 0
+        for bare_jid in candidates:
+            record = self._record(bare_jid)
+            if record is not None and not record.sessions and record.last_active < active_since:
+                forgotten += self.forget(bare_jid)
+        return forgotten
+
     # --- reconnection ----------------------------------------------------------------------
 
     def begin_resync(self) -> None:

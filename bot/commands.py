@@ -17,6 +17,7 @@ from .history import Day, chat_chart, history_form
 
 ADHOC_STATS_NODE = "active-users"
 ADHOC_HISTORY_NODE = "history"
+ADHOC_FORGET_NODE = "forget-user"
 FORM_TYPE = "urn:xmpp-active-users:stats:1"
 
 

@@ -27,6 +27,7 @@ from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
 
 from .activity import ActivityTracker
 from .commands import (
+    ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
     HISTORY_DEFAULT_DAYS,
@@ -376,6 +377,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.plugin["xep_0050"].add_command(
             node=ADHOC_HISTORY_NODE, name="Activity history", handler=self._adhoc_history
         )
+        self.plugin["xep_0050"].add_command(
+            node=ADHOC_FORGET_NODE, name="Forget a user", handler=self._adhoc_forget
+        )
         # Only admins see the command list.
         self.plugin["xep_0030"].set_node_handler(
             "get_items", self.boundjid, COMMANDS_NODE, self._command_items
@@ -419,6 +423,35 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         except (ValueError, TypeError, KeyError) as exc:
             raise XMPPError("bad-request", text=str(exc)) from None
         session["payload"] = self.commands.history_form(days)
+        session["next"] = None
+        return session
+
+    def _adhoc_forget(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+        form = Form()
+        form["type"] = "form"
+        form["title"] = "Forget a user"
+        form["instructions"] = (
+            "Removes everything stored about one user (for an account deletion request). "
+            "It cannot be undone."
+        )
+        form.add_field(var="jid", ftype="jid-single", label="User (bare JID)", required=True)
+        session["payload"] = form
+        session["next"] = self._adhoc_forget_result
+        session["has_next"] = False
+        return session
+
+    def _adhoc_forget_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jid = JID(str(payload["values"].get("jid") or ""))
+        except (InvalidJID, TypeError, KeyError) as exc:
+            raise XMPPError("bad-request", text=f"not a valid JID: {exc}") from None
+        if not jid.user or jid.resource:
+            raise XMPPError("bad-request", text="give a bare JID such as alice@example.org")
+        forgotten = self.tracker.forget(jid.bare)
+        log.info("Forget %s, asked by %s: %s", jid.bare, session["from"], forgotten)
+        text = f"Forgot {jid.bare}." if forgotten else f"Nothing was stored about {jid.bare}."
+        session["payload"] = None
+        session["notes"] = [("info", text)]
         session["next"] = None
         return session
 

@@ -40,6 +40,7 @@ class Settings:
     windows: tuple[int, ...] = (86_400, 7 * 86_400, 30 * 86_400)
     exclude: tuple[str, ...] = ()  # bare JIDs and glob patterns never counted nor stored
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9470)  # None: no endpoint
+    retention_days: int = 0  # 0: keep forever
 
 
 # section -> key -> (required, parser, default). Parsers raise ValueError with the fix in words.
@@ -53,6 +54,12 @@ def _non_negative_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"must be zero or a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number of days (0 for off), got {value!r}")
+    return value
 
 
 def _port(value: Any) -> int:
@@ -160,6 +167,9 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
     "metrics": {
         "listen": (False, _listen, ("127.0.0.1", 9470), 'listen = "127.0.0.1:9470"'),
     },
+    "privacy": {
+        "retention_days": (False, _non_negative_int, 0, "retention_days = 400"),
+    },
     "store": {
         "path": (True, _text, None, 'path = "/var/lib/xmpp-active-users/activity.db"'),
         "flush_interval": (False, _positive_number, 1.0, "flush_interval = 1.0"),
@@ -189,6 +199,13 @@ def load_settings(
 
     values = _validate(path, raw)
     secret = _resolve_secret(path, values, environ) if need_secret else ""
+    retention = values["privacy.retention_days"]
+    windows = values["counting.windows"] or Settings.windows
+    if retention and retention * 86_400 < max(windows):
+        raise ConfigError(
+            f"{path}: [privacy] retention_days = {retention} is shorter than the longest window "
+            f"({max(windows) // 86_400} days): users would vanish from its count; raise it"
+        )
     store_path = Path(values["store.path"]).expanduser()
     if not store_path.is_absolute():  # relative to the config file, not to the working directory
         store_path = path.resolve().parent / store_path
@@ -204,9 +221,10 @@ def load_settings(
         first_count_after=values["counting.first_count_after"],
         count_interval=values["counting.interval"],
         count_jitter=values["counting.jitter"],
-        windows=values["counting.windows"] or Settings.windows,
+        windows=windows,
         exclude=values["counting.exclude"],
         metrics_listen=values["metrics.listen"],
+        retention_days=values["privacy.retention_days"],
     )
 
 

@@ -12,7 +12,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .activity import ActivityTracker
 from .commands import CommandSet, Figures
@@ -21,7 +21,7 @@ from .config import Settings
 from .counter import window_label
 from .history import Day, day_snapshot, last_days, utc_day
 from .metrics import ActivityCollector, MetricsServer, Snapshot, snapshot_from_loop
-from .store import Store, flush_periodically
+from .store import Store, flush_periodically, inactive_users
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ async def count_periodically(
     settings: Settings,
     clock: Callable[[], float] = time.time,
     jitter: Callable[[float], float] = lambda upper: random.uniform(0, upper),
-    after_count: Callable[[], None] = lambda: None,
+    after_count: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Log the figures shortly after start, then every interval plus jitter, like the seed;
     `after_count` keeps the day's history snapshot up to date."""
@@ -59,7 +59,8 @@ async def count_periodically(
             counts.online_sessions,
             counts.known_users,
         )
-        after_count()
+        if after_count is not None:
+            await after_count()
         await asyncio.sleep(settings.count_interval + jitter(settings.count_jitter))
 
 
@@ -158,6 +159,24 @@ class Bot:
         by_domain = self.tracker.counts_by_domain(int(now))
         self.store.put_day(day, day_snapshot(by_domain, self.tracker.peak_online))
 
+    async def after_count(self) -> None:
+        """The hourly housekeeping: today's history snapshot, then retention."""
+        self.record_today()
+        await self.apply_retention()
+
+    async def apply_retention(self) -> int:
+        days = self.settings.retention_days
+        if not days:
+            return 0
+        active_since = int(self.clock()) - days * 86_400
+        candidates = await asyncio.to_thread(
+            inactive_users, self.settings.store_path, active_since
+        )  # the scan reads the file on another connection; the loop only forgets
+        forgotten = self.tracker.forget_inactive(candidates, active_since)
+        if forgotten:
+            log.info("Retention: forgot %d users inactive for over %d days", forgotten, days)
+        return forgotten
+
     def history(self, days: int) -> list[Day]:
         return last_days(self.store.days(), utc_day(self.clock()), days)
 
@@ -202,7 +221,7 @@ class Bot:
                 self.settings,
                 self.clock,
                 stop,
-                self.record_today,
+                self.after_count,
             )
         finally:
             if metrics is not None:
@@ -219,7 +238,7 @@ async def _serve_until_stopped(
     settings: Settings,
     clock: Callable[[], float],
     stop: asyncio.Event,
-    record_today: Callable[[], None],
+    after_count: Callable[[], Awaitable[None]],
 ) -> int:
     serving = asyncio.create_task(component.serve(), name="xmpp")
     helpers = [
@@ -227,7 +246,7 @@ async def _serve_until_stopped(
             flush_periodically(store, settings.flush_interval, clock), name="flush"
         ),
         asyncio.create_task(
-            count_periodically(tracker, settings, clock, after_count=record_today), name="count"
+            count_periodically(tracker, settings, clock, after_count=after_count), name="count"
         ),
     ]
     stopping = asyncio.create_task(stop.wait(), name="stop")

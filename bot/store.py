@@ -335,6 +335,17 @@ class Store:
         self.close()
 
 
+def inactive_users(path: Path, active_since: int) -> list[str]:
+    """Users offline and last active before `active_since`, read by a separate read-only
+    connection: safe in a worker thread while the bot writes (a full scan, hence the thread)."""
+    with Store(path, readonly=True) as reader:
+        return [
+            bare_jid
+            for bare_jid, record in reader.users()
+            if not record.sessions and record.last_active < active_since
+        ]
+
+
 def _record(bare_jid: str, value: Any) -> UserRecord | None:
     """The stored tuple as a UserRecord; a malformed one is logged and skipped, never deleted."""
     try:

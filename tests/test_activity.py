@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bot.activity import ActivityTracker
 from bot.counter import DAY
-from bot.store import Store
+from bot.store import Store, inactive_users
 
 from .seed import seed_counts
 
@@ -169,3 +169,32 @@ def test_random_histories_count_like_the_seed_after_a_restart(history, later):
             counts = tracker.counts(now)
             assert (counts.dau, counts.wau, counts.mau) == seed_counts(recovered, now)
             assert counts.online_users == 0
+
+
+def test_forget_removes_a_user_from_store_and_counts(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    assert tracker.forget("alice@example.test")
+    assert store.get("alice@example.test") is None
+    counts = tracker.counts(T0)
+    assert (counts.known_users, counts.online_users, counts.dau) == (0, 0, 0)
+    assert not tracker.forget("alice@example.test")
+
+
+def test_retention_forgets_only_users_still_inactive(tmp_path):
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        tracker = ActivityTracker(store, [DOMAIN])
+        tracker.load(T0)
+        for user, at in (("old", T0), ("back", T0), ("recent", T0 + 300 * DAY)):
+            tracker.session_started(f"{user}@example.test", "r", at)
+            tracker.session_ended(f"{user}@example.test", "r", at + 1)
+        tracker.session_started("online@example.test", "r", T0)  # online: never purged
+        store.flush(T0 + 300 * DAY)
+        active_since = T0 + 200 * DAY
+        candidates = inactive_users(path, active_since)  # as the worker thread reads it
+        assert sorted(candidates) == ["back@example.test", "old@example.test"]
+        tracker.session_started("back@example.test", "r", T0 + 301 * DAY)  # came back meanwhile
+        assert tracker.forget_inactive(candidates, active_since) == 1
+        assert store.get("old@example.test") is None
+        assert store.get("back@example.test") is not None
+        assert tracker.counts(T0 + 301 * DAY).known_users == 3

@@ -86,3 +86,21 @@ def test_every_command_explains_itself():
     assert "count" in top.stdout
     count = run("count", "--help")
     assert "safe while the bot runs" in count.stdout
+
+
+def test_forget_removes_one_user(tmp_path):
+    now = int(time.time())
+    config = write(tmp_path, MINIMAL)
+    fill_store(tmp_path, now)
+    result = run("forget", "--config", str(config), "bob@example.test")
+    assert (result.returncode, result.stdout) == (0, "Forgot bob@example.test.\n")
+    again = run("forget", "--config", str(config), "bob@example.test")
+    assert again.stdout == "Nothing was stored about bob@example.test.\n"
+    with Store(tmp_path / "data" / "activity.db", readonly=True) as store:
+        assert sorted(jid for jid, _ in store.users()) == [
+            "alice@example.test",
+            "carol@example.test",
+        ]
+    bad = run("forget", "--config", str(config), "bob@example.test/phone")
+    assert bad.returncode == 2
+    assert "give a bare JID" in bad.stderr

@@ -17,7 +17,14 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from slixmpp.exceptions import IqError
 
-from bot.commands import ADHOC_HISTORY_NODE, ADHOC_STATS_NODE, CHAT_HELP, CHAT_REFUSED, CHAT_UNKNOWN
+from bot.commands import (
+    ADHOC_FORGET_NODE,
+    ADHOC_HISTORY_NODE,
+    ADHOC_STATS_NODE,
+    CHAT_HELP,
+    CHAT_REFUSED,
+    CHAT_UNKNOWN,
+)
 from bot.component import COMMANDS_NODE
 from bot.daemon import Bot
 from bot.history import utc_day
@@ -254,14 +261,13 @@ async def test_only_admins_see_and_run_the_command(start_bot, clients):
         )
         return {node for _, node, _ in items["disco_items"]["items"]}
 
-    assert await command_nodes(admin) == {ADHOC_STATS_NODE, ADHOC_HISTORY_NODE}
+    assert await command_nodes(admin) == {ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE}
     assert await command_nodes(alice) == set()
-    with pytest.raises(IqError) as refused:
-        await alice.plugin["xep_0050"].send_command(
-            jid="active.example.test", node=ADHOC_STATS_NODE
-        )
-    assert refused.value.iq["error"]["condition"] == "forbidden"
-    assert "dau" not in str(refused.value.iq)
+    for node in (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
+        with pytest.raises(IqError) as refused:
+            await alice.plugin["xep_0050"].send_command(jid="active.example.test", node=node)
+        assert refused.value.iq["error"]["condition"] == "forbidden"
+        assert "dau" not in str(refused.value.iq)
 
 
 async def test_non_admin_cannot_continue_an_admins_command_session(start_bot, clients):
@@ -319,6 +325,42 @@ async def test_admin_gets_history_by_adhoc_in_two_steps_and_by_chat(start_bot, c
     assert chart.startswith("Active users over the last 7 days")
     assert "   24 hours  ······█  (now 1, max 1)" in chart
     assert "peak online  ······█  (max 1)" in chart
+
+
+async def test_admin_forgets_a_user_by_adhoc(start_bot, clients):
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    bob = await clients.login("bob@example.test/pc")
+    await bot.expect_set(
+        {("available", "admin@example.test/desk"), ("available", "bob@example.test/pc")}
+    )
+    await clients.logout(bob)
+    await bot.expect("unavailable", "bob@example.test/pc")
+
+    async def forget(jid: str):
+        first = await admin.plugin["xep_0050"].send_command(
+            jid="active.example.test", node=ADHOC_FORGET_NODE
+        )
+        answer = first["command"]["form"]
+        answer["type"] = "submit"
+        answer.set_values({"jid": jid})
+        step = admin.make_iq_set(ito="active.example.test")
+        step["command"]["node"] = ADHOC_FORGET_NODE
+        step["command"]["sessionid"] = first["command"]["sessionid"]
+        step["command"]["action"] = "complete"
+        step["command"].append(answer)
+        return await step.send()
+
+    result = await forget("bob@example.test")
+    assert result["command"]["status"] == "completed"
+    assert result["command"]["notes"] == [("info", "Forgot bob@example.test.")]
+    assert bot.bot.store.get("bob@example.test") is None
+    assert bot.figures().known_users == 1  # the admin only
+    again = await forget("bob@example.test")
+    assert again["command"]["notes"] == [("info", "Nothing was stored about bob@example.test.")]
+    with pytest.raises(IqError) as refused:
+        await forget("not a jid@@")
+    assert refused.value.iq["error"]["condition"] == "bad-request"
 
 
 async def test_non_admin_chat_gets_a_polite_refusal_without_figures(start_bot, clients):

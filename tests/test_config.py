@@ -126,3 +126,11 @@ def test_secret_never_appears_in_errors(tmp_path):
     with pytest.raises(ConfigError) as failure:
         load_settings(write(tmp_path, text), environ={})
     assert "s3cret" not in str(failure.value)
+
+
+def test_retention_shorter_than_the_longest_window_is_refused(tmp_path):
+    text = MINIMAL + "[privacy]\nretention_days = 7\n"
+    with pytest.raises(ConfigError, match="shorter than the longest window"):
+        load_settings(write(tmp_path, text), environ={})
+    text = MINIMAL + "[privacy]\nretention_days = 400\n"
+    assert load_settings(write(tmp_path, text), environ={}).retention_days == 400
