@@ -34,6 +34,7 @@ from .commands import (
     CommandSet,
     parse_days,
 )
+from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self._dropped_at: int | None = None  # when the last connection was lost
         self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
         self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
+        self.chat_limiter = RateLimiter(clock)
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -459,6 +461,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if message["type"] not in ("chat", "normal"):
             return  # never answer errors or groupchat: no loops
         sender = message["from"]
+        if not self.chat_limiter.allow(sender.bare):
+            log.debug("Chat from %s dropped: over the rate limit", sender)
+            return
         reply = self.commands.chat_reply(sender.bare, message["body"])
         message.reply(reply).send()
 

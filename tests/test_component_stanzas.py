@@ -203,3 +203,17 @@ class ComponentStanzaTest(SlixTest):
             in text
         )
         assert "older urn:xmpp:privilege:1" in text
+
+    def test_chat_flood_from_one_sender_is_cut_without_blocking_others(self):
+        for _ in range(20):
+            self.recv('<message type="chat" from="eve@example.test/x"><body>stats</body></message>')
+        self.wait_for_send_queue()
+        replies = 0
+        while self.xmpp.socket.next_sent() is not None:
+            replies += 1
+        assert replies == 5  # the burst; the clock stands still, so no token comes back
+        self.recv('<message type="chat" from="admin@example.test/desk"><body>help</body></message>')
+        self.wait_for_send_queue()
+        reply = self.xmpp.socket.next_sent()
+        assert reply is not None
+        assert b"I count the active users" in reply
