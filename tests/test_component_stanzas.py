@@ -23,7 +23,9 @@ T0 = 1_800_000_000
 COMPONENT = "active.example.test"
 
 
-class ComponentStanzaTest(SlixTest):
+class ComponentHarness(SlixTest):
+    """Our component on SlixTest's fake stream; no tests of its own (other tests build on it)."""
+
     def setUp(self) -> None:
         self.folder = tempfile.TemporaryDirectory()
         self.store = Store(Path(self.folder.name) / "activity.db")
@@ -63,6 +65,8 @@ class ComponentStanzaTest(SlixTest):
     def online(self) -> set[tuple[str, str]]:
         return self.tracker.online_sessions()
 
+
+class ComponentStanzaTest(ComponentHarness):
     def test_available_and_unavailable_per_full_jid(self):
         self.recv('<presence from="alice@example.test/phone" to="active.example.test"/>')
         self.recv(
