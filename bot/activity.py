@@ -8,8 +8,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from .counter import DEFAULT_WINDOWS, ActivityIndex, Counts
 from .model import UserRecord, domain_of
@@ -33,6 +33,16 @@ def exclusion_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
         return lambda _bare_jid: False
     regex = re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns))
     return lambda bare_jid: regex.match(bare_jid.lower()) is not None
+
+
+@dataclass
+class _Loading:
+    """One domain's ints while the store is read at start-up."""
+
+    offline: list[int] = field(default_factory=list)
+    first_seen: list[int] = field(default_factory=list)
+    online_users: int = 0
+    online_sessions: int = 0
 
 
 class ActivityTracker:
@@ -70,32 +80,40 @@ class ActivityTracker:
         the stored sessions are live. Users of domains no longer configured stay, uncounted.
         """
         closed_at = self._store.heartbeat or now
-        self._indexes = {domain: ActivityIndex() for domain in self._indexes}
         self._online.clear()
         recovered = hidden = 0
         stale: list[tuple[str, UserRecord]] = []
-
-        def counted_records(domain: str) -> Iterator[UserRecord]:
-            nonlocal recovered, hidden
-            for bare_jid, record in self._store.users():
-                if domain_of(bare_jid) != domain:
-                    continue
-                if self._excluded(bare_jid):
-                    hidden += 1
-                    continue
-                if record.sessions and close_stale_sessions:
-                    recovered += len(record.sessions)
-                    record = record._replace(
-                        last_logout=max(record.last_logout, closed_at), sessions=()
-                    )
-                    stale.append((bare_jid, record))
-                elif record.sessions:
-                    self._online[bare_jid] = record
-                yield record
-
-        # One streamed pass per domain (domains are few): memory stays one int per offline user.
-        for domain, index in self._indexes.items():
-            index.load(counted_records(domain))
+        excluded = self._excluded
+        # One pass over the store for all domains; per user only ints are kept.
+        loading = {domain: _Loading() for domain in self._indexes}
+        for bare_jid, first_seen, login, logout, sessions in self._store.user_rows():
+            part = loading.get(bare_jid[bare_jid.rfind("@") + 1 :])
+            if part is None:
+                continue
+            if excluded(bare_jid):
+                hidden += 1
+                continue
+            part.first_seen.append(first_seen)
+            if not sessions:
+                part.offline.append(login if login > logout else logout)
+            elif close_stale_sessions:
+                recovered += len(sessions)
+                logout = max(logout, closed_at)
+                stale.append((bare_jid, UserRecord(first_seen, login, logout)))
+                part.offline.append(login if login > logout else logout)
+            else:
+                self._online[bare_jid] = UserRecord(first_seen, login, logout, sessions)
+                part.online_users += 1
+                part.online_sessions += len(sessions)
+        self._indexes = {
+            domain: ActivityIndex.from_parts(
+                offline_last_active=part.offline,
+                first_seen=part.first_seen,
+                online_users=part.online_users,
+                online_sessions=part.online_sessions,
+            )
+            for domain, part in loading.items()
+        }
         for bare_jid, record in stale:
             self._store.put(bare_jid, record)
         users = sum(index.known_users for index in self._indexes.values())

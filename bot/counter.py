@@ -96,6 +96,29 @@ class ActivityIndex:
         self._offline_last_active.update(offline)
         self._first_seen.update(first_seen)
 
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        offline_last_active: list[int],
+        first_seen: list[int],
+        online_users: int,
+        online_sessions: int,
+    ) -> ActivityIndex:
+        """The index from a start-up scan's lists (sorted here, in place: no copies)."""
+        offline_last_active.sort()
+        first_seen.sort()
+        index = cls(
+            online_users=online_users,
+            online_sessions=online_sessions,
+            known_users=len(first_seen),
+        )
+        index._offline_last_active = SortedList()
+        index._offline_last_active.update(offline_last_active)
+        index._first_seen = SortedList()
+        index._first_seen.update(first_seen)
+        return index
+
     def replace(self, before: UserRecord | None, after: UserRecord | None) -> None:
         """Account for one user's record changing from `before` to `after` (None: absent)."""
         # first_seen rarely changes: touch its list only when it does (or a user comes or goes).

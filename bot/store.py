@@ -72,6 +72,9 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         # WAL + NORMAL: a commit survives a crash of this process (kill -9) without an fsync
         # per commit; only a power loss may take back the last commits, never corrupt the file.
         self._cx.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoint every 16 MiB of WAL rather than 4 MiB: a flush of a few thousand users
+        # otherwise checkpoints (and syncs) on every commit.
+        self._cx.execute("PRAGMA wal_autocheckpoint = 4096")
         self._cx.execute(
             "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
         )
@@ -95,8 +98,11 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         return bytes(row[0])
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
+        # An upsert updates the row in place; REPLACE would delete and re-insert it, dirtying
+        # the key index too (twice the pages written per flush).
         self._cx.execute(
-            "REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))",
+            "INSERT INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB)) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
@@ -228,8 +234,11 @@ class Store:
     def get(self, bare_jid: str) -> UserRecord | None:
         if bare_jid in self._pending:
             return self._pending[bare_jid]
-        value = self._shelf.get(_USER + bare_jid)
-        return None if value is None else _record(bare_jid, value)
+        try:  # not Shelf.get: it would run the same SELECT twice (`in`, then the read)
+            value = self._shelf[_USER + bare_jid]
+        except KeyError:
+            return None
+        return _record(bare_jid, value)
 
     def put(self, bare_jid: str, record: UserRecord) -> None:
         self._pending[bare_jid] = record
@@ -239,16 +248,35 @@ class Store:
 
     def users(self) -> Iterator[tuple[str, UserRecord]]:
         """Every user with a record, pending writes included: one query, streamed."""
-        for key, value in self._shelf.items_with_prefix(_USER):
-            bare_jid = key[len(_USER) :]
-            if bare_jid in self._pending:
+        for bare_jid, first_seen, login, logout, sessions in self.user_rows():
+            yield bare_jid, UserRecord(first_seen, login, logout, sessions)
+
+    def user_rows(self) -> Iterator[tuple[str, int, int, int, tuple[str, ...]]]:
+        """`users()` as plain tuples: the start-up load of a million users builds no objects
+        it does not keep. Malformed records are logged and skipped, never deleted."""
+        pending = self._pending
+        loads = pickle.loads
+        prefix = len(_USER)
+        for key, value in self._shelf.dict.items_with_prefix(_USER.encode()):
+            bare_jid = key[prefix:].decode("utf-8", errors="replace")
+            if pending and bare_jid in pending:
                 continue
-            record = _record(bare_jid, value)
+            try:
+                first_seen, login, logout, sessions = loads(value)
+            except Exception:  # any unpickling failure: a damaged value
+                first_seen = None
+            if (
+                type(first_seen) is not int
+                or type(login) is not int
+                or type(logout) is not int
+                or type(sessions) is not tuple
+            ):
+                log.error("Store record of %s is malformed; ignored, left in place", bare_jid)
+                continue
+            yield bare_jid, first_seen, login, logout, sessions
+        for bare_jid, record in pending.items():
             if record is not None:
-                yield bare_jid, record
-        for bare_jid, pending in self._pending.items():
-            if pending is not None:
-                yield bare_jid, pending
+                yield bare_jid, *record
 
     # --- daily snapshots (history) ----------------------------------------------------------
 
