@@ -14,7 +14,7 @@ from pathlib import Path
 from slixmpp.jid import JID, InvalidJID
 from tqdm import tqdm
 
-from . import daemon, importer
+from . import daemon, demo, importer
 from .activity import ActivityTracker
 from .commands import iso_utc, parse_days
 from .config import ConfigError, load_settings
@@ -35,6 +35,7 @@ login or logout happened within it (the rule of Prosody's mod_measure_active_use
 
 EPILOG = """\
 examples:
+  xmpp-active-users demo      (try it: a private Prosody and the bot, no config needed)
   xmpp-active-users run --config /etc/xmpp-active-users/config.toml
   xmpp-active-users count --config /etc/xmpp-active-users/config.toml
   xmpp-active-users count --config config.toml --json
@@ -154,6 +155,31 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_argument(count)
     count.add_argument("--json", action="store_true", help="print one JSON object instead")
     count.set_defaults(handler=_count)
+
+    try_it = commands.add_parser(
+        "demo",
+        help="try it: a private Prosody on 127.0.0.1, the bot and a few users, until Ctrl-C",
+        description=(
+            "Start a private Prosody on 127.0.0.1 (free ports, a temporary folder), register an "
+            "admin and the users alice, bob and carol, and run the bot from a generated config "
+            "file. Real XMPP clients log in and out, then the admin runs the ad-hoc command "
+            "'active-users' and chats 'stats': the demo prints both answers, and how to log in "
+            "with your own client (Gajim, Profanity) to try it yourself. It runs until Ctrl-C "
+            "and then stops everything it started. Needs Prosody 0.12+ and prosody-modules "
+            "(`make prosody`). No config file needed, nothing listens beyond 127.0.0.1."
+        ),
+    )
+    try_it.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="stop after the scripted part instead of waiting for Ctrl-C",
+    )
+    try_it.add_argument(
+        "--keep-dir",
+        action="store_true",
+        help="keep the temporary folder (configs, Prosody's log, the store) after stopping",
+    )
+    try_it.set_defaults(handler=_demo)
     return parser
 
 
@@ -173,6 +199,12 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(daemon.run(settings))
 
 
+def _demo(args: argparse.Namespace) -> int:
+    return asyncio.run(
+        demo.demo(wait=not args.no_wait, keep_dir=args.keep_dir, verbose=args.verbose)
+    )
+
+
 def _import(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, need_secret=False)
     if args.source == "prosody-sql":
@@ -190,7 +222,7 @@ def _import(args: argparse.Namespace) -> int:
             importer.read_data_file(args.source, file, bare_jid)
             for file, bare_jid in tqdm(files, desc="Importing", unit=" users", delay=1)
         )
-    with Store(settings.store_path) as store:
+    with Store(settings.store_path, pseudonym_key=settings.pseudonym_key) as store:
         report = importer.import_activities(store, entries, settings.domains, dry_run=args.dry_run)
     print(report.summary(args.dry_run))
     return 0
@@ -220,7 +252,7 @@ def _forget(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.jid!r} is not a valid JID ({exc})") from None
     if not jid.user or jid.resource:
         raise ConfigError(f"{args.jid!r}: give a bare JID such as alice@example.org")
-    with Store(settings.store_path) as store:
+    with Store(settings.store_path, pseudonym_key=settings.pseudonym_key) as store:
         if store.get(jid.bare) is None:
             print(f"Nothing was stored about {jid.bare}.")
             return 0

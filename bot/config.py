@@ -41,6 +41,7 @@ class Settings:
     exclude: tuple[str, ...] = ()  # bare JIDs and glob patterns never counted nor stored
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9470)  # None: no endpoint
     retention_days: int = 0  # 0: keep forever
+    pseudonym_key: bytes | None = None  # set: the store keys users by a keyed hash
 
 
 # section -> key -> (required, parser, default). Parsers raise ValueError with the fix in words.
@@ -54,6 +55,12 @@ def _non_negative_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"must be zero or a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
 
 
 def _non_negative_int(value: Any) -> int:
@@ -169,6 +176,13 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
     },
     "privacy": {
         "retention_days": (False, _non_negative_int, 0, "retention_days = 400"),
+        "pseudonymize": (False, _boolean, False, "pseudonymize = true"),
+        "pseudonym_secret": (
+            False,
+            _text,
+            None,
+            'pseudonym_secret = "a long random string, kept as safe as the store"',
+        ),
     },
     "store": {
         "path": (True, _text, None, 'path = "/var/lib/xmpp-active-users/activity.db"'),
@@ -206,6 +220,14 @@ def load_settings(
             f"{path}: [privacy] retention_days = {retention} is shorter than the longest window "
             f"({max(windows) // 86_400} days): users would vanish from its count; raise it"
         )
+    pseudonym_key = None
+    if values["privacy.pseudonymize"]:
+        if not values["privacy.pseudonym_secret"]:
+            raise ConfigError(
+                f"{path}: [privacy] pseudonymize = true needs pseudonym_secret; add: "
+                'pseudonym_secret = "a long random string" (never change it afterwards)'
+            )
+        pseudonym_key = values["privacy.pseudonym_secret"].encode()
     store_path = Path(values["store.path"]).expanduser()
     if not store_path.is_absolute():  # relative to the config file, not to the working directory
         store_path = path.resolve().parent / store_path
@@ -225,6 +247,7 @@ def load_settings(
         exclude=values["counting.exclude"],
         metrics_listen=values["metrics.listen"],
         retention_days=values["privacy.retention_days"],
+        pseudonym_key=pseudonym_key,
     )
 
 

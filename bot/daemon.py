@@ -97,7 +97,7 @@ class Bot:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.store = Store(settings.store_path)
+        self.store = Store(settings.store_path, pseudonym_key=settings.pseudonym_key)
         self.metrics: MetricsServer | None = None
         self._history_day = utc_day(clock())
         try:

@@ -9,6 +9,7 @@ Values are primitives only (tuples of ints and strings), never our own classes, 
 depends on this package's code. Keys:
     "meta:schema"     -> int, SCHEMA_VERSION
     "meta:heartbeat"  -> int, the last time (Unix seconds) the writer was known alive
+    "meta:pseudonymized" -> bool, users keyed by a keyed hash instead of their JID
     "user:<bare JID>" -> (first_seen, last_login, last_logout, (resource, ...))
     "day:<YYYY-MM-DD>" -> {domain: {"active": {"1d": n, ...}, "new": {...}, "peak_online": n}}
 """
@@ -17,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
+import hmac
 import logging
 import os
 import pickle
+import re
 import shelve
 import socket
 import sqlite3
@@ -42,6 +46,8 @@ _USER = "user:"
 _DAY = "day:"
 _SCHEMA_KEY = "meta:schema"
 _HEARTBEAT_KEY = "meta:heartbeat"
+_PSEUDONYMIZED_KEY = "meta:pseudonymized"
+_PSEUDONYM = re.compile(r"~[0-9a-f]{32}@[^@/]+")
 
 
 class StoreError(Exception):
@@ -159,9 +165,12 @@ class Store:
     `put()` only remembers the record; `flush()` writes everything remembered in one transaction.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, pseudonym_key: bytes | None = None
+    ) -> None:
         self.path = path
         self.readonly = readonly
+        self._pseudonym_key = pseudonym_key
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
         self._pending_days: dict[str, dict[str, Any]] = {}
         self._lock_file: IO[str] | None = None
@@ -210,11 +219,14 @@ class Store:
                     f"{path}: schema version {version!r}, but this program reads version "
                     f"{SCHEMA_VERSION}; run the xmpp-active-users release that wrote it"
                 )
+            if version is not None and not self.readonly:
+                self._check_pseudonymization(bool(shelf.get(_PSEUDONYMIZED_KEY, False)))
             if not self.readonly:
                 db.prepare_for_writing()
                 if version is None:
                     with db.transaction():
                         shelf[_SCHEMA_KEY] = SCHEMA_VERSION
+                        shelf[_PSEUDONYMIZED_KEY] = self._pseudonym_key is not None
             self._heartbeat_written = int(shelf.get(_HEARTBEAT_KEY, 0))
         except (sqlite3.DatabaseError, pickle.UnpicklingError) as exc:
             if db is not None:
@@ -229,9 +241,28 @@ class Store:
             raise
         return shelf
 
+    def _check_pseudonymization(self, pseudonymized: bool) -> None:
+        wanted = self._pseudonym_key is not None
+        if pseudonymized != wanted:
+            state = "pseudonymized" if pseudonymized else "keyed by plain JIDs"
+            raise StoreError(
+                f"{self.path}: this store is {state}, but [privacy] pseudonymize = "
+                f"{str(wanted).lower()}: set it back, or start a new store (a store cannot be "
+                "converted: the keyed hashes cannot be reversed)"
+            )
+
+    def identity(self, bare_jid: str) -> str:
+        """How a user is keyed: the bare JID, or with `pseudonymize` a keyed hash of it that
+        keeps only the domain (`~<hash>@example.org`). Identities pass through unchanged."""
+        if self._pseudonym_key is None or _PSEUDONYM.fullmatch(bare_jid):
+            return bare_jid
+        digest = hmac.new(self._pseudonym_key, bare_jid.encode(), hashlib.sha256).hexdigest()
+        return f"~{digest[:32]}@{bare_jid.rpartition('@')[2]}"
+
     # --- records -------------------------------------------------------------------------
 
     def get(self, bare_jid: str) -> UserRecord | None:
+        bare_jid = self.identity(bare_jid)
         if bare_jid in self._pending:
             return self._pending[bare_jid]
         try:  # not Shelf.get: it would run the same SELECT twice (`in`, then the read)
@@ -241,10 +272,10 @@ class Store:
         return _record(bare_jid, value)
 
     def put(self, bare_jid: str, record: UserRecord) -> None:
-        self._pending[bare_jid] = record
+        self._pending[self.identity(bare_jid)] = record
 
     def delete(self, bare_jid: str) -> None:
-        self._pending[bare_jid] = None
+        self._pending[self.identity(bare_jid)] = None
 
     def users(self) -> Iterator[tuple[str, UserRecord]]:
         """Every user with a record, pending writes included: one query, streamed."""

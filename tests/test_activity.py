@@ -198,3 +198,26 @@ def test_retention_forgets_only_users_still_inactive(tmp_path):
         assert store.get("old@example.test") is None
         assert store.get("back@example.test") is not None
         assert tracker.counts(T0 + 301 * DAY).known_users == 3
+
+
+def test_pseudonymized_store_counts_recovers_and_forgets_the_same(tmp_path):
+    key = b"pseudonym secret"
+    path = tmp_path / "activity.db"
+    store = Store(path, pseudonym_key=key)
+    tracker = ActivityTracker(store, [DOMAIN])
+    tracker.load(T0)
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_started("bob@example.test", "pc", T0)
+    tracker.session_ended("bob@example.test", "pc", T0 + 5)
+    store.flush(T0 + 10)
+    store._unlock()  # a crash: alice's session stays open in the store
+
+    with Store(path, pseudonym_key=key) as reopened:
+        tracker = ActivityTracker(reopened, [DOMAIN])
+        report = tracker.load(T0 + DAY)
+        assert (report.users, report.recovered_sessions) == (2, 1)
+        assert reopened.get("alice@example.test").last_logout == T0 + 10
+        assert tracker.counts(T0 + DAY - 1).dau == 2
+        assert tracker.forget("bob@example.test")
+        assert tracker.counts(T0 + DAY - 1).known_users == 1
+    assert b"alice" not in path.read_bytes()

@@ -52,6 +52,7 @@ def test_file_is_a_plain_shelf_of_primitives_in_dbm_sqlite3_layout(tmp_path):
     with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
         assert dict(shelf) == {
             "meta:schema": SCHEMA_VERSION,
+            "meta:pseudonymized": False,
             "meta:heartbeat": T0 + 10,
             "user:alice@example.test": (T0, T0 + 5, T0 + 9, ("phone",)),
         }
@@ -252,3 +253,22 @@ def test_kill_9_loses_nothing_older_than_one_flush_interval(tmp_path):
     missing = sorted(set(promised) - stored)
     assert not missing, f"{len(missing)} events lost, first {missing[:5]}"
     assert stored <= {n for n, _ in acked} | {len(acked)}  # nothing invented
+
+
+def test_pseudonymized_store_holds_no_address(tmp_path):
+    path = tmp_path / "activity.db"
+    with Store(path, pseudonym_key=b"k" * 32) as store:
+        store.put("alice@example.test", ALICE)
+        assert store.get("alice@example.test") == ALICE
+        (identity,) = [jid for jid, _ in store.users()]
+        assert identity.startswith("~")
+        assert identity.endswith("@example.test")  # the domain stays: counts are per domain
+        assert store.get(identity) == ALICE  # an identity maps to itself
+    assert b"alice" not in path.read_bytes()
+    with Store(path, pseudonym_key=b"other key!" * 4) as store:
+        assert store.get("alice@example.test") is None  # another key, other pseudonyms
+    with pytest.raises(StoreError, match="this store is pseudonymized"):
+        Store(path)
+    Store(tmp_path / "plain.db").close()
+    with pytest.raises(StoreError, match="keyed by plain JIDs"):
+        Store(tmp_path / "plain.db", pseudonym_key=b"k" * 32)
