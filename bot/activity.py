@@ -61,7 +61,9 @@ class ActivityTracker:
         windows: Iterable[int] = DEFAULT_WINDOWS,
     ) -> None:
         self._store = store
+        exclude = tuple(exclude)
         self._excluded = exclusion_matcher(exclude)
+        self._has_exclusions = bool(exclude)
         self.windows = tuple(windows)
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # bare JID -> record, online users only
@@ -83,14 +85,14 @@ class ActivityTracker:
         self._online.clear()
         recovered = hidden = 0
         stale: list[tuple[str, UserRecord]] = []
-        excluded = self._excluded
+        excluded = self._excluded if self._has_exclusions else None
         # One pass over the store for all domains; per user only ints are kept.
         loading = {domain: _Loading() for domain in self._indexes}
         for bare_jid, first_seen, login, logout, sessions in self._store.user_rows():
             part = loading.get(bare_jid[bare_jid.rfind("@") + 1 :])
             if part is None:
                 continue
-            if excluded(bare_jid):
+            if excluded is not None and excluded(bare_jid):
                 hidden += 1
                 continue
             part.first_seen.append(first_seen)
