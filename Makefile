@@ -26,7 +26,8 @@ $(VENV)/.installed: pyproject.toml
 
 # Prosody and mod_privilege (prosody-modules) from Debian, only when missing.
 prosody:
-	@if ! command -v prosody >/dev/null || [ ! -f /usr/lib/prosody/modules/mod_privilege.lua ]; then \
+	@if ! command -v prosody >/dev/null || { [ ! -f /usr/lib/prosody/modules/mod_privilege.lua ] \
+		&& [ ! -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ]; }; then \
 		echo "Installing Debian packages prosody and prosody-modules..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody prosody-modules; \
 	fi

@@ -107,10 +107,13 @@ def test_demo_shows_the_figures_of_the_scripted_logins_and_stops_everything():
 
 def test_demo_keep_dir_leaves_a_config_that_the_bot_can_load():
     result = run_demo("--keep-dir")
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    folder = Path(printed(r"^Folder kept: (\S+)", result.stdout))
-    pid = printed(r"^Prosody: +pid (\d+)", result.stdout)
+    kept = re.search(r"^Folder: +(\S+)", result.stdout, re.MULTILINE)
+    folder = Path(kept[1]) if kept else None
     try:
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+        assert folder is not None
+        assert f"Folder kept: {folder}" in result.stdout
+        pid = printed(r"^Prosody: +pid (\d+)", result.stdout)
         assert not Path(f"/proc/{pid}").exists()
         settings = load_settings(folder / "config.toml", environ={})
         component_port = printed(r"port (\d+) for the bot", result.stdout)
@@ -120,4 +123,5 @@ def test_demo_keep_dir_leaves_a_config_that_the_bot_can_load():
         assert settings.store_path.exists()  # the bot really wrote its store there
         assert settings.secret  # from secret_file, next to the config
     finally:
-        shutil.rmtree(folder)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
