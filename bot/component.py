@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from slixmpp import ComponentXMPP
-from slixmpp.exceptions import XMPPError
+from slixmpp.exceptions import IqError, IqTimeout, XMPPError
 from slixmpp.jid import JID, InvalidJID
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
+from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
 
@@ -34,6 +35,7 @@ from .commands import (
     CommandSet,
     parse_days,
 )
+from .liveness import GONE_CONDITIONS, LivenessChecker, LivenessSettings
 from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 NS_COMPONENT = "jabber:component:accept"
 PRIVILEGE_NAMESPACES = ("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
 COMMANDS_NODE = "http://jabber.org/protocol/commands"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 # Presence permissions that send us every user's presence (XEP-0356 §presence).
 PRESENCE_GRANTS = ("managed_entity", "roster")
 
@@ -87,7 +90,13 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         commands: CommandSet,
         clock: Callable[[], float] = time.time,
         timing: Timing | None = None,
+        liveness: LivenessSettings | None = None,
+        announces_sessions: bool = True,
+        alive_since: int = 0,
     ) -> None:
+        """`announces_sessions`: the server re-sends every online user's presence when we
+        connect (Prosody); otherwise (ejabberd) sessions are re-checked by pings instead.
+        `alive_since`: the last sign of life of sessions loaded from the store."""
         super().__init__(jid, secret, host, port)
         self.tracker = tracker
         self.commands = commands
@@ -100,6 +109,14 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.chat_limiter = RateLimiter(clock)
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self.announces_sessions = announces_sessions
+        self._alive_since = alive_since
+        self._last_seen: dict[tuple[str, str], int] = {}  # online session -> last sign of life
+        self.liveness = (
+            LivenessChecker(liveness, tracker.online_sessions, self._ping, self._session_gone)
+            if liveness is not None and liveness.interval > 0
+            else None
+        )
 
         for plugin in ("xep_0030", "xep_0004", "xep_0050"):
             self.register_plugin(plugin)
@@ -240,7 +257,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.privileges = {}
         log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
         self._spawn(self._check_privileges(self.connected_since))
-        if self._dropped_at is not None:
+        if not self.announces_sessions:
+            if self.liveness is not None:
+                self._spawn(self._check_sessions())  # nobody re-announces: ask each session
+        elif self._dropped_at is not None:
             # Before any stanza of the new stream is handled: the server re-announces the
             # online sessions right after the handshake.
             self.tracker.begin_resync()
@@ -283,8 +303,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         now = int(self.clock())
         if kind is None:
             changed = self.tracker.session_started(sender.bare, sender.resource, now)
+            if self.tracker.counts_domain(sender.bare):
+                self._last_seen[(sender.bare, sender.resource)] = now
         elif kind == "unavailable":
             changed = self.tracker.session_ended(sender.bare, sender.resource, now)
+            self._last_seen.pop((sender.bare, sender.resource), None)
         else:
             log.debug("Presence of unknown type %r from %s ignored", kind, sender)
             return
@@ -309,6 +332,40 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             return
         if self.tracker.counts_domain(sender.bare):
             self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare)
+
+    # --- liveness -------------------------------------------------------------------------
+
+    async def _ping(self, full_jid: str) -> bool | None:
+        """True: the session answered; False: it is gone; None: cannot tell (not connected)."""
+        if self.connected_since is None or self.liveness is None:
+            return None
+        try:
+            await self.plugin["xep_0199"].send_ping(
+                JID(full_jid), ifrom=self.boundjid, timeout=self.liveness.settings.timeout
+            )
+        except IqError as error:
+            if _error_condition(error.iq.xml) not in GONE_CONDITIONS:
+                return self._seen_alive(full_jid)  # the client itself answered
+            return False
+        except IqTimeout:
+            return False if self.connected_since is not None else None
+        return self._seen_alive(full_jid)
+
+    async def _check_sessions(self) -> None:
+        assert self.liveness is not None
+        closed = await self.liveness.check_now()
+        log.info("Checked the sessions believed online: %d had ended", closed)
+        self.event("liveness_checked", closed)
+
+    def _seen_alive(self, full_jid: str) -> bool:
+        bare, _, resource = full_jid.partition("/")
+        self._last_seen[(bare, resource)] = int(self.clock())
+        return True
+
+    def _session_gone(self, session: tuple[str, str]) -> None:
+        ended_at = self._last_seen.pop(session, None) or self._alive_since or int(self.clock())
+        if self.tracker.session_ended(*session, ended_at):
+            self.event("presence_tracked", ("gone", JID(f"{session[0]}/{session[1]}")))
 
     # --- privileges ---------------------------------------------------------------------
 
@@ -477,6 +534,19 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def cancel_background(self) -> None:
         for task in self._background:
             task.cancel()
+
+
+def _error_condition(stanza: ET.Element) -> str:
+    """The defined condition of a stanza error. Read from the XML: on a component stream the
+    <error/> is in jabber:component:accept, where slixmpp's Error plugin (jabber:client) does
+    not look, so iq["error"]["condition"] would be empty."""
+    for child in stanza:
+        if child.tag.rpartition("}")[2] == "error":
+            for condition in child:
+                namespace, _, name = condition.tag[1:].partition("}")
+                if namespace == NS_STANZAS and name != "text":
+                    return name
+    return ""
 
 
 class _OpenCommandSessions(dict[str, Any]):

@@ -24,6 +24,9 @@ class ConfigError(Exception):
     """A configuration problem, worded for the admin who has to fix it."""
 
 
+SOFTWARE = ("prosody", "ejabberd", "generic")
+
+
 @dataclass(frozen=True)
 class Settings:
     component_jid: str
@@ -40,8 +43,18 @@ class Settings:
     windows: tuple[int, ...] = (86_400, 7 * 86_400, 30 * 86_400)
     exclude: tuple[str, ...] = ()  # bare JIDs and glob patterns never counted nor stored
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9470)  # None: no endpoint
+    server_software: str = "prosody"  # what the server does on connect (see `announces_sessions`)
+    liveness_interval: float = 0.0  # seconds between pings of one session; 0: off
+    liveness_timeout: float = 30.0
+    liveness_max_rate: float = 20.0
     retention_days: int = 0  # 0: keep forever
     pseudonym_key: bytes | None = None  # set: the store keys users by a keyed hash
+
+    @property
+    def announces_sessions(self) -> bool:
+        """Prosody re-sends every online user's presence when a component connects, and an
+        unavailable when a session ends; ejabberd does neither reliably (liveness pings do)."""
+        return self.server_software == "prosody"
 
 
 # section -> key -> (required, parser, default). Parsers raise ValueError with the fix in words.
@@ -55,6 +68,13 @@ def _non_negative_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"must be zero or a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _software(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in SOFTWARE:
+        raise ValueError(f"must be one of {', '.join(SOFTWARE)}, got {value!r}")
+    return text
 
 
 def _boolean(value: Any) -> bool:
@@ -154,6 +174,12 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
     "server": {
         "host": (False, _text, "127.0.0.1", 'host = "127.0.0.1"'),
         "port": (False, _port, 5347, "port = 5347"),
+        "software": (False, _software, "prosody", 'software = "prosody"'),
+    },
+    "liveness": {
+        "interval": (False, _non_negative_number, None, "interval = 300"),
+        "timeout": (False, _positive_number, 30.0, "timeout = 30"),
+        "max_rate": (False, _positive_number, 20.0, "max_rate = 20"),
     },
     "counting": {
         "domains": (True, _list_of(_domain), None, 'domains = ["example.org"]'),
@@ -248,6 +274,15 @@ def load_settings(
         metrics_listen=values["metrics.listen"],
         retention_days=values["privacy.retention_days"],
         pseudonym_key=pseudonym_key,
+        server_software=values["server.software"],
+        # Prosody tells us when sessions end; elsewhere, check them every 5 minutes by default.
+        liveness_interval=(
+            values["liveness.interval"]
+            if values["liveness.interval"] is not None
+            else (0.0 if values["server.software"] == "prosody" else 300.0)
+        ),
+        liveness_timeout=values["liveness.timeout"],
+        liveness_max_rate=values["liveness.max_rate"],
     )
 
 

@@ -20,6 +20,7 @@ from .component import ActiveUsersComponent, ConnectionFatal, Timing
 from .config import Settings
 from .counter import window_label
 from .history import Day, day_snapshot, last_days, utc_day
+from .liveness import LivenessSettings
 from .metrics import ActivityCollector, MetricsServer, Snapshot, snapshot_from_loop
 from .store import Store, flush_periodically, inactive_users
 
@@ -121,6 +122,13 @@ class Bot:
                 commands=commands,
                 clock=clock,
                 timing=timing,
+                liveness=LivenessSettings(
+                    interval=settings.liveness_interval,
+                    timeout=settings.liveness_timeout,
+                    max_rate=settings.liveness_max_rate,
+                ),
+                announces_sessions=settings.announces_sessions,
+                alive_since=self.store.heartbeat,
             )
         except BaseException:
             self.store.close(int(clock()))
@@ -128,7 +136,10 @@ class Bot:
 
     def _load(self) -> None:
         started = time.perf_counter()
-        report = self.tracker.load(int(self.clock()))
+        # Sessions left open by the last run: a server that re-announces who is online gets
+        # them closed now (it will say who is still there); otherwise pings decide, later.
+        keep_sessions = not self.settings.announces_sessions and self.settings.liveness_interval > 0
+        report = self.tracker.load(int(self.clock()), close_stale_sessions=not keep_sessions)
         log.info(
             "Loaded %d users of %s from %s in %.2f s",
             report.users,
@@ -241,7 +252,12 @@ async def _serve_until_stopped(
     after_count: Callable[[], Awaitable[None]],
 ) -> int:
     serving = asyncio.create_task(component.serve(), name="xmpp")
-    helpers = [
+    helpers = (
+        []
+        if component.liveness is None
+        else [asyncio.create_task(component.liveness.run_forever(), name="liveness")]
+    )
+    helpers += [
         asyncio.create_task(
             flush_periodically(store, settings.flush_interval, clock), name="flush"
         ),

@@ -208,6 +208,25 @@ async def test_session_that_ended_while_disconnected_is_closed_at_the_drop(start
     assert alice_record.last_logout >= alice_record.last_login
 
 
+async def test_liveness_pings_close_sessions_that_ended_unseen(start_bot, clients):
+    """As on a server that announces nothing on reconnect (ejabberd): pings decide."""
+    bot = await start_bot(server_software="generic", liveness_interval=3600, liveness_timeout=5)
+    alice = await clients.login("alice@example.test/phone")
+    await clients.login("bob@example.test/pc")
+    await bot.expect_set(
+        {("available", "alice@example.test/phone"), ("available", "bob@example.test/pc")}
+    )
+    checked = asyncio.ensure_future(bot.component.wait_until("liveness_checked", 30))
+    bot.component.abort()  # the bot's connection drops...
+    await clients.logout(alice)  # ... and alice leaves unseen
+    assert await checked == 1
+    await bot.expect("gone", "alice@example.test/phone")  # her ping bounced
+    assert bot.bot.tracker.online_sessions() == {("bob@example.test", "pc")}  # bob answered
+    assert bot.component.liveness.pings_sent == 2
+    record = bot.bot.store.get("alice@example.test")
+    assert record.last_logout == record.last_login  # closed at her last sign of life
+
+
 async def test_presence_of_other_domains_and_the_component_itself_is_ignored(start_bot, clients):
     bot = await start_bot()
     carol = await clients.login("carol@example.test/pc")

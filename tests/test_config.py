@@ -134,3 +134,15 @@ def test_retention_shorter_than_the_longest_window_is_refused(tmp_path):
         load_settings(write(tmp_path, text), environ={})
     text = MINIMAL + "[privacy]\nretention_days = 400\n"
     assert load_settings(write(tmp_path, text), environ={}).retention_days == 400
+
+
+def test_server_software_sets_the_liveness_default(tmp_path):
+    assert load_settings(write(tmp_path, MINIMAL), environ={}).liveness_interval == 0
+    ejabberd = load_settings(
+        write(tmp_path, MINIMAL + '[server]\nsoftware = "ejabberd"\n'), environ={}
+    )
+    assert (ejabberd.liveness_interval, ejabberd.announces_sessions) == (300, False)
+    tuned = MINIMAL + '[server]\nsoftware = "ejabberd"\n[liveness]\ninterval = 60\n'
+    assert load_settings(write(tmp_path, tuned), environ={}).liveness_interval == 60
+    with pytest.raises(ConfigError, match="software must be one of prosody, ejabberd, generic"):
+        load_settings(write(tmp_path, MINIMAL + '[server]\nsoftware = "openfire"\n'), environ={})
