@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint demo prosody clean
+.PHONY: test lint demo prosody servers clean
 
-test: $(VENV)/.installed prosody lint
+test: $(VENV)/.installed servers lint
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed
@@ -24,7 +24,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# Prosody and mod_privilege (prosody-modules) from Debian, only when missing.
+# The XMPP servers the integration tests run (privately, on loopback), from Debian, when missing:
+# Prosody with mod_privilege (prosody-modules), and ejabberd.
+servers: prosody
+	@if ! command -v ejabberdctl >/dev/null; then \
+		echo "Installing Debian package ejabberd..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd; \
+	fi
+
 prosody:
 	@if ! command -v prosody >/dev/null || { [ ! -f /usr/lib/prosody/modules/mod_privilege.lua ] \
 		&& [ ! -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ]; }; then \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.ejabberd_sandbox import EjabberdSandbox
 from bot.sandbox import ProsodySandbox
 
 USERS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
@@ -19,6 +20,20 @@ def prosody(tmp_path_factory):
     sandbox.start()
     try:
         for user, password in USERS.items():
+            sandbox.register(user, password)
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture(scope="session")
+def ejabberd(tmp_path_factory):
+    """A started private ejabberd (example.test, component active.example.test), with USERS
+    and dave registered. Session-wide: a start costs about 2 s, each registration about 0.5 s."""
+    sandbox = EjabberdSandbox(tmp_path_factory.mktemp("ejabberd"))
+    sandbox.start()
+    try:
+        for user, password in (USERS | {"dave": "davepw"}).items():
             sandbox.register(user, password)
         yield sandbox
     finally:
