@@ -1,0 +1,128 @@
+"""The bot against a real ejabberd 23.01: privilege:1, and liveness pings where presence is silent.
+
+ejabberd forwards only the presences clients send: no unavailable when a client's connection
+drops, no initial presences when the bot connects. Pings fill both gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import pytest_asyncio
+from slixmpp.exceptions import IqError
+
+from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
+from bot.daemon import Bot
+
+from .botrunner import FAST, RunningBot, bot_settings
+from .test_component_prosody import Chat, ask_adhoc
+from .xmpp_clients import connect_client, disconnect_client
+
+pytestmark = pytest.mark.asyncio
+
+PASSWORDS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
+LIVENESS = 1.0  # seconds between pings of a session: short, for the tests
+
+
+@pytest_asyncio.fixture
+async def start_bot(ejabberd, tmp_path):
+    running: list[RunningBot] = []
+
+    async def start() -> RunningBot:
+        settings = bot_settings(
+            ejabberd,
+            tmp_path / "activity.db",
+            server_software="ejabberd",
+            liveness_interval=LIVENESS,
+            liveness_timeout=5,
+        )
+        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        running.append(bot)
+        return bot
+
+    yield start
+    for bot in running:
+        await bot.stop_quietly()
+
+
+@pytest_asyncio.fixture
+async def login(ejabberd):
+    clients = []
+
+    async def connect(full_jid: str):
+        bare, _, resource = full_jid.partition("/")
+        client = await connect_client(
+            ejabberd, bare, PASSWORDS[bare.split("@")[0]], resource=resource
+        )
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        await disconnect_client(client)
+
+
+async def test_logins_explicit_logouts_and_figures(start_bot, login):
+    bot = await start_bot()
+    admin = await login("admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+    await login("alice@example.test/phone")
+    await bot.expect("available", "alice@example.test/phone")
+    laptop = await login("alice@example.test/laptop")
+    await bot.expect("available", "alice@example.test/laptop")
+    laptop.send_presence(ptype="unavailable")  # a polite client says goodbye: forwarded
+    await bot.expect("unavailable", "alice@example.test/laptop")
+    figures = await ask_adhoc(admin)
+    assert (figures["online_users"], figures["online_sessions"], figures["dau"]) == ("2", "2", "2")
+    assert bot.component.privileges["example.test"] == {
+        "roster": "none",
+        "message": "none",
+        "presence": "managed_entity",
+    }
+
+
+async def test_a_dropped_client_is_closed_by_the_liveness_check(start_bot, login):
+    bot = await start_bot()
+    bob = await login("bob@example.test/pc")
+    await bot.expect("available", "bob@example.test/pc")
+    dropped = time.monotonic()
+    bob.abort()  # TCP gone, no unavailable: ejabberd tells the bot nothing
+    await bot.expect("gone", "bob@example.test/pc", timeout=LIVENESS + 10)
+    delay = time.monotonic() - dropped
+    print(f"\nejabberd: dropped client closed by the liveness check after {delay:.2f} s")
+    assert bot.bot.tracker.online_sessions() == set()
+    record = bot.bot.store.get("bob@example.test")
+    assert record.last_logout == record.last_login  # closed at its last sign of life
+
+
+async def test_bot_restarted_while_users_stay_online_relearns_them_by_pings(start_bot, login):
+    first = await start_bot()
+    await login("alice@example.test/phone")
+    await first.expect("available", "alice@example.test/phone")
+    carol = await login("carol@example.test/pc")
+    await first.expect("available", "carol@example.test/pc")
+    assert await first.stop() == 0
+    carol.abort()  # carol leaves while the bot is down
+
+    second = await start_bot()  # ejabberd announces nobody: the stored sessions are pinged
+    checked = asyncio.ensure_future(second.component.wait_until("liveness_checked", 20))
+    await second.expect("gone", "carol@example.test/pc", timeout=20)
+    await checked
+    assert second.bot.tracker.online_sessions() == {("alice@example.test", "phone")}
+
+
+async def test_admin_asks_by_adhoc_and_chat_and_others_are_refused(start_bot, login):
+    bot = await start_bot()
+    admin = await login("admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+    assert (await ask_adhoc(admin))["online_users"] == "1"
+    assert (await Chat(admin).ask("stats")).startswith("Active users: ")
+    alice = await login("alice@example.test/phone")
+    with pytest.raises(IqError) as refused:
+        await alice.plugin["xep_0050"].send_command(
+            jid="active.example.test", node=ADHOC_STATS_NODE
+        )
+    assert refused.value.iq["error"]["condition"] == "forbidden"
+    assert await Chat(alice).ask("stats") == CHAT_REFUSED
