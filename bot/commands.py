@@ -18,6 +18,8 @@ from .history import Day, chat_chart, history_form
 ADHOC_STATS_NODE = "active-users"
 ADHOC_HISTORY_NODE = "history"
 ADHOC_FORGET_NODE = "forget-user"
+HISTORY_DEFAULT_DAYS = 30
+HISTORY_MAX_DAYS = 366
 FORM_TYPE = "urn:xmpp-active-users:stats:1"
 
 
@@ -93,6 +95,29 @@ def stats_text(figures: Figures) -> str:
     return "\n".join(lines)
 
 
+def history_request_form() -> Form:
+    """The first step of the `history` ad-hoc command."""
+    form = Form()
+    form["type"] = "form"
+    form["title"] = "Activity history"
+    form["instructions"] = "One row per UTC day, up to today. How many days?"
+    form.add_field(var="days", ftype="text-single", label="Days", value=str(HISTORY_DEFAULT_DAYS))
+    return form
+
+
+def forget_request_form() -> Form:
+    """The first step of the `forget-user` ad-hoc command."""
+    form = Form()
+    form["type"] = "form"
+    form["title"] = "Forget a user"
+    form["instructions"] = (
+        "Removes everything stored about one user (for an account deletion request). "
+        "It cannot be undone."
+    )
+    form.add_field(var="jid", ftype="jid-single", label="User (bare JID)", required=True)
+    return form
+
+
 # --- chat ---------------------------------------------------------------------------------------
 
 CHAT_HELP = (
@@ -112,10 +137,6 @@ CHAT_REFUSED = (
     "Sorry, only the administrators of this service may ask me for statistics. "
     "If you are one, ask for your address to be added to [access] admins in my config."
 )
-
-
-HISTORY_DEFAULT_DAYS = 30
-HISTORY_MAX_DAYS = 366
 
 
 def parse_days(text: str) -> int:

@@ -31,8 +31,9 @@ from .commands import (
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
-    HISTORY_DEFAULT_DAYS,
     CommandSet,
+    forget_request_form,
+    history_request_form,
     parse_days,
 )
 from .liveness import GONE_CONDITIONS, LivenessChecker, LivenessSettings
@@ -458,61 +459,32 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.plugin["xep_0050"]._handle_command(iq)
 
     def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
-        session["payload"] = self.commands.stats_form()
-        session["next"] = None
-        session["has_next"] = False
-        return session
+        return _answer(session, self.commands.stats_form())
 
     def _adhoc_history(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
-        form = Form()
-        form["type"] = "form"
-        form["title"] = "Activity history"
-        form["instructions"] = "One row per UTC day, up to today. How many days?"
-        form.add_field(
-            var="days", ftype="text-single", label="Days", value=str(HISTORY_DEFAULT_DAYS)
-        )
-        session["payload"] = form
-        session["next"] = self._adhoc_history_result
-        session["has_next"] = False
-        return session
+        return _ask(session, history_request_form(), self._adhoc_history_result)
 
     def _adhoc_history_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
         try:
-            days = parse_days(str(payload["values"].get("days") or ""))
-        except (ValueError, TypeError, KeyError) as exc:
+            days = parse_days(_submitted(payload, "days"))
+        except ValueError as exc:
             raise XMPPError("bad-request", text=str(exc)) from None
-        session["payload"] = self.commands.history_form(days)
-        session["next"] = None
-        return session
+        return _answer(session, self.commands.history_form(days))
 
     def _adhoc_forget(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
-        form = Form()
-        form["type"] = "form"
-        form["title"] = "Forget a user"
-        form["instructions"] = (
-            "Removes everything stored about one user (for an account deletion request). "
-            "It cannot be undone."
-        )
-        form.add_field(var="jid", ftype="jid-single", label="User (bare JID)", required=True)
-        session["payload"] = form
-        session["next"] = self._adhoc_forget_result
-        session["has_next"] = False
-        return session
+        return _ask(session, forget_request_form(), self._adhoc_forget_result)
 
     def _adhoc_forget_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
         try:
-            jid = JID(str(payload["values"].get("jid") or ""))
-        except (InvalidJID, TypeError, KeyError) as exc:
+            jid = JID(_submitted(payload, "jid"))
+        except InvalidJID as exc:
             raise XMPPError("bad-request", text=f"not a valid JID: {exc}") from None
         if not jid.user or jid.resource:
             raise XMPPError("bad-request", text="give a bare JID such as alice@example.org")
         forgotten = self.tracker.forget(jid.bare)
         log.info("Forget %s, asked by %s: %s", jid.bare, session["from"], forgotten)
         text = f"Forgot {jid.bare}." if forgotten else f"Nothing was stored about {jid.bare}."
-        session["payload"] = None
-        session["notes"] = [("info", text)]
-        session["next"] = None
-        return session
+        return _answer(session, None, note=text)
 
     def _on_message(self, message: Any) -> None:
         if message["type"] not in ("chat", "normal"):
@@ -534,6 +506,31 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def cancel_background(self) -> None:
         for task in self._background:
             task.cancel()
+
+
+# --- XEP-0050 session steps: slixmpp's session dict, filled in one place --------------------
+
+
+def _ask(session: dict[str, Any], form: Form, then: Callable[..., Any]) -> dict[str, Any]:
+    """Show a form; the submitted answer goes to `then` (access is re-checked on that step)."""
+    session.update(payload=form, next=then, has_next=False)
+    return session
+
+
+def _answer(session: dict[str, Any], form: Form | None, note: str | None = None) -> dict[str, Any]:
+    """Complete the command with a result form and/or a note."""
+    session.update(payload=form, next=None, has_next=False)
+    if note is not None:
+        session["notes"] = [("info", note)]
+    return session
+
+
+def _submitted(payload: Any, var: str) -> str:
+    """One value of a submitted form ("" when absent or not a form)."""
+    try:
+        return str(payload["values"].get(var) or "")
+    except (TypeError, KeyError, AttributeError):
+        return ""
 
 
 def _error_condition(stanza: ET.Element) -> str:
