@@ -41,6 +41,7 @@ class _Loading:
 
     offline: list[int] = field(default_factory=list)
     first_seen: list[int] = field(default_factory=list)
+    known_users: int = 0
     online_users: int = 0
     online_sessions: int = 0
 
@@ -88,6 +89,8 @@ class ActivityTracker:
         excluded = self._excluded if self._has_exclusions else None
         # One pass over the store for all domains; per user only ints are kept.
         loading = {domain: _Loading() for domain in self._indexes}
+        horizon = max(self.windows)
+        floor = now - horizon  # older timestamps can never count: not kept (see ActivityIndex)
         for bare_jid, first_seen, login, logout, sessions in self._store.user_rows():
             part = loading.get(bare_jid[bare_jid.rfind("@") + 1 :])
             if part is None:
@@ -95,14 +98,19 @@ class ActivityTracker:
             if excluded is not None and excluded(bare_jid):
                 hidden += 1
                 continue
-            part.first_seen.append(first_seen)
+            part.known_users += 1
+            if first_seen > floor:
+                part.first_seen.append(first_seen)
             if not sessions:
-                part.offline.append(login if login > logout else logout)
+                last_active = login if login > logout else logout
+                if last_active > floor:
+                    part.offline.append(last_active)
             elif close_stale_sessions:
                 recovered += len(sessions)
                 logout = max(logout, closed_at)
                 stale.append((bare_jid, UserRecord(first_seen, login, logout)))
-                part.offline.append(login if login > logout else logout)
+                if max(login, logout) > floor:
+                    part.offline.append(max(login, logout))
             else:
                 self._online[bare_jid] = UserRecord(first_seen, login, logout, sessions)
                 part.online_users += 1
@@ -113,6 +121,9 @@ class ActivityTracker:
                 first_seen=part.first_seen,
                 online_users=part.online_users,
                 online_sessions=part.online_sessions,
+                known_users=part.known_users,
+                floor=floor,
+                horizon=horizon,
             )
             for domain, part in loading.items()
         }

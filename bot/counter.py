@@ -73,6 +73,10 @@ class ActivityIndex:
     online_users: int = 0
     online_sessions: int = 0
     known_users: int = 0
+    # Timestamps at or before `floor` are not kept: no window this index answers can reach them
+    # (dormant accounts cost no memory and no sorting at start-up). See `from_parts`.
+    floor: int | None = None
+    horizon: int | None = None  # the longest window it answers
 
     @classmethod
     def build(cls, records: Iterable[UserRecord]) -> ActivityIndex:
@@ -104,14 +108,20 @@ class ActivityIndex:
         first_seen: list[int],
         online_users: int,
         online_sessions: int,
+        known_users: int,
+        floor: int,
+        horizon: int,
     ) -> ActivityIndex:
-        """The index from a start-up scan's lists (sorted here, in place: no copies)."""
+        """The index from a start-up scan's lists, which hold only timestamps after `floor`
+        (= load time - `horizon`, the longest window); they are sorted here, in place."""
         offline_last_active.sort()
         first_seen.sort()
         index = cls(
             online_users=online_users,
             online_sessions=online_sessions,
-            known_users=len(first_seen),
+            known_users=known_users,
+            floor=floor,
+            horizon=horizon,
         )
         index._offline_last_active = SortedList()
         index._offline_last_active.update(offline_last_active)
@@ -119,38 +129,48 @@ class ActivityIndex:
         index._first_seen.update(first_seen)
         return index
 
+    def _kept(self, timestamp: int) -> bool:
+        return self.floor is None or timestamp > self.floor
+
     def replace(self, before: UserRecord | None, after: UserRecord | None) -> None:
         """Account for one user's record changing from `before` to `after` (None: absent)."""
         # first_seen rarely changes: touch its list only when it does (or a user comes or goes).
         same_first_seen = (
             before is not None and after is not None and before.first_seen == after.first_seen
         )
+        kept = self._kept
         if before is not None:
             self.known_users -= 1
-            if not same_first_seen:
+            if not same_first_seen and kept(before.first_seen):
                 self._first_seen.remove(before.first_seen)
             if before.sessions:
                 self.online_users -= 1
                 self.online_sessions -= len(before.sessions)
-            else:
+            elif kept(before.last_active):
                 self._offline_last_active.remove(before.last_active)
         if after is not None:
             self.known_users += 1
-            if not same_first_seen:
+            if not same_first_seen and kept(after.first_seen):
                 self._first_seen.add(after.first_seen)
             if after.sessions:
                 self.online_users += 1
                 self.online_sessions += len(after.sessions)
-            else:
+            elif kept(after.last_active):
                 self._offline_last_active.add(after.last_active)
+
+    def _check_window(self, window: int) -> None:
+        if self.horizon is not None and window > self.horizon:
+            raise ValueError(f"this index answers windows up to {self.horizon} s, not {window} s")
 
     def active(self, now: int, window: int) -> int:
         """Users online now or with `now - last_active < window`."""
+        self._check_window(window)
         offline = self._offline_last_active
         return self.online_users + len(offline) - offline.bisect_right(now - window)
 
     def new_users(self, now: int, window: int) -> int:
         """Users first seen within the window (`now - first_seen < window`)."""
+        self._check_window(window)
         return len(self._first_seen) - self._first_seen.bisect_right(now - window)
 
     def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:

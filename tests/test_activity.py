@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from bot.activity import ActivityTracker
 from bot.counter import DAY
+from bot.model import UserRecord
 from bot.store import Store, inactive_users
 
 from .seed import seed_counts
@@ -221,3 +222,28 @@ def test_pseudonymized_store_counts_recovers_and_forgets_the_same(tmp_path):
         assert tracker.forget("bob@example.test")
         assert tracker.counts(T0 + DAY - 1).known_users == 1
     assert b"alice" not in path.read_bytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 90 * DAY)), max_size=12),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=20),
+)
+def test_dormant_users_dropped_at_load_count_exactly_when_they_return(stored, events):
+    """The index keeps no timestamps older than the longest window at load; users behind
+    them still come and go exactly."""
+    now = T0 + 90 * DAY
+    with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "a.db") as store:
+        for user, age in stored:
+            store.put(f"u{user}@{DOMAIN}", UserRecord(now - age, now - age, now - age))
+        store.flush(now)
+        tracker = ActivityTracker(store, [DOMAIN])
+        tracker.load(now)
+        for step, (available, user) in enumerate(events, start=1):
+            event = tracker.session_started if available else tracker.session_ended
+            event(f"u{user}@{DOMAIN}", "r", now + step)
+        later = now + len(events) + 1
+        counts = tracker.counts(later)
+        records = [record for _, record in store.users()]
+        assert (counts.dau, counts.wau, counts.mau) == seed_counts(records, later)
+        assert counts.new_users[30 * DAY] == sum(later - r.first_seen < 30 * DAY for r in records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,3 +100,19 @@ def test_stickiness_is_dau_over_mau():
     index = ActivityIndex.build([UserRecord(1, NOW - 3600, 0), UserRecord(1, NOW - 3 * DAY, 0)])
     assert index.counts(NOW).stickiness == 0.5
     assert ActivityIndex().counts(NOW).stickiness is None  # no monthly users: undefined
+
+
+def test_index_built_at_load_refuses_windows_beyond_its_horizon():
+    index = ActivityIndex.from_parts(
+        offline_last_active=[NOW - 10],
+        first_seen=[NOW - 10],
+        online_users=0,
+        online_sessions=0,
+        known_users=5,  # four dormant users, not kept
+        floor=NOW - 30 * DAY,
+        horizon=30 * DAY,
+    )
+    assert index.counts(NOW).known_users == 5
+    assert index.active(NOW, 30 * DAY) == 1
+    with pytest.raises(ValueError, match="windows up to"):
+        index.active(NOW, 90 * DAY)
