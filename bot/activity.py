@@ -88,14 +88,14 @@ class ActivityTracker:
         stale: list[tuple[str, UserRecord]] = []
         excluded = self._excluded if self._has_exclusions else None
         # One pass over the store for all domains; per user only ints are kept.
-        loading = {domain: _Loading() for domain in self._indexes}
+        loading = {domain.encode(): _Loading() for domain in self._indexes}
         horizon = max(self.windows)
         floor = now - horizon  # older timestamps can never count: not kept (see ActivityIndex)
-        for bare_jid, first_seen, login, logout, sessions in self._store.user_rows():
-            part = loading.get(bare_jid[bare_jid.rfind("@") + 1 :])
+        for raw_jid, first_seen, login, logout, sessions in self._store.raw_user_rows():
+            part = loading.get(raw_jid[raw_jid.rfind(b"@") + 1 :])
             if part is None:
                 continue
-            if excluded is not None and excluded(bare_jid):
+            if excluded is not None and excluded(raw_jid.decode(errors="replace")):
                 hidden += 1
                 continue
             part.known_users += 1
@@ -105,7 +105,9 @@ class ActivityTracker:
                 last_active = login if login > logout else logout
                 if last_active > floor:
                     part.offline.append(last_active)
-            elif close_stale_sessions:
+                continue
+            bare_jid = raw_jid.decode(errors="replace")
+            if close_stale_sessions:
                 recovered += len(sessions)
                 logout = max(logout, closed_at)
                 stale.append((bare_jid, UserRecord(first_seen, login, logout)))
@@ -125,7 +127,7 @@ class ActivityTracker:
                 floor=floor,
                 horizon=horizon,
             )
-            for domain, part in loading.items()
+            for domain, part in zip(self._indexes, loading.values(), strict=True)
         }
         for bare_jid, record in stale:
             self._store.put(bare_jid, record)

@@ -285,13 +285,19 @@ class Store:
             yield bare_jid, UserRecord(first_seen, login, logout, sessions)
 
     def user_rows(self) -> Iterator[tuple[str, int, int, int, tuple[str, ...]]]:
-        """`users()` as plain tuples: the start-up load of a million users builds no objects
-        it does not keep. Malformed records are logged and skipped, never deleted."""
-        pending = self._pending
+        """`users()` as plain tuples (bare JID, first_seen, login, logout, sessions)."""
+        for bare_jid, *fields in self.raw_user_rows():
+            yield bare_jid.decode("utf-8", errors="replace"), *fields
+
+    def raw_user_rows(self) -> Iterator[tuple[bytes, int, int, int, tuple[str, ...]]]:
+        """The rows with the bare JID still UTF-8 bytes: the start-up load of a million users
+        decodes only the few it keeps (online ones). Pending writes included; malformed
+        records are logged and skipped, never deleted."""
+        pending = {bare.encode(): record for bare, record in self._pending.items()}
         loads = pickle.loads
         prefix = len(_USER)
         for key, value in self._shelf.dict.items_with_prefix(_USER.encode()):
-            bare_jid = key[prefix:].decode("utf-8", errors="replace")
+            bare_jid = key[prefix:]
             if pending and bare_jid in pending:
                 continue
             try:
@@ -304,7 +310,10 @@ class Store:
                 or type(logout) is not int
                 or type(sessions) is not tuple
             ):
-                log.error("Store record of %s is malformed; ignored, left in place", bare_jid)
+                log.error(
+                    "Store record of %s is malformed; ignored, left in place",
+                    bare_jid.decode(errors="replace"),
+                )
                 continue
             yield bare_jid, first_seen, login, logout, sessions
         for bare_jid, record in pending.items():
