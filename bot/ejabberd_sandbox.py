@@ -22,17 +22,15 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import ClassVar
 
-from .sandbox import PortInUse, free_ports, tail
+from .sandbox import POLL, PortInUse, ServerSandbox, probe_budget
 
 # Debian puts the application in /usr/lib/<triplet>/ejabberd-<version>/ and hands that parent
 # folder to `erl` as ERL_LIBS (see /usr/sbin/ejabberdctl); a source install uses the OTP root.
@@ -41,8 +39,6 @@ EJABBERD_APP_GLOBS = (
     "/usr/lib/erlang/lib/ejabberd-*/ebin/ejabberd.app",
 )
 INSTALL_HINT = "run `apt-get install -y ejabberd`"
-POLL = 0.05  # seconds between readiness probes
-STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
 PORT_IN_USE = re.compile(r"eaddrinuse|Failed to open socket", re.IGNORECASE)
 PRIVILEGE_NS = "urn:xmpp:privilege:1"  # what ejabberd 23.01's mod_privilege advertises
 
@@ -88,29 +84,26 @@ def erlang_string(value: str | Path) -> str:
 
 
 @dataclass
-class EjabberdSandbox:
+class EjabberdSandbox(ServerSandbox):
     """One ejabberd node (plus its own epmd) with its own config, data and free loopback ports.
 
     Ports left at 0 are chosen by the first start() and kept by restart(), like the node name
     and the cookie: mnesia ties its data to the node name, so accounts survive a restart.
     """
 
-    root: Path
-    domain: str = "example.test"
-    component_jid: str = "active.example.test"
-    component_secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
-    grant_presence: bool = True
-    extra_modules: tuple[str, ...] = ()
-    c2s_port: int = 0
-    component_port: int = 0
     epmd_port: int = 0
     node_name: str = field(
         default_factory=lambda: f"ejabberd-test-{secrets.token_hex(4)}@localhost"
     )
     cookie: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
-    _node: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _epmd: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _output: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    server_name: ClassVar[str] = "ejabberd"
+    port_names: ClassVar[tuple[str, ...]] = ("c2s_port", "component_port", "epmd_port")
+    port_in_use: ClassVar[re.Pattern[str]] = PORT_IN_USE
+    # ejabberd opens its listeners only after its modules (mod_privilege included) have
+    # started: once both ports answer, the component may connect and be granted privileges.
+    probe_timeout: ClassVar[float] = 0.5
 
     # --- paths: everything of this instance stays under root ------------------------------
 
@@ -142,84 +135,47 @@ class EjabberdSandbox:
         return self.root / ".erlang.cookie"
 
     @property
-    def pid(self) -> int | None:
-        """The pid of the node (beam.smp; also its process group), or None when stopped."""
-        return self._node.pid if self._node is not None else None
-
-    @property
     def epmd_pid(self) -> int | None:
         """The pid of the epmd this sandbox started, or None when stopped."""
         return self._epmd.pid if self._epmd is not None else None
 
     @property
-    def running(self) -> bool:
-        return self._node is not None and self._node.poll() is None
+    def _label(self) -> str:
+        return f"{super()._label} ({self.node_name})"
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 30) -> None:
         """Write the config, start epmd and the node; return once both really serve."""
+        find_erl_libs()
+        self._start((self.spool_path, self.logs_path), lambda: self._launch(timeout))
+
+    def _spawn_server(self, deadline: float, timeout: float) -> subprocess.Popen[bytes]:
+        # The node is the server process (beam.smp, also its process group); our epmd first.
+        # In their own process groups, stop() also ends what the node spawned (erl_child_setup,
+        # os_mon's memsup).
         erl_libs = find_erl_libs()
-        if self._node is not None or self._epmd is not None:
-            raise RuntimeError(f"ejabberd of {self.root} is already started (pid {self.pid})")
-        for folder in (self.root, self.spool_path, self.logs_path):
-            folder.mkdir(parents=True, exist_ok=True)
         self._write_cookie()
-        chosen_here = not (self.c2s_port and self.component_port and self.epmd_port)
-        if chosen_here:
-            self.c2s_port, self.component_port, self.epmd_port = free_ports(3)
-        try:
-            self._launch(erl_libs, timeout)
-        except PortInUse:
-            if not chosen_here:
-                raise
-            # Someone took a port between free_ports() and the bind: once more, fresh.
-            self.c2s_port, self.component_port, self.epmd_port = free_ports(3)
-            self._launch(erl_libs, timeout)
-
-    def _launch(self, erl_libs: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        self.config_path.write_text(self.render_config())
-        self._output = self.output_path.open("ab")
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        try:
-            self._epmd = self._spawn(
-                ["epmd", "-address", "127.0.0.1", "-port", str(self.epmd_port)], erl_libs
-            )
-            self._wait_epmd(deadline, timeout)
-            self._node = self._spawn(
-                [
-                    "erl",
-                    "-sname",
-                    self.node_name,
-                    *self._erl_common_args(),
-                    "-noinput",
-                    "+K",
-                    "true",
-                    "-mnesia",
-                    "dir",
-                    erlang_string(self.spool_path),
-                    "-s",
-                    "ejabberd",
-                ],
-                erl_libs,
-            )
-            self._wait_ready(deadline, timeout, log_offset)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _spawn(self, argv: list[str], erl_libs: Path) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            env=self._env(erl_libs),
-            # Its own process group: stop() can signal whatever it spawned (erl_child_setup,
-            # os_mon's memsup), and a Ctrl-C meant for the test run does not reach it first.
-            start_new_session=True,
+        self._epmd = self._spawn(
+            ["epmd", "-address", "127.0.0.1", "-port", str(self.epmd_port)], self._env(erl_libs)
+        )
+        self._wait_epmd(deadline, timeout)
+        return self._spawn(
+            [
+                "erl",
+                "-sname",
+                self.node_name,
+                *self._erl_common_args(),
+                "-noinput",
+                "+K",
+                "true",
+                "-mnesia",
+                "dir",
+                erlang_string(self.spool_path),
+                "-s",
+                "ejabberd",
+            ],
+            self._env(erl_libs),
         )
 
     def stop(self, timeout: float = 15) -> None:
@@ -228,34 +184,9 @@ class EjabberdSandbox:
         SIGKILL after `timeout`; always reaps both, and kills what is left in their process
         groups. Safe to repeat.
         """
-        node, self._node = self._node, None
+        node, self._process = self._process, None
         epmd, self._epmd = self._epmd, None
-        try:
-            if node is not None:
-                _terminate(node, timeout)
-        finally:
-            if epmd is not None:
-                _terminate(epmd, timeout)
-            if self._output is not None:
-                self._output.close()
-                self._output = None
-
-    def restart(self, timeout: float = 30) -> None:
-        """Stop and start again: same ports, node name, cookie and mnesia data (accounts)."""
-        self.stop()
-        self.start(timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._shut_down(timeout, node, epmd, whole_group=False)
 
     def _wait_epmd(self, deadline: float, timeout: float) -> None:
         assert self._epmd is not None
@@ -266,49 +197,6 @@ class EjabberdSandbox:
             if time.monotonic() >= deadline:
                 raise RuntimeError(self._failure(f"epmd not ready after {timeout} s"))
             time.sleep(POLL)
-
-    def _wait_ready(self, deadline: float, timeout: float, log_offset: int) -> None:
-        # An open port alone can lie (another program may hold it). Ready means the node is
-        # alive AND c2s greets our domain with stream features (ejabberd echoes any `to` in
-        # its header, but answers an unknown host with <host-unknown/>) AND the component port
-        # answers a jabber:component:accept header: ejabberd opens its listeners only after
-        # its modules (mod_privilege included) have started.
-        assert self._node is not None
-        pending = {
-            self.c2s_port: (self.domain, "jabber:client"),
-            self.component_port: (self.component_jid, "jabber:component:accept"),
-        }
-        while True:
-            if self._node.poll() is not None:
-                failure = self._failure(f"exited with code {self._node.returncode}")
-                if PORT_IN_USE.search(self._log_since(log_offset)):
-                    raise PortInUse(failure)
-                raise RuntimeError(failure)
-            if PORT_IN_USE.search(self._log_since(log_offset)):
-                raise PortInUse(self._failure("could not bind one of its ports"))
-            for port, (to, namespace) in list(pending.items()):
-                if _answers_stream(port, to, namespace, deadline):
-                    del pending[port]
-            if not pending and self._node.poll() is None:
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(self._failure(f"not ready after {timeout} s"))
-            time.sleep(POLL)
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                return log.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _failure(self, what: str) -> str:
-        return (
-            f"ejabberd of {self.root} ({self.node_name}) {what}.\n"
-            f"--- {self.output_path} ---\n{tail(self.output_path)}\n"
-            f"--- {self.log_path} ---\n{tail(self.log_path)}"
-        )
 
     # --- the Erlang side ----------------------------------------------------------------------
 
@@ -347,49 +235,32 @@ class EjabberdSandbox:
 
     # --- using it ----------------------------------------------------------------------------
 
-    def register(self, user: str, password: str) -> str:
-        """Create an account (a localpart, or a bare JID on this domain); return its bare JID."""
-        node, _, host = user.partition("@")
-        host = host or self.domain
-        self.ejabberdctl("register", node, host, password)
-        return f"{node}@{host}"
-
     def ejabberdctl(self, *args: str, timeout: float = 30) -> str:
         """Run an ejabberdctl command against this node (`status`, `connected_users`, ...).
 
         Runs what /usr/sbin/ejabberdctl runs (a hidden node calling `ejabberd_ctl`), but as the
         current user and with this sandbox's epmd and cookie. Its output, or RuntimeError.
         """
-        if self._node is None:
+        if self._process is None:
             raise RuntimeError(f"ejabberd of {self.root} is not started")
-        result = subprocess.run(
-            [
-                "erl",
-                "-sname",
-                f"ctl-{secrets.token_hex(4)}@localhost",
-                *self._erl_common_args(),
-                "-hidden",
-                "-noinput",
-                "-s",
-                "ejabberd_ctl",
-                "-extra",
-                self.node_name,
-                *args,
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.root,
-            env=self._env(find_erl_libs()),
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"ejabberdctl {args[0] if args else ''} failed with code {result.returncode}:\n"
-                f"{result.stdout}{result.stderr}"
-            )
-        return result.stdout
+        argv = [
+            "erl",
+            "-sname",
+            f"ctl-{secrets.token_hex(4)}@localhost",
+            *self._erl_common_args(),
+            "-hidden",
+            "-noinput",
+            "-s",
+            "ejabberd_ctl",
+            "-extra",
+            self.node_name,
+            *args,
+        ]
+        what = f"ejabberdctl {args[0] if args else ''}"
+        return self._run_tool(argv, what, timeout, self._env(find_erl_libs()))
+
+    def _control(self, *args: str) -> str:
+        return self.ejabberdctl(*args)
 
     # --- the config --------------------------------------------------------------------------
 
@@ -459,26 +330,9 @@ modules:
 {module_lines}{privilege}"""
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process (beam: init:stop, an orderly shutdown), SIGKILL its group after
-    `timeout`, reap it, then kill what is left in its process group (helpers it spawned)."""
-    try:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()  # reap: nothing on this machine does it for us
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def _epmd_answers(port: int, deadline: float) -> bool:
     """True if an epmd on 127.0.0.1:port answers NAMES_REQ with its own port number."""
-    budget = max(POLL, min(0.25, deadline - time.monotonic()))
+    budget = probe_budget(deadline, 0.25)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=budget) as sock:
             sock.sendall(struct.pack(">HB", 1, 110))  # length 1, NAMES_REQ
@@ -489,43 +343,5 @@ def _epmd_answers(port: int, deadline: float) -> bool:
                     return False
                 reply += chunk
             return struct.unpack(">I", reply[:4])[0] == port
-    except OSError:
-        return False
-
-
-def _answers_stream(port: int, to: str, namespace: str, deadline: float) -> bool:
-    """True if ejabberd on 127.0.0.1:port answers a stream header to `to` without an error.
-
-    c2s must go on to offer <stream:features> (an unknown host gets <host-unknown/>); the
-    component port must answer with a header in `namespace` naming `to` back.
-    """
-    version = " version='1.0'" if namespace == "jabber:client" else ""
-    header = (
-        f"<?xml version='1.0'?><stream:stream xmlns='{namespace}' to='{to}'{version} "
-        "xmlns:stream='http://etherx.jabber.org/streams'>"
-    )
-    budget = max(POLL, min(0.5, deadline - time.monotonic()))
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=budget) as sock:
-            sock.sendall(header.encode())
-            received = b""
-            while (reply := STREAM_HEADER.search(received)) is None or (
-                namespace == "jabber:client"
-                and b"<stream:features" not in received
-                and b"<stream:error" not in received
-            ):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return False
-                received += chunk
-            names_us = re.search(rb"""\bfrom=(['"])""" + re.escape(to.encode()) + rb"\1", reply[0])
-            in_namespace = re.search(
-                rb"""\bxmlns=(['"])""" + re.escape(namespace.encode()) + rb"\1", reply[0]
-            )
-            return (
-                names_us is not None
-                and in_namespace is not None
-                and (b"<stream:error" not in received)
-            )
     except OSError:
         return False

@@ -15,16 +15,18 @@ import socket
 import subprocess
 import time
 import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, ClassVar, Self
 
 MODULES_DIR = Path("/usr/lib/prosody/modules")
 INSTALL_HINT = "run `make prosody` or `apt-get install -y prosody prosody-modules`"
 POLL = 0.05  # seconds between readiness probes: short, so start() returns soon after ready
 LOG_TAIL_LINES = 40
-PORT_IN_USE = "Failed to open server port"  # Prosody's log line for a port it cannot bind
+PORT_IN_USE = re.compile("Failed to open server port")  # Prosody's log, for a port it cannot bind
 STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
 
 
@@ -77,8 +79,10 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 @dataclass
-class ProsodySandbox:
-    """One Prosody process with its own config, data and free ports, all on 127.0.0.1.
+class ServerSandbox(ABC):
+    """What ProsodySandbox and bot.ejabberd_sandbox.EjabberdSandbox share: one XMPP server
+    process in its own process group, with its config, data and logs under root, serving c2s
+    and a component on free ports of 127.0.0.1; started and stopped, also as a context manager.
 
     Ports left at 0 are chosen by the first start() and kept by restart().
     """
@@ -91,9 +95,228 @@ class ProsodySandbox:
     extra_modules: tuple[str, ...] = ()
     c2s_port: int = 0
     component_port: int = 0
-    http_port: int = 0
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _output: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    server_name: ClassVar[str]  # in messages: "Prosody", "ejabberd"
+    port_names: ClassVar[tuple[str, ...]]  # the port fields start() fills when one is 0
+    port_in_use: ClassVar[re.Pattern[str]]  # in the server's log: it could not bind a port
+    probe_timeout: ClassVar[float] = 0.25  # the longest wait of one answers_stream()
+
+    @property
+    @abstractmethod
+    def config_path(self) -> Path: ...
+
+    @property
+    @abstractmethod
+    def log_path(self) -> Path: ...
+
+    @property
+    @abstractmethod
+    def output_path(self) -> Path: ...
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running server (also its process group), or None when stopped."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @abstractmethod
+    def render_config(self) -> str: ...
+
+    @abstractmethod
+    def start(self, timeout: float = 15) -> None: ...
+
+    @abstractmethod
+    def stop(self, timeout: float = 5) -> None: ...
+
+    @abstractmethod
+    def _spawn_server(self, deadline: float, timeout: float) -> subprocess.Popen[bytes]:
+        """Start the server process (and whatever it needs first); return it."""
+
+    @abstractmethod
+    def _control(self, *args: str) -> str:
+        """Run one command of the server's admin tool (prosodyctl, ejabberdctl)."""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def restart(self, timeout: float | None = None) -> None:
+        """Stop and start again on the same ports and the same data (accounts, stores).
+
+        `timeout` as for start(), whose default it takes when None.
+        """
+        self.stop()
+        if timeout is None:
+            self.start()
+        else:
+            self.start(timeout)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start(self, folders: tuple[Path, ...], launch: Callable[[], None]) -> None:
+        """Make root and `folders`, fill ports left at 0 with free ones, then launch()."""
+        if self._process is not None:
+            raise RuntimeError(f"{self._label} is already started (pid {self.pid})")
+        for folder in (self.root, *folders):
+            folder.mkdir(parents=True, exist_ok=True)
+        chosen_here = not all(getattr(self, name) for name in self.port_names)
+        if chosen_here:
+            self._choose_ports()
+        try:
+            launch()
+        except PortInUse:
+            if not chosen_here:
+                raise
+            # Someone took a port between free_ports() and the server's bind: once more, fresh.
+            self._choose_ports()
+            launch()
+
+    def _choose_ports(self) -> None:
+        for name, port in zip(self.port_names, free_ports(len(self.port_names)), strict=True):
+            setattr(self, name, port)
+
+    def _launch(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self.config_path.write_text(self.render_config())
+        self._output = self.output_path.open("ab")
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        try:
+            self._process = self._spawn_server(deadline, timeout)
+            self._wait_ready(deadline, timeout, log_offset)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            env=env,
+            # Its own process group: stop() can signal whatever it spawned, and a Ctrl-C meant
+            # for the test run or the demo does not reach it first.
+            start_new_session=True,
+        )
+
+    def _shut_down(
+        self, timeout: float, *processes: subprocess.Popen[bytes] | None, whole_group: bool
+    ) -> None:
+        """terminate() each of `processes` in turn, even if one fails; then close the output."""
+        with contextlib.ExitStack() as stack:  # runs its callbacks last in, first out
+            stack.callback(self._close_output)
+            for process in reversed(processes):
+                if process is not None:
+                    stack.callback(terminate, process, timeout, whole_group=whole_group)
+
+    def _close_output(self) -> None:
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def _wait_ready(self, deadline: float, timeout: float, log_offset: int) -> None:
+        # An open port alone can lie (the server may bind, then refuse to run; another process
+        # may hold the port): ready means our process is alive AND it answers an XMPP stream
+        # header on both ports, which it can only do once its startup is over and its loop is
+        # running.
+        assert self._process is not None
+        pending = {
+            self.c2s_port: (self.domain, "jabber:client"),
+            self.component_port: (self.component_jid, "jabber:component:accept"),
+        }
+        while True:
+            if self._process.poll() is not None:
+                failure = self._failure(f"exited with code {self._process.returncode}")
+                if self.port_in_use.search(self._log_since(log_offset)):
+                    raise PortInUse(failure)
+                raise RuntimeError(failure)
+            # Prosody logs a port it cannot bind and keeps running without it.
+            if self.port_in_use.search(self._log_since(log_offset)):
+                raise PortInUse(self._failure("could not bind one of its ports"))
+            for port, (to, namespace) in list(pending.items()):
+                if answers_stream(port, to, namespace, deadline, self.probe_timeout):
+                    del pending[port]
+            if not pending and self._process.poll() is None:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(self._failure(f"not ready after {timeout} s"))
+            time.sleep(POLL)
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def _label(self) -> str:
+        return f"{self.server_name} of {self.root}"
+
+    def _failure(self, what: str) -> str:
+        return (
+            f"{self._label} {what}.\n"
+            f"--- {self.output_path} ---\n{tail(self.output_path)}\n"
+            f"--- {self.log_path} ---\n{tail(self.log_path)}"
+        )
+
+    def _run_tool(
+        self, argv: list[str], what: str, timeout: float, env: dict[str, str] | None = None
+    ) -> str:
+        """Run an admin tool in root: its output, or RuntimeError with all it printed."""
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            env=env,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{what} failed with code {result.returncode}:\n{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    # --- using it ----------------------------------------------------------------------------
+
+    def register(self, user: str, password: str) -> str:
+        """Create an account (a localpart, or a bare JID on this domain); return its bare JID."""
+        node, _, host = user.partition("@")
+        host = host or self.domain
+        self._control("register", node, host, password)
+        return f"{node}@{host}"
+
+
+@dataclass
+class ProsodySandbox(ServerSandbox):
+    """One Prosody process with its own config, data and free ports, all on 127.0.0.1.
+
+    Ports left at 0 are chosen by the first start() and kept by restart().
+    """
+
+    http_port: int = 0
+
+    server_name: ClassVar[str] = "Prosody"
+    port_names: ClassVar[tuple[str, ...]] = ("c2s_port", "component_port", "http_port")
+    port_in_use: ClassVar[re.Pattern[str]] = PORT_IN_USE
 
     # --- paths: everything of this instance stays under root ------------------------------
 
@@ -127,139 +350,22 @@ class ProsodySandbox:
     def admin_socket(self) -> Path:
         return self.data_path / "prosody.sock"
 
-    @property
-    def pid(self) -> int | None:
-        """The pid of the running Prosody (also its process group), or None when stopped."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 15) -> None:
         """Write the config, start Prosody and return once it really serves c2s and components."""
         check_installed()
-        if self._process is not None:
-            raise RuntimeError(f"Prosody of {self.root} is already started (pid {self.pid})")
-        for folder in (self.root, self.data_path, self.certs_path):
-            folder.mkdir(parents=True, exist_ok=True)
-        chosen_here = not (self.c2s_port and self.component_port and self.http_port)
-        if chosen_here:
-            self.c2s_port, self.component_port, self.http_port = free_ports(3)
-        try:
-            self._launch(timeout)
-        except PortInUse:
-            if not chosen_here:
-                raise
-            # Someone took a port between free_ports() and Prosody's bind: once more, fresh.
-            self.c2s_port, self.component_port, self.http_port = free_ports(3)
-            self._launch(timeout)
+        self._start((self.data_path, self.certs_path), lambda: self._launch(timeout))
 
-    def _launch(self, timeout: float) -> None:
-        self.config_path.write_text(self.render_config())
-        self._output = self.output_path.open("ab")
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._process = subprocess.Popen(
-            ["prosody", "--config", str(self.config_path), "-F"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            # Its own process group: stop() signals Prosody and anything it spawned, and a
-            # Ctrl-C meant for the test run or the demo does not reach it first.
-            start_new_session=True,
-        )
-        try:
-            self._wait_ready(timeout, log_offset)
-        except BaseException:
-            self.stop()
-            raise
+    def _spawn_server(self, deadline: float, timeout: float) -> subprocess.Popen[bytes]:
+        return self._spawn(["prosody", "--config", str(self.config_path), "-F"])
 
     def stop(self, timeout: float = 5) -> None:
         """SIGTERM the process group, wait, SIGKILL if needed; always reap. Safe to repeat."""
         process, self._process = self._process, None
-        if process is not None:
-            try:
-                with contextlib.suppress(ProcessLookupError):  # already gone
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-            finally:
-                process.wait()  # reap: nothing on this machine does it for us
-        if self._output is not None:
-            self._output.close()
-            self._output = None
-
-    def restart(self, timeout: float = 15) -> None:
-        """Stop and start again on the same ports and the same data (users, stores)."""
-        self.stop()
-        self.start(timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _wait_ready(self, timeout: float, log_offset: int) -> None:
-        # An open port alone can lie (Prosody may bind, then refuse to run; another process may
-        # hold the port): ready means our process is alive AND it answers an XMPP stream header
-        # on both ports, which it can only do once its startup is over and its loop is running.
-        assert self._process is not None
-        deadline = time.monotonic() + timeout
-        pending = {
-            self.c2s_port: (self.domain, "jabber:client"),
-            self.component_port: (self.component_jid, "jabber:component:accept"),
-        }
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(self._failure(f"exited with code {self._process.returncode}"))
-            # Prosody logs a port it cannot bind and keeps running without it.
-            if PORT_IN_USE in self._log_since(log_offset):
-                raise PortInUse(self._failure("could not bind one of its ports"))
-            for port, (to, namespace) in list(pending.items()):
-                if _answers_stream(port, to, namespace, deadline):
-                    del pending[port]
-            if not pending and self._process.poll() is None:
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(self._failure(f"not ready after {timeout} s"))
-            time.sleep(POLL)
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                return log.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _failure(self, what: str) -> str:
-        return (
-            f"Prosody of {self.root} {what}.\n"
-            f"--- {self.output_path} ---\n{tail(self.output_path)}\n"
-            f"--- {self.log_path} ---\n{tail(self.log_path)}"
-        )
+        self._shut_down(timeout, process, whole_group=True)
 
     # --- using it ----------------------------------------------------------------------------
-
-    def register(self, user: str, password: str) -> str:
-        """Create an account (a localpart, or a bare JID on this domain); return its bare JID."""
-        node, _, host = user.partition("@")
-        host = host or self.domain
-        self.prosodyctl("register", node, host, password)
-        return f"{node}@{host}"
 
     def metrics(self, timeout: float = 5) -> str:
         """Prosody's OpenMetrics text (gauges are collected at scrape time: interval manual)."""
@@ -275,21 +381,11 @@ class ProsodySandbox:
     def prosodyctl(self, *args: str, timeout: float = 15) -> str:
         """Run prosodyctl against this instance's config; its output, or RuntimeError."""
         check_installed()
-        result = subprocess.run(
-            ["prosodyctl", "--config", str(self.config_path), *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.root,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"prosodyctl {args[0]} failed with code {result.returncode}:\n"
-                f"{result.stdout}{result.stderr}"
-            )
-        return result.stdout
+        argv = ["prosodyctl", "--config", str(self.config_path), *args]
+        return self._run_tool(argv, f"prosodyctl {args[0] if args else ''}", timeout)
+
+    def _control(self, *args: str) -> str:
+        return self.prosodyctl(*args)
 
     # --- the config --------------------------------------------------------------------------
 
@@ -356,27 +452,67 @@ Component {lua_string(self.component_jid)}
 """
 
 
-def _answers_stream(port: int, to: str, namespace: str, deadline: float) -> bool:
-    """True if an XMPP server on 127.0.0.1:port answers a stream header addressed to `to`."""
+def terminate(process: subprocess.Popen[bytes], timeout: float, *, whole_group: bool) -> None:
+    """SIGTERM the process (with `whole_group`, its whole process group), SIGKILL its group
+    after `timeout`; always reap it, then kill what is left in its group (helpers it spawned).
+
+    Not `whole_group` for beam (ejabberd): SIGTERM makes it run init:stop, an orderly shutdown
+    that its helpers must outlive.
+    """
+    try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            if whole_group:
+                os.killpg(process.pid, signal.SIGTERM)
+            else:
+                process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()  # reap: nothing on this machine does it for us
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def probe_budget(deadline: float, longest: float) -> float:
+    """A probe's socket timeout: at most `longest`, at least POLL, within `deadline`.
+
+    Short: a probe stuck on a port that accepts but never answers must not delay the checks.
+    """
+    return max(POLL, min(longest, deadline - time.monotonic()))
+
+
+def answers_stream(port: int, to: str, namespace: str, deadline: float, longest: float) -> bool:
+    """True if an XMPP server on 127.0.0.1:port answers a stream header to `to` without an error.
+
+    The reply header must be in `namespace` and name `to` back: proves this is our server
+    serving `to`. c2s must go on to offer <stream:features>: ejabberd echoes any `to` in its
+    header, but answers an unknown host with <host-unknown/>. `longest`: see probe_budget().
+    """
+    client = namespace == "jabber:client"
+    version = " version='1.0'" if client else ""  # none on the component port (XEP-0114)
     header = (
-        f"<?xml version='1.0'?><stream:stream xmlns='{namespace}' to='{to}' version='1.0' "
+        f"<?xml version='1.0'?><stream:stream xmlns='{namespace}' to='{to}'{version} "
         "xmlns:stream='http://etherx.jabber.org/streams'>"
     )
-    # Short: a probe stuck on a port that accepts but never answers must not delay the checks.
-    budget = max(POLL, min(0.25, deadline - time.monotonic()))
     try:
+        budget = probe_budget(deadline, longest)
         with socket.create_connection(("127.0.0.1", port), timeout=budget) as sock:
             sock.sendall(header.encode())
             received = b""
-            # The reply header names the host back: proves this is our Prosody serving `to`.
-            while (reply := STREAM_HEADER.search(received)) is None:
+            while (reply := STREAM_HEADER.search(received)) is None or (
+                client and b"<stream:features" not in received and b"<stream:error" not in received
+            ):
                 chunk = sock.recv(4096)
                 if not chunk:
                     return False
                 received += chunk
-            return (
-                re.search(rb"""\bfrom=(['"])""" + re.escape(to.encode()) + rb"\1", reply[0])
-                is not None
-            )
     except OSError:
         return False
+    names_us = re.search(rb"""\bfrom=(['"])""" + re.escape(to.encode()) + rb"\1", reply[0])
+    in_namespace = re.search(
+        rb"""\bxmlns=(['"])""" + re.escape(namespace.encode()) + rb"\1", reply[0]
+    )
+    return names_us is not None and in_namespace is not None and b"<stream:error" not in received
