@@ -30,7 +30,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import bot
+from machine import bot_version, cpu_model, progress
+
 from bot.activity import ActivityTracker
 from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
 from bot.model import UserRecord
@@ -278,43 +279,12 @@ def measure_in_subprocess(path: Path, n: int, now: int, seed: int) -> dict[str, 
 # --- the report -------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def cpu_count() -> int:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         return 0
     return sum(1 for line in text.splitlines() if line.startswith("processor"))
-
-
-def core_version() -> str:
-    """Which `bot` package was measured: its folder, and its git commit if it is a checkout."""
-    folder = Path(bot.__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return f"{folder} (not a git checkout)"
-    changed = git("status", "--porcelain", "--", ".")
-    return f"{folder} at {commit}" + (" with uncommitted changes" if changed else "")
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def remove_store(path: Path) -> None:
@@ -423,7 +393,7 @@ def report(rows: list[dict[str, Any]], total_s: float) -> str:
     out = [
         f"Machine: {cpu_model()}, {cpu_count()} CPUs; Python {platform.python_version()}; "
         f"SQLite {sqlite3.sqlite_version}; sortedcontainers {version('sortedcontainers')}",
-        f"Core measured: {core_version()}",
+        f"Core measured: {bot_version()}",
         "",
         table(rows),
         "",

@@ -48,16 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_ingest import (
-    bot_version,
-    cpu_model,
-    log_tail,
-    machine_busy_s,
-    proc_cpu_s,
-    proc_rss_kib,
-    proc_run_delay,
-    progress,
-)
+from bench_ingest import log_tail, machine_busy_s, proc_cpu_s, proc_rss_kib, proc_run_delay
+from machine import bot_version, cpu_model, progress
 
 DOMAIN = "example.test"
 PASSWORD = "bench-password"

@@ -39,7 +39,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,8 +47,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from machine import bot_version, cpu_model, progress
+
 import bot
 from bot.activity import ActivityTracker
+from bot.sandbox import free_ports
 from bot.store import Store
 
 ROOT = Path(bot.__file__).resolve().parent.parent  # the checkout whose bot is measured
@@ -71,10 +73,6 @@ STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
 HANDSHAKE = re.compile(rb"<handshake>([^<]*)</handshake>")
 IQ = re.compile(rb"<iq\b[^>]*?/>|<iq\b[^>]*>.*?</iq>", re.DOTALL)
 ATTRIBUTE = re.compile(rb"""(\w+)=(['"])(.*?)\2""")
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- the stream --------------------------------------------------------------------------------
@@ -332,12 +330,6 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def presence_events(metrics_port: int) -> dict[str, int]:
     """The bot's xmpp_presence_events_total by kind, from its /metrics endpoint."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -476,7 +468,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[RunResult
     peer = Peer(secret)
     server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    metrics_port = free_port()
+    metrics_port = free_ports(1)[0]
     config = write_config(workdir, port, secret, metrics_port)
     log_path = workdir / "bot.log"
     progress(f"Starting the bot (python -m bot run), peer on 127.0.0.1:{port}; log: {log_path}")
@@ -528,30 +520,6 @@ async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[RunResult
 
 
 # --- the report --------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def bot_version() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return f"{ROOT / 'bot'} (not a git checkout)"
-    changed = git("status", "--porcelain", "--", "bot")
-    return f"{ROOT / 'bot'} at {commit}" + (" with uncommitted changes" if changed else "")
 
 
 def report(args: argparse.Namespace, results: list[RunResult], exit_code: int) -> str:
