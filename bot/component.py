@@ -304,8 +304,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         now = int(self.clock())
         if kind is None:
             changed = self.tracker.session_started(sender.bare, sender.resource, now)
-            if self.tracker.counts_domain(sender.bare):
-                self._last_seen[(sender.bare, sender.resource)] = now
+            if self.liveness is not None and self.tracker.counts_domain(sender.bare):
+                self._last_seen[(sender.bare, sender.resource)] = now  # only pings read it
         elif kind == "unavailable":
             changed = self.tracker.session_ended(sender.bare, sender.resource, now)
             self._last_seen.pop((sender.bare, sender.resource), None)
