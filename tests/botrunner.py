@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,25 @@ def bot_settings(prosody, store_path: Path, **changes) -> Settings:
         metrics_listen=None,  # the metrics test turns it on (closing it costs 0.5 s)
     )
     return replace(settings, **changes)
+
+
+@contextlib.asynccontextmanager
+async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
+    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`);
+    every bot started is stopped on the way out."""
+    running: list[RunningBot] = []
+
+    async def start(**changes) -> RunningBot:
+        settings = bot_settings(server, store_path, **(defaults | changes))
+        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        running.append(bot)
+        return bot
+
+    try:
+        yield start
+    finally:
+        for bot in running:
+            await bot.stop_quietly()
 
 
 class RunningBot:

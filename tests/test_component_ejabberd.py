@@ -14,9 +14,8 @@ import pytest_asyncio
 from slixmpp.exceptions import IqError
 
 from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
-from bot.daemon import Bot
 
-from .botrunner import FAST, RunningBot, bot_settings
+from .botrunner import bot_starter
 from .test_component_prosody import Chat, ask_adhoc
 from .xmpp_clients import connect_client, disconnect_client
 
@@ -28,23 +27,14 @@ LIVENESS = 1.0  # seconds between pings of a session: short, for the tests
 
 @pytest_asyncio.fixture
 async def start_bot(ejabberd, tmp_path):
-    running: list[RunningBot] = []
-
-    async def start() -> RunningBot:
-        settings = bot_settings(
-            ejabberd,
-            tmp_path / "activity.db",
-            server_software="ejabberd",
-            liveness_interval=LIVENESS,
-            liveness_timeout=5,
-        )
-        bot = await RunningBot(Bot(settings, timing=FAST)).start()
-        running.append(bot)
-        return bot
-
-    yield start
-    for bot in running:
-        await bot.stop_quietly()
+    async with bot_starter(
+        ejabberd,
+        tmp_path / "activity.db",
+        server_software="ejabberd",
+        liveness_interval=LIVENESS,
+        liveness_timeout=5,
+    ) as start:
+        yield start
 
 
 @pytest_asyncio.fixture

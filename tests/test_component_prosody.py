@@ -29,7 +29,7 @@ from bot.component import COMMANDS_NODE
 from bot.daemon import Bot
 from bot.history import utc_day
 
-from .botrunner import FAST, RunningBot, bot_settings
+from .botrunner import FAST, bot_settings, bot_starter
 from .xmpp_clients import connect_client, disconnect_client
 
 pytestmark = pytest.mark.asyncio
@@ -72,17 +72,8 @@ async def clients(prosody):
 @pytest_asyncio.fixture
 async def start_bot(prosody, tmp_path):
     """Start the real bot (its own store in tmp_path); stopped at the end of the test."""
-    running: list[RunningBot] = []
-
-    async def start(**changes) -> RunningBot:
-        settings = bot_settings(prosody, tmp_path / "activity.db", **changes)
-        bot = await RunningBot(Bot(settings, timing=FAST)).start()
-        running.append(bot)
-        return bot
-
-    yield start
-    for bot in running:
-        await bot.stop_quietly()
+    async with bot_starter(prosody, tmp_path / "activity.db") as start:
+        yield start
 
 
 async def ask_adhoc(client, node: str = ADHOC_STATS_NODE) -> dict[str, str]:
