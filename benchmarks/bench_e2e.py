@@ -48,7 +48,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_ingest import log_tail, machine_busy_s, proc_cpu_s, proc_rss_kib, proc_run_delay
+from bench_ingest import (
+    log_tail,
+    machine_busy_s,
+    proc_cpu_s,
+    proc_rss_kib,
+    proc_run_delay,
+    write_config,
+)
 from machine import bot_version, cpu_model, progress
 
 DOMAIN = "example.test"
@@ -286,35 +293,6 @@ def write_accounts(data_path: Path, users: list[str]) -> None:
         )
 
 
-def write_config(workdir: Path, prosody: Any) -> Path:
-    config = workdir / "bot.toml"
-    config.write_text(
-        f"""\
-[component]
-jid = "{prosody.component_jid}"
-secret = "{prosody.component_secret}"
-
-[server]
-host = "127.0.0.1"
-port = {prosody.component_port}
-
-[counting]
-domains = ["{DOMAIN}"]
-
-[access]
-admins = ["admin@{DOMAIN}"]
-
-[metrics]
-listen = ""
-
-[store]
-path = "{workdir / "activity.db"}"
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
 class Processes:
     """Child processes, each in its own process group; all stopped and reaped by `close`."""
 
@@ -401,7 +379,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> Measured:
     try:
         bot_log = workdir / "bot.log"
         events_path = workdir / "tracked.json"
-        config = write_config(workdir, prosody)
+        config = write_config(
+            workdir,
+            prosody.component_port,
+            prosody.component_secret,
+            None,
+            jid=prosody.component_jid,
+            name="bot.toml",
+        )
         progress(f"Starting the bot (its own process; log: {bot_log})")
         bot = await processes.start("--bot-worker", str(config), str(events_path), log=bot_log)
         await expect_ready(bot, "the bot", bot_log)

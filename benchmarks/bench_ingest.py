@@ -265,12 +265,22 @@ def proc_rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def write_config(workdir: Path, port: int, secret: str, metrics_port: int) -> Path:
-    config = workdir / "config.toml"
+def write_config(
+    workdir: Path,
+    port: int,
+    secret: str,
+    metrics_port: int | None,
+    *,
+    jid: str = COMPONENT,
+    name: str = "config.toml",
+) -> Path:
+    """The bot's config for a benchmark run (metrics off when `metrics_port` is None)."""
+    listen = "" if metrics_port is None else f"127.0.0.1:{metrics_port}"
+    config = workdir / name
     config.write_text(
         f"""\
 [component]
-jid = "{COMPONENT}"
+jid = "{jid}"
 secret = "{secret}"
 
 [server]
@@ -284,7 +294,7 @@ domains = ["{DOMAIN}"]
 admins = ["admin@{DOMAIN}"]
 
 [metrics]
-listen = "127.0.0.1:{metrics_port}"
+listen = "{listen}"
 
 [store]
 path = "{workdir / "activity.db"}"
