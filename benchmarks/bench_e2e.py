@@ -361,7 +361,7 @@ class Measured:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> Measured:
-    from bot.sandbox import ProsodySandbox
+    from bot.testbed.sandbox import ProsodySandbox
 
     class Sandbox(ProsodySandbox):
         def render_config(self) -> str:

@@ -51,8 +51,8 @@ from machine import bot_version, cpu_model, progress
 
 import bot
 from bot.activity import ActivityTracker
-from bot.sandbox import free_ports
 from bot.store import Store
+from bot.testbed.sandbox import free_ports
 
 ROOT = Path(bot.__file__).resolve().parent.parent  # the checkout whose bot is measured
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from slixmpp.jid import JID, InvalidJID
 from tqdm import tqdm
 
-from . import daemon, demo, importer
+from . import daemon, importer
 from .activity import ActivityTracker
 from .commands import iso_utc, parse_days
 from .config import ConfigError, load_settings
@@ -200,6 +200,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .testbed import demo  # only here: `run` and the other commands never load the testbed
+
     return asyncio.run(
         demo.demo(wait=not args.no_wait, keep_dir=args.keep_dir, verbose=args.verbose)
     )

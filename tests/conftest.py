@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.ejabberd_sandbox import EjabberdSandbox
-from bot.sandbox import ProsodySandbox
+from bot.testbed.ejabberd import EjabberdSandbox
+from bot.testbed.sandbox import ProsodySandbox
 
 USERS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
 

@@ -1,7 +1,8 @@
 """`xmpp-active-users demo --no-wait`, run as a new admin would, in a subprocess.
 
-The scripted logins (bot/demo.py SCRIPT) are: admin/desk, alice/phone, alice/laptop, bob/pc and
-carol/pc log in, then bob/pc logs out; the admin asks while its own client is still online.
+The scripted logins (SCRIPT in bot/testbed/demo.py) are: admin/desk, alice/phone, alice/laptop,
+bob/pc and carol/pc log in, then bob/pc logs out; the admin asks while its own client is still
+online.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import pytest
 import pytest_asyncio
 import slixmpp
 
-from bot import ejabberd_sandbox as ejabberd_module
-from bot.ejabberd_sandbox import PRIVILEGE_NS, EjabberdNotInstalled, EjabberdSandbox
-from bot.sandbox import PortInUse, free_ports
+from bot.testbed import ejabberd as ejabberd_module
+from bot.testbed.ejabberd import PRIVILEGE_NS, EjabberdNotInstalled, EjabberdSandbox
+from bot.testbed.sandbox import PortInUse, free_ports
 
 from .conftest import USERS
 from .xmpp_clients import connect_client, disconnect_client

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from bot import sandbox as sandbox_module
-from bot.sandbox import PortInUse, ProsodyNotInstalled, ProsodySandbox
+from bot.testbed import sandbox as sandbox_module
+from bot.testbed.sandbox import PortInUse, ProsodyNotInstalled, ProsodySandbox
 
 from .xmpp_clients import connect_client, disconnect_client
 

@@ -5,6 +5,6 @@ The code lives in bot/clients.py, shared with the demo (`xmpp-active-users demo`
 
 from __future__ import annotations
 
-from bot.clients import PLUGINS, connect_client, disconnect_client
+from bot.testbed.clients import PLUGINS, connect_client, disconnect_client
 
 __all__ = ["PLUGINS", "connect_client", "disconnect_client"]

@@ -80,7 +80,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 @dataclass
 class ServerSandbox(ABC):
-    """What ProsodySandbox and bot.ejabberd_sandbox.EjabberdSandbox share: one XMPP server
+    """What ProsodySandbox and bot.testbed.ejabberd.EjabberdSandbox share: one XMPP server
     process in its own process group, with its config, data and logs under root, serving c2s
     and a component on free ports of 127.0.0.1; started and stopped, also as a context manager.
 
@@ -411,7 +411,7 @@ class ProsodySandbox(ServerSandbox):
         log_file = lua_string(self.log_path)
         log_sink = f'{{ levels = {{ min = "info" }}, to = "file", filename = {log_file} }}'
         return f"""\
--- Written by bot/sandbox.py for one private instance; rewritten at every start.
+-- Written by bot/testbed/sandbox.py for one private instance; rewritten at every start.
 -- Runs as root in CI: without run_as_root Prosody may open its ports, then refuse to run.
 run_as_root = true
 prosody_user = "root" -- else prosodyctl switches user and cannot write the log

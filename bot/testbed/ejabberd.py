@@ -1,6 +1,6 @@
 """A private ejabberd node on 127.0.0.1, living in one temp folder (config, mnesia, logs, cookie).
 
-The ejabberd counterpart of bot/sandbox.py, for tests against a second server implementation.
+The ejabberd counterpart of sandbox.py, for tests against a second server implementation.
 Debian's `ejabberdctl` is not used to run the node: as root it switches to the user `ejabberd`
 (which then needs our folders) and lets the node start a shared `epmd` on port 4369 that
 outlives it. Instead this runs `erl` itself, as ejabberdctl would, as the current user:
@@ -283,7 +283,7 @@ class EjabberdSandbox(ServerSandbox):
             else "  mod_privilege: {}\n"
         )
         return f"""\
-# Written by bot/ejabberd_sandbox.py for one private node; rewritten at every start.
+# Written by bot/testbed/ejabberd.py for one private node; rewritten at every start.
 # Loopback tests only: plain passwords, no TLS, no server-to-server.
 hosts:
   - {yaml_string(self.domain)}

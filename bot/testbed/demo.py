@@ -1,9 +1,9 @@
 """`xmpp-active-users demo`: a private Prosody, the bot and a few users, in one command.
 
 Everything runs on 127.0.0.1 and lives in one temporary folder: Prosody (its own process, see
-bot/sandbox.py), the bot (in this process, from a real config file read by `load_settings`, the
-same code as `run`) and real XMPP clients (bot/clients.py). The scripted part logs users in and
-out and shows what an admin sees; then the demo waits for Ctrl-C, so that you can try it with
+sandbox.py), the bot (in this process, from a real config file read by `load_settings`, the same
+code as `run`) and real XMPP clients (clients.py). The scripted part logs users in and out and
+shows what an admin sees; then the demo waits for Ctrl-C, so that you can try it with
 your own client, and stops everything it started, also when a step fails midway.
 """
 
@@ -27,10 +27,10 @@ from typing import Any, TextIO, TypeVar
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
+from ..commands import ADHOC_STATS_NODE
+from ..config import load_settings
+from ..daemon import Bot
 from .clients import connect_client, disconnect_client
-from .commands import ADHOC_STATS_NODE
-from .config import load_settings
-from .daemon import Bot
 from .sandbox import ProsodyNotInstalled, ProsodySandbox, check_installed, free_ports, tail
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,83 @@
+"""The shipped commands never load the testbed (the code that starts private servers and clients).
+
+Each command runs for real in a fresh interpreter, through `bot.__main__.main`, and then the
+modules it loaded are listed: none may come from `bot.testbed`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.testbed.sandbox import free_ports
+
+CONFIG = """
+[component]
+jid = "active.example.test"
+secret = "s3cret"
+[server]
+port = {port}
+[counting]
+domains = ["example.test"]
+[access]
+admins = ["admin@example.test"]
+[store]
+path = "activity.db"
+[metrics]
+listen = ""
+"""
+
+PROBE = """
+import json, sys
+from bot.__main__ import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m.startswith("bot"))}))
+"""
+
+
+def run_command(*args: str) -> tuple[int, list[str]]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60
+    )
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    return outcome["code"], outcome["modules"]
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    (closed_port,) = free_ports(1)  # nothing listens there: `run` stops at once with exit 1
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(port=closed_port), encoding="utf-8")
+    lastlog2 = tmp_path / "prosody" / "example%2etest" / "lastlog2"
+    lastlog2.mkdir(parents=True)
+    (lastlog2 / "alice.dat").write_text('return { ["login"] = { ["timestamp"] = 1; }; };\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_code"),
+    [
+        (("import", "--from", "prosody-lastlog2", "{dir}/prosody"), 0),
+        (("count",), 0),
+        (("history", "--days", "3"), 0),
+        (("forget", "alice@example.test"), 0),
+        (("run",), 1),  # nothing accepts the component: a clear error, exit 1
+    ],
+    ids=lambda value: value[0] if isinstance(value, tuple) else None,
+)
+def test_shipped_commands_load_no_testbed_module(config, command, exit_code):
+    if command[0] != "import":  # the others need a store: the import makes one
+        code, _ = run_command(
+            "import", "-c", str(config), "--from", "prosody-lastlog2", f"{config.parent}/prosody"
+        )
+        assert code == 0
+    name, *rest = command
+    args = [arg.format(dir=config.parent) for arg in rest]
+    code, modules = run_command(name, "-c", str(config), *args)
+    assert code == exit_code
+    assert "bot.__main__" in modules
+    assert [m for m in modules if m.startswith("bot.testbed")] == []
