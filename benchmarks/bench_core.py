@@ -35,7 +35,8 @@ from machine import bot_version, cpu_model, progress
 from bot.activity import ActivityTracker
 from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
 from bot.model import UserRecord
-from bot.store import SqliteDict, Store
+from bot.shelf import SqliteDict
+from bot.store import Store
 
 DOMAIN = "example.test"
 USER_KEY_PREFIX = "user:"  # the store's key layout (bot/store.py); the seed port reads it raw

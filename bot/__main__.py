@@ -20,7 +20,8 @@ from .commands import iso_utc, parse_days
 from .config import ConfigError, load_settings
 from .counter import Counts, window_label
 from .history import chat_chart, history_csv, last_days, utc_day
-from .store import Store, StoreError
+from .shelf import StoreError
+from .store import Store
 
 log = logging.getLogger("xmpp_active_users")
 

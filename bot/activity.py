@@ -45,6 +45,27 @@ class _Loading:
     online_users: int = 0
     online_sessions: int = 0
 
+    def index(self, floor: int, horizon: int) -> ActivityIndex:
+        return ActivityIndex.from_parts(
+            offline_last_active=self.offline,
+            first_seen=self.first_seen,
+            online_users=self.online_users,
+            online_sessions=self.online_sessions,
+            known_users=self.known_users,
+            floor=floor,
+            horizon=horizon,
+        )
+
+
+@dataclass
+class _Scan:
+    """What one pass over the store found, for all counted domains."""
+
+    domains: dict[bytes, _Loading]
+    stale: list[tuple[str, UserRecord]] = field(default_factory=list)  # sessions to close
+    recovered_sessions: int = 0
+    hidden: int = 0
+
 
 class ActivityTracker:
     """The live state: one ActivityIndex per counted domain, and the online users' records.
@@ -83,58 +104,53 @@ class ActivityTracker:
         the stored sessions are live. Users of domains no longer configured stay, uncounted.
         """
         closed_at = self._store.heartbeat or now
-        self._online.clear()
-        recovered = hidden = 0
-        stale: list[tuple[str, UserRecord]] = []
-        excluded = self._excluded if self._has_exclusions else None
-        # One pass over the store for all domains; per user only ints are kept.
-        loading = {domain.encode(): _Loading() for domain in self._indexes}
         horizon = max(self.windows)
         floor = now - horizon  # older timestamps can never count: not kept (see ActivityIndex)
-        for raw_jid, first_seen, login, logout, sessions in self._store.raw_user_rows():
-            part = loading.get(raw_jid[raw_jid.rfind(b"@") + 1 :])
+        self._online.clear()
+        scan = self._scan_store(floor, closed_at if close_stale_sessions else None)
+        self._indexes = {
+            domain: part.index(floor, horizon)
+            for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
+        }
+        for bare_jid, record in scan.stale:
+            self._store.put(bare_jid, record)
+        return LoadReport(
+            users=sum(index.known_users for index in self._indexes.values()),
+            recovered_sessions=scan.recovered_sessions,
+            closed_at=closed_at,
+            hidden=scan.hidden,
+        )
+
+    def _scan_store(self, floor: int, close_sessions_at: int | None) -> _Scan:
+        """One pass over the store for all domains; per user only ints are kept, and JIDs are
+        decoded only for the few users online (a million users load in seconds)."""
+        scan = _Scan(domains={domain.encode(): _Loading() for domain in self._indexes})
+        excluded = self._excluded if self._has_exclusions else None
+        for raw_jid, (first_seen, login, logout, sessions) in self._store.users_by_raw_jid():
+            part = scan.domains.get(raw_jid[raw_jid.rfind(b"@") + 1 :])
             if part is None:
                 continue
             if excluded is not None and excluded(raw_jid.decode(errors="replace")):
-                hidden += 1
+                scan.hidden += 1
                 continue
             part.known_users += 1
             if first_seen > floor:
                 part.first_seen.append(first_seen)
-            if not sessions:
-                last_active = login if login > logout else logout
-                if last_active > floor:
-                    part.offline.append(last_active)
-                continue
-            bare_jid = raw_jid.decode(errors="replace")
-            if close_stale_sessions:
-                recovered += len(sessions)
-                logout = max(logout, closed_at)
-                stale.append((bare_jid, UserRecord(first_seen, login, logout)))
-                if max(login, logout) > floor:
-                    part.offline.append(max(login, logout))
-            else:
-                self._online[bare_jid] = UserRecord(first_seen, login, logout, sessions)
-                part.online_users += 1
-                part.online_sessions += len(sessions)
-        self._indexes = {
-            domain: ActivityIndex.from_parts(
-                offline_last_active=part.offline,
-                first_seen=part.first_seen,
-                online_users=part.online_users,
-                online_sessions=part.online_sessions,
-                known_users=part.known_users,
-                floor=floor,
-                horizon=horizon,
-            )
-            for domain, part in zip(self._indexes, loading.values(), strict=True)
-        }
-        for bare_jid, record in stale:
-            self._store.put(bare_jid, record)
-        users = sum(index.known_users for index in self._indexes.values())
-        return LoadReport(
-            users=users, recovered_sessions=recovered, closed_at=closed_at, hidden=hidden
-        )
+            if sessions:
+                bare_jid = raw_jid.decode(errors="replace")
+                if close_sessions_at is None:  # live sessions: a reader of a running bot
+                    self._online[bare_jid] = UserRecord(first_seen, login, logout, sessions)
+                    part.online_users += 1
+                    part.online_sessions += len(sessions)
+                    continue
+                # Left open by a stop or crash: they ended at the last sign of life.
+                scan.recovered_sessions += len(sessions)
+                logout = max(logout, close_sessions_at)
+                scan.stale.append((bare_jid, UserRecord(first_seen, login, logout)))
+            last_active = login if login > logout else logout
+            if last_active > floor:
+                part.offline.append(last_active)
+        return scan
 
     def counts(self, now: int, windows: Iterable[int] | None = None) -> Counts:
         """All counted domains together (domains never share a user, so the sums are exact)."""

@@ -1,12 +1,8 @@
-"""The activity store: a `shelve.Shelf` over a crash-safe SQLite mapping.
+"""The activity store: users' records, daily snapshots and the writer's heartbeat, in a shelf.
 
-File layout is CPython 3.13's `dbm.sqlite3` (one table `Dict(key BLOB, value BLOB)`, WAL mode), so
-`shelve.open(path)` on Python 3.13 reads a store written here. We do not use `dbm.sqlite3` itself,
-even where present: it commits every single write, and we group writes into one transaction per
-flush interval, so the presence path never waits for the disk.
-
-Values are primitives only (tuples of ints and strings), never our own classes, so no pickle ever
-depends on this package's code. Keys:
+The shelf (`shelf.py`) is a crash-safe `shelve.Shelf` over SQLite; this module decides what goes
+in it. Values are primitives only (tuples of ints and strings, see `codec.py`), never our own
+classes, so no pickle ever depends on this package's code. Keys:
     "meta:schema"     -> int, SCHEMA_VERSION
     "meta:heartbeat"  -> int, the last time (Unix seconds) the writer was known alive
     "meta:pseudonymized" -> bool, users keyed by a keyed hash instead of their JID
@@ -17,154 +13,45 @@ depends on this package's code. Keys:
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import hashlib
-import hmac
 import logging
-import os
 import pickle
-import re
-import shelve
-import socket
 import sqlite3
-import sys
 import time
-from collections.abc import Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
+from .codec import DamagedRecord, decode_record, encode_record
 from .model import UserRecord
+from .pseudonym import Pseudonyms
+from .shelf import (
+    Shelf,
+    SqliteDict,
+    StoreCorruptError,
+    StoreError,
+    is_locked_for_writing,
+    lock_for_writing,
+    refuse_foreign_file,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arrives
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _USER = "user:"
+_USER_PREFIX = _USER.encode()
 _DAY = "day:"
 _SCHEMA_KEY = "meta:schema"
 _HEARTBEAT_KEY = "meta:heartbeat"
 _PSEUDONYMIZED_KEY = "meta:pseudonymized"
-_PSEUDONYM = re.compile(r"~[0-9a-f]{32}@[^@/]+")
-
-
-class StoreError(Exception):
-    """The store cannot be used; the message says why and what to do."""
-
-
-class StoreLockedError(StoreError):
-    """Another process has the store open for writing."""
-
-
-class StoreCorruptError(StoreError):
-    """The file is not a store of ours (or not a readable one). It is never modified."""
-
-
-class SqliteDict(MutableMapping[bytes, bytes]):
-    """bytes -> bytes in SQLite, with the table layout of CPython 3.13's dbm.sqlite3.
-
-    Autocommit outside `transaction()`, so a writer groups its writes explicitly.
-    """
-
-    def __init__(self, path: Path, *, readonly: bool) -> None:
-        mode = "ro" if readonly else "rwc"
-        uri = f"file:{quote(str(path))}?mode={mode}"
-        self._cx = sqlite3.connect(uri, uri=True, isolation_level=None)
-
-    def prepare_for_writing(self) -> None:
-        self._cx.execute("PRAGMA journal_mode = wal")
-        # WAL + NORMAL: a commit survives a crash of this process (kill -9) without an fsync
-        # per commit; only a power loss may take back the last commits, never corrupt the file.
-        self._cx.execute("PRAGMA synchronous = NORMAL")
-        # Checkpoint every 16 MiB of WAL rather than 4 MiB: a flush of a few thousand users
-        # otherwise checkpoints (and syncs) on every commit.
-        self._cx.execute("PRAGMA wal_autocheckpoint = 4096")
-        self._cx.execute(
-            "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
-        )
-
-    def is_empty(self) -> bool:
-        """No table at all: a new (or zero-byte) database file."""
-        return self._cx.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
-
-    def has_dict_table(self) -> bool:
-        row = self._cx.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'"
-        ).fetchone()
-        return row is not None
-
-    def __getitem__(self, key: bytes) -> bytes:
-        row = self._cx.execute(
-            "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)", (key,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(key)
-        return bytes(row[0])
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        # An upsert updates the row in place; REPLACE would delete and re-insert it, dirtying
-        # the key index too (twice the pages written per flush).
-        self._cx.execute(
-            "INSERT INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB)) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
-    def __delitem__(self, key: bytes) -> None:
-        if self._cx.execute("DELETE FROM Dict WHERE key = CAST(? AS BLOB)", (key,)).rowcount == 0:
-            raise KeyError(key)
-
-    def __iter__(self) -> Iterator[bytes]:
-        for (key,) in self._cx.execute("SELECT key FROM Dict"):
-            yield bytes(key)
-
-    def __len__(self) -> int:
-        return int(self._cx.execute("SELECT COUNT(key) FROM Dict").fetchone()[0])
-
-    def items_with_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """All pairs whose key starts with `prefix`, in one query (not one query per key).
-
-        `substr` makes SQLite scan the table in order rather than walk the key index and look
-        each row up (about twice as fast when most keys match, as users' keys do).
-        """
-        rows = self._cx.execute(
-            "SELECT key, value FROM Dict WHERE substr(key, 1, ?) = CAST(? AS BLOB)",
-            (len(prefix), prefix),
-        )
-        yield from rows  # BLOB columns come back as bytes already: no copies
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        self._cx.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._cx.execute("ROLLBACK")
-            raise
-        self._cx.execute("COMMIT")
-
-    def close(self) -> None:
-        self._cx.close()
-
-
-class _Shelf(shelve.Shelf):  # type: ignore[type-arg]
-    """A Shelf that can also read a key range in one query (start-up load of all users)."""
-
-    dict: SqliteDict
-
-    def items_with_prefix(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        encoding = self.keyencoding
-        for key, value in self.dict.items_with_prefix(prefix.encode(encoding)):
-            yield key.decode(encoding), pickle.loads(value)
 
 
 class Store:
-    """Per-user activity records and the writer's heartbeat, with grouped writes.
+    """Per-user activity records, daily snapshots and the writer's heartbeat, grouped writes.
 
     One writer at a time (a lock file beside the store says who); any number of readers.
     `put()` only remembers the record; `flush()` writes everything remembered in one transaction.
+    Users are keyed by `Pseudonyms.identity` of their bare JID.
     """
 
     def __init__(
@@ -172,7 +59,7 @@ class Store:
     ) -> None:
         self.path = path
         self.readonly = readonly
-        self._pseudonym_key = pseudonym_key
+        self._pseudonyms = Pseudonyms(pseudonym_key)
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
         self._pending_days: dict[str, dict[str, Any]] = {}
         self._lock_file: IO[str] | None = None
@@ -184,57 +71,41 @@ class Store:
                     f"{path}: no store there yet; the bot creates it when it first runs "
                     "(check [store] path in the config)"
                 )
-            self.writer_running = _is_locked(_lock_path(path))
+            self.writer_running = is_locked_for_writing(path)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_file = _lock_for_writing(path)
+            self._lock_file = lock_for_writing(path)
         try:
             self._shelf = self._open_shelf()
         except BaseException:
             self._unlock()
             raise
+        self._db = self._shelf.dict
 
-    def _open_shelf(self) -> _Shelf:
+    def _open_shelf(self) -> Shelf:
         """Open and check the file; a writer changes nothing before the checks have passed."""
-        path = self.path
-        _refuse_foreign_file(path)
+        refuse_foreign_file(self.path)
         db: SqliteDict | None = None
         try:
-            db = SqliteDict(path, readonly=self.readonly)
-            shelf = _Shelf(db, protocol=pickle.HIGHEST_PROTOCOL)
-            if db.has_dict_table():
-                version = shelf.get(_SCHEMA_KEY)
-                if version is None and len(db):
-                    raise StoreCorruptError(
-                        f"{path}: holds data but no schema version, so it is not a store of "
-                        "xmpp-active-users; it was left untouched. Set [store] path to a new file."
-                    )
-            elif db.is_empty() and not self.readonly:
-                version = None  # a new store
-            else:
-                raise StoreCorruptError(
-                    f"{path}: an SQLite database but not a store of xmpp-active-users (no table "
-                    "Dict); it was left untouched. Set [store] path to another file."
-                )
-            if version is not None and version != SCHEMA_VERSION:
-                raise StoreCorruptError(
-                    f"{path}: schema version {version!r}, but this program reads version "
-                    f"{SCHEMA_VERSION}; run the xmpp-active-users release that wrote it"
-                )
+            db = SqliteDict(self.path, readonly=self.readonly)
+            shelf = Shelf(db)
+            version = self._schema_version(db, shelf)
             if version is not None and not self.readonly:
-                self._check_pseudonymization(bool(shelf.get(_PSEUDONYMIZED_KEY, False)))
+                mismatch = self._pseudonyms.mode_mismatch(bool(shelf.get(_PSEUDONYMIZED_KEY)))
+                if mismatch:
+                    raise StoreError(f"{self.path}: {mismatch}")
             if not self.readonly:
                 db.prepare_for_writing()
                 if version is None:
                     with db.transaction():
                         shelf[_SCHEMA_KEY] = SCHEMA_VERSION
-                        shelf[_PSEUDONYMIZED_KEY] = self._pseudonym_key is not None
+                        shelf[_PSEUDONYMIZED_KEY] = self._pseudonyms.enabled
             self._heartbeat_written = int(shelf.get(_HEARTBEAT_KEY, 0))
         except (sqlite3.DatabaseError, pickle.UnpicklingError) as exc:
             if db is not None:
                 db.close()
             raise StoreCorruptError(
-                f"{path}: cannot be read as a store ({exc}); it was left untouched. "
+                f"{self.path}: cannot be read as a store ({exc}); it was left untouched. "
                 "Restore it from a backup, or move it away to start a new store."
             ) from None
         except BaseException:
@@ -243,23 +114,33 @@ class Store:
             raise
         return shelf
 
-    def _check_pseudonymization(self, pseudonymized: bool) -> None:
-        wanted = self._pseudonym_key is not None
-        if pseudonymized != wanted:
-            state = "pseudonymized" if pseudonymized else "keyed by plain JIDs"
-            raise StoreError(
-                f"{self.path}: this store is {state}, but [privacy] pseudonymize = "
-                f"{str(wanted).lower()}: set it back, or start a new store (a store cannot be "
-                "converted: the keyed hashes cannot be reversed)"
+    def _schema_version(self, db: SqliteDict, shelf: Shelf) -> int | None:
+        """The file's schema version; None for a new store. Refuses files not of ours."""
+        path = self.path
+        if db.has_dict_table():
+            version = shelf.get(_SCHEMA_KEY)
+            if version is None and len(db):
+                raise StoreCorruptError(
+                    f"{path}: holds data but no schema version, so it is not a store of "
+                    "xmpp-active-users; it was left untouched. Set [store] path to a new file."
+                )
+        elif db.is_empty() and not self.readonly:
+            version = None
+        else:
+            raise StoreCorruptError(
+                f"{path}: an SQLite database but not a store of xmpp-active-users (no table "
+                "Dict); it was left untouched. Set [store] path to another file."
             )
+        if version is not None and version != SCHEMA_VERSION:
+            raise StoreCorruptError(
+                f"{path}: schema version {version!r}, but this program reads version "
+                f"{SCHEMA_VERSION}; run the xmpp-active-users release that wrote it"
+            )
+        return version
 
     def identity(self, bare_jid: str) -> str:
-        """How a user is keyed: the bare JID, or with `pseudonymize` a keyed hash of it that
-        keeps only the domain (`~<hash>@example.org`). Identities pass through unchanged."""
-        if self._pseudonym_key is None or _PSEUDONYM.fullmatch(bare_jid):
-            return bare_jid
-        digest = hmac.new(self._pseudonym_key, bare_jid.encode(), hashlib.sha256).hexdigest()
-        return f"~{digest[:32]}@{bare_jid.rpartition('@')[2]}"
+        """How this store keys a user (see `Pseudonyms.identity`)."""
+        return self._pseudonyms.identity(bare_jid)
 
     # --- records -------------------------------------------------------------------------
 
@@ -268,10 +149,14 @@ class Store:
         if bare_jid in self._pending:
             return self._pending[bare_jid]
         try:  # not Shelf.get: it would run the same SELECT twice (`in`, then the read)
-            value = self._shelf[_USER + bare_jid]
+            value = self._db[(_USER + bare_jid).encode()]
         except KeyError:
             return None
-        return _record(bare_jid, value)
+        try:
+            return decode_record(value)
+        except DamagedRecord as exc:
+            _log_damaged(bare_jid.encode(), exc)
+            return None
 
     def put(self, bare_jid: str, record: UserRecord) -> None:
         self._pending[self.identity(bare_jid)] = record
@@ -281,44 +166,26 @@ class Store:
 
     def users(self) -> Iterator[tuple[str, UserRecord]]:
         """Every user with a record, pending writes included: one query, streamed."""
-        for bare_jid, first_seen, login, logout, sessions in self.user_rows():
-            yield bare_jid, UserRecord(first_seen, login, logout, sessions)
+        for raw_jid, record in self.users_by_raw_jid():
+            yield raw_jid.decode("utf-8", errors="replace"), record
 
-    def user_rows(self) -> Iterator[tuple[str, int, int, int, tuple[str, ...]]]:
-        """`users()` as plain tuples (bare JID, first_seen, login, logout, sessions)."""
-        for bare_jid, *fields in self.raw_user_rows():
-            yield bare_jid.decode("utf-8", errors="replace"), *fields
-
-    def raw_user_rows(self) -> Iterator[tuple[bytes, int, int, int, tuple[str, ...]]]:
-        """The rows with the bare JID still UTF-8 bytes: the start-up load of a million users
-        decodes only the few it keeps (online ones). Pending writes included; malformed
-        records are logged and skipped, never deleted."""
+    def users_by_raw_jid(self) -> Iterator[tuple[bytes, UserRecord]]:
+        """`users()` with the bare JID still UTF-8 bytes: the start-up load of a million users
+        decodes only the few it keeps (online ones). Damaged records are logged and skipped,
+        never deleted."""
         pending = {bare.encode(): record for bare, record in self._pending.items()}
-        loads = pickle.loads
-        prefix = len(_USER)
-        for key, value in self._shelf.dict.items_with_prefix(_USER.encode()):
-            bare_jid = key[prefix:]
-            if pending and bare_jid in pending:
+        prefix = len(_USER_PREFIX)
+        for key, value in self._db.items_with_prefix(_USER_PREFIX):
+            raw_jid = key[prefix:]
+            if pending and raw_jid in pending:
                 continue
             try:
-                first_seen, login, logout, sessions = loads(value)
-            except Exception:  # any unpickling failure: a damaged value
-                first_seen = None
-            if (
-                type(first_seen) is not int
-                or type(login) is not int
-                or type(logout) is not int
-                or type(sessions) is not tuple
-            ):
-                log.error(
-                    "Store record of %s is malformed; ignored, left in place",
-                    bare_jid.decode(errors="replace"),
-                )
-                continue
-            yield bare_jid, first_seen, login, logout, sessions
-        for bare_jid, record in pending.items():
+                yield raw_jid, decode_record(value)
+            except DamagedRecord as exc:
+                _log_damaged(raw_jid, exc)
+        for raw_jid, record in pending.items():
             if record is not None:
-                yield bare_jid, *record
+                yield raw_jid, record
 
     # --- daily snapshots (history) ----------------------------------------------------------
 
@@ -358,13 +225,13 @@ class Store:
         ):
             return 0
         try:
-            with self._shelf.dict.transaction():
+            with self._db.transaction():
                 for bare_jid, record in self._pending.items():
-                    key = _USER + bare_jid
+                    key = (_USER + bare_jid).encode()
                     if record is None:
-                        self._shelf.pop(key, None)
+                        self._db.pop(key, None)
                     else:
-                        self._shelf[key] = (*record[:3], tuple(record.sessions))
+                        self._db[key] = encode_record(record)
                 for day, snapshot in self._pending_days.items():
                     self._shelf[_DAY + day] = snapshot
                 self._shelf[_HEARTBEAT_KEY] = now
@@ -405,6 +272,14 @@ class Store:
         self.close()
 
 
+def _log_damaged(raw_jid: bytes, problem: DamagedRecord) -> None:
+    log.error(
+        "Store record of %s is malformed (%s); ignored, left in place",
+        raw_jid.decode(errors="replace"),
+        problem,
+    )
+
+
 def inactive_users(path: Path, active_since: int) -> list[str]:
     """Users offline and last active before `active_since`, read by a separate read-only
     connection: safe in a worker thread while the bot writes (a full scan, hence the thread)."""
@@ -414,70 +289,6 @@ def inactive_users(path: Path, active_since: int) -> list[str]:
             for bare_jid, record in reader.users()
             if not record.sessions and record.last_active < active_since
         ]
-
-
-def _record(bare_jid: str, value: Any) -> UserRecord | None:
-    """The stored tuple as a UserRecord; a malformed one is logged and skipped, never deleted."""
-    try:
-        first_seen, login, logout, sessions = value
-        return UserRecord(int(first_seen), int(login), int(logout), tuple(map(str, sessions)))
-    except (TypeError, ValueError):
-        log.error("Store record of %s is malformed (%r); ignored, left in place", bare_jid, value)
-        return None
-
-
-def _refuse_foreign_file(path: Path) -> None:
-    """Never let SQLite touch a file that is not SQLite (it would happily overwrite it)."""
-    try:
-        with path.open("rb") as file:
-            head = file.read(len(_SQLITE_MAGIC))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot be opened ({exc.strerror})") from None
-    if head and head != _SQLITE_MAGIC:
-        raise StoreCorruptError(
-            f"{path}: not an xmpp-active-users store (not an SQLite file); it was left untouched. "
-            "Move it away or set [store] path to another file."
-        )
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def _lock_for_writing(path: Path) -> IO[str]:
-    """Take the writer's lock; the kernel releases it when the process dies, even by kill -9."""
-    lock_path = _lock_path(path)
-    lock_file = lock_path.open("a+", encoding="utf-8")
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.seek(0)
-        holder = lock_file.read().strip() or "another process"
-        lock_file.close()
-        raise StoreLockedError(
-            f"{path}: already open for writing by {holder}. Only one bot may use a store; stop "
-            "it first (`xmpp-active-users count` can read the store while it runs)."
-        ) from None
-    lock_file.seek(0)
-    lock_file.truncate()
-    lock_file.write(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)})\n")
-    lock_file.flush()
-    return lock_file
-
-
-def _is_locked(lock_path: Path) -> bool:
-    try:
-        with lock_path.open("r", encoding="utf-8") as lock_file:
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-            return False
-    except FileNotFoundError:
-        return False
 
 
 async def flush_periodically(

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from bot.daemon import Bot
 from bot.model import UserRecord
-from bot.store import Store, StoreError
+from bot.shelf import StoreError
+from bot.store import Store
 
 from .botrunner import FAST, RunningBot, bot_settings
 from .test_component_prosody import ask_adhoc

@@ -15,14 +15,8 @@ import time
 import pytest
 
 from bot.model import UserRecord
-from bot.store import (
-    SCHEMA_VERSION,
-    SqliteDict,
-    Store,
-    StoreCorruptError,
-    StoreError,
-    StoreLockedError,
-)
+from bot.shelf import SqliteDict, StoreCorruptError, StoreError, StoreLockedError
+from bot.store import SCHEMA_VERSION, Store
 
 T0 = 1_800_000_000
 ALICE = UserRecord(first_seen=T0, last_login=T0 + 5, last_logout=T0 + 9, sessions=("phone",))

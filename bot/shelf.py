@@ -1,0 +1,198 @@
+"""A crash-safe `shelve.Shelf` over SQLite, and the lock that keeps it to one writer.
+
+Generic: nothing here knows what the bot stores. File layout is CPython 3.13's `dbm.sqlite3`
+(one table `Dict(key BLOB, value BLOB)`, WAL mode), so `shelve.open(path)` on Python 3.13 reads a
+file written here. We do not use `dbm.sqlite3` itself, even where present: it commits every
+single write, and we group writes into one transaction per flush interval, so the presence path
+never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import shelve
+import socket
+import sqlite3
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says why and what to do."""
+
+
+class StoreLockedError(StoreError):
+    """Another process has the store open for writing."""
+
+
+class StoreCorruptError(StoreError):
+    """The file is not a store of ours (or not a readable one). It is never modified."""
+
+
+class SqliteDict(MutableMapping[bytes, bytes]):
+    """bytes -> bytes in SQLite, with the table layout of CPython 3.13's dbm.sqlite3.
+
+    Autocommit outside `transaction()`, so a writer groups its writes explicitly.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool) -> None:
+        mode = "ro" if readonly else "rwc"
+        uri = f"file:{quote(str(path))}?mode={mode}"
+        self._cx = sqlite3.connect(uri, uri=True, isolation_level=None)
+
+    def prepare_for_writing(self) -> None:
+        self._cx.execute("PRAGMA journal_mode = wal")
+        # WAL + NORMAL: a commit survives a crash of this process (kill -9) without an fsync
+        # per commit; only a power loss may take back the last commits, never corrupt the file.
+        self._cx.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoint every 16 MiB of WAL rather than 4 MiB: a flush of a few thousand users
+        # otherwise checkpoints (and syncs) on every commit.
+        self._cx.execute("PRAGMA wal_autocheckpoint = 4096")
+        self._cx.execute(
+            "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
+        )
+
+    def is_empty(self) -> bool:
+        """No table at all: a new (or zero-byte) database file."""
+        return self._cx.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+
+    def has_dict_table(self) -> bool:
+        row = self._cx.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'"
+        ).fetchone()
+        return row is not None
+
+    def __getitem__(self, key: bytes) -> bytes:
+        row = self._cx.execute(
+            "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)", (key,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return bytes(row[0])
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        # An upsert updates the row in place; REPLACE would delete and re-insert it, dirtying
+        # the key index too (twice the pages written per flush).
+        self._cx.execute(
+            "INSERT INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB)) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def __delitem__(self, key: bytes) -> None:
+        if self._cx.execute("DELETE FROM Dict WHERE key = CAST(? AS BLOB)", (key,)).rowcount == 0:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for (key,) in self._cx.execute("SELECT key FROM Dict"):
+            yield bytes(key)
+
+    def __len__(self) -> int:
+        return int(self._cx.execute("SELECT COUNT(key) FROM Dict").fetchone()[0])
+
+    def items_with_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """All pairs whose key starts with `prefix`, in one query (not one query per key).
+
+        `substr` makes SQLite scan the table in order rather than walk the key index and look
+        each row up (about twice as fast when most keys match, as users' keys do).
+        """
+        rows = self._cx.execute(
+            "SELECT key, value FROM Dict WHERE substr(key, 1, ?) = CAST(? AS BLOB)",
+            (len(prefix), prefix),
+        )
+        yield from rows  # BLOB columns come back as bytes already: no copies
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._cx.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._cx.execute("ROLLBACK")
+            raise
+        self._cx.execute("COMMIT")
+
+    def close(self) -> None:
+        self._cx.close()
+
+
+class Shelf(shelve.Shelf):  # type: ignore[type-arg]
+    """A Shelf over a SqliteDict that can also read a key range in one query."""
+
+    dict: SqliteDict
+
+    def __init__(self, db: SqliteDict) -> None:
+        super().__init__(db, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def items_with_prefix(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        encoding = self.keyencoding
+        for key, value in self.dict.items_with_prefix(prefix.encode(encoding)):
+            yield key.decode(encoding), pickle.loads(value)
+
+
+def refuse_foreign_file(path: Path) -> None:
+    """Never let SQLite touch a file that is not SQLite (it would happily overwrite it)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot be opened ({exc.strerror})") from None
+    if head and head != _SQLITE_MAGIC:
+        raise StoreCorruptError(
+            f"{path}: not an xmpp-active-users store (not an SQLite file); it was left untouched. "
+            "Move it away or set [store] path to another file."
+        )
+
+
+# --- one writer at a time ------------------------------------------------------------------------
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def lock_for_writing(path: Path) -> IO[str]:
+    """Take the writer's lock beside `path`, or raise StoreLockedError naming the holder.
+
+    The kernel releases it when the process dies, even by kill -9; closing the returned file
+    releases it too."""
+    lock_file = lock_path(path).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise StoreLockedError(
+            f"{path}: already open for writing by {holder}. Only one bot may use a store; stop "
+            "it first (`xmpp-active-users count` can read the store while it runs)."
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)})\n")
+    lock_file.flush()
+    return lock_file
+
+
+def is_locked_for_writing(path: Path) -> bool:
+    """Whether a writer holds the lock of the store at `path` right now."""
+    try:
+        with lock_path(path).open("r", encoding="utf-8") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,93 @@
+"""One definition of a valid stored record, used by every reader of the store.
+
+The store's `get`, its full scan (`users`), the start-up load, the retention scan and the
+importer all agree: a damaged value is logged, treated as absent, and left in place.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shelve
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.activity import ActivityTracker
+from bot.codec import DamagedRecord, decode_record, encode_record
+from bot.importer import Activity, import_activities
+from bot.model import UserRecord
+from bot.shelf import SqliteDict
+from bot.store import Store, inactive_users
+
+T0 = 1_800_000_000
+timestamps = st.integers(min_value=0, max_value=2**40)
+records = st.builds(
+    UserRecord,
+    timestamps,
+    timestamps,
+    timestamps,
+    st.lists(st.text(min_size=1, max_size=20), max_size=3).map(tuple),
+)
+
+
+@given(records)
+def test_every_record_survives_encoding(record):
+    decoded = decode_record(encode_record(record))
+    assert decoded == record
+    assert type(decoded) is UserRecord
+
+
+def test_a_stored_record_is_a_plain_tuple_that_plain_pickle_reads():
+    record = UserRecord(T0, T0 + 1, T0 + 2, ("phone",))
+    assert pickle.loads(encode_record(record)) == (T0, T0 + 1, T0 + 2, ("phone",))
+    assert b"UserRecord" not in encode_record(record)  # no class of ours in the file
+
+
+DAMAGED = {
+    "not a pickle": b"\x00garbage",
+    "a string": pickle.dumps("not a record"),
+    "three fields": pickle.dumps((T0, T0, T0)),
+    "a list, not a tuple": pickle.dumps([T0, T0, T0, ()]),
+    "a timestamp as text": pickle.dumps(("5", T0, T0, ())),  # int("5") would accept it
+    "a float timestamp": pickle.dumps((T0, 1.5, T0, ())),
+    "a bool timestamp": pickle.dumps((T0, True, T0, ())),
+    "sessions as a list": pickle.dumps((T0, T0, T0, ["phone"])),
+    "a session that is not text": pickle.dumps((T0, T0, T0, (7,))),
+}
+
+
+@pytest.mark.parametrize("value", DAMAGED.values(), ids=DAMAGED.keys())
+def test_damaged_values_are_refused_with_a_reason(value):
+    with pytest.raises(DamagedRecord) as refused:
+        decode_record(value)
+    assert str(refused.value)
+
+
+@pytest.fixture(params=DAMAGED.values(), ids=DAMAGED.keys())
+def store_with_a_damaged_record(request, tmp_path):
+    """alice is fine (offline, active long ago); mallory's stored value is damaged."""
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        store.put("alice@example.test", UserRecord(T0 - 90 * 86_400, T0 - 90 * 86_400, 0))
+    db = SqliteDict(path, readonly=False)
+    db[b"user:mallory@example.test"] = request.param
+    db.close()
+    return path, request.param
+
+
+def test_every_reader_treats_a_damaged_record_as_absent(store_with_a_damaged_record, caplog):
+    path, value = store_with_a_damaged_record
+    with Store(path) as store:
+        assert store.get("mallory@example.test") is None
+        assert [jid for jid, _ in store.users()] == ["alice@example.test"]
+        tracker = ActivityTracker(store, ["example.test"])
+        assert tracker.load(T0).users == 1
+        report = import_activities(
+            store, [Activity("mallory@example.test", last_login=T0)], ["example.test"], dry_run=True
+        )
+        assert report.imported == 1  # the importer sees no record to merge with
+    assert inactive_users(path, T0 - 86_400) == ["alice@example.test"]
+    assert "mallory@example.test is malformed" in caplog.text
+    with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
+        assert shelf.dict[b"user:mallory@example.test"] == value  # left in place
