@@ -89,7 +89,9 @@ class ActivityTracker:
         self.windows = tuple(windows)
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # bare JID -> record, online users only
-        self.peak_online: dict[str, int] = {}  # domain -> most users online at once, today
+        # domain -> most users online at once since `reset_peaks` (the daemon resets it at the
+        # first count of each UTC day)
+        self.peak_online: dict[str, int] = {}
         self._unconfirmed: set[tuple[str, str]] | None = None  # during a resync, see below
 
     @property
@@ -174,7 +176,7 @@ class ActivityTracker:
 
     # --- events ----------------------------------------------------------------------------
 
-    def counts_domain(self, bare_jid: str) -> bool:
+    def is_counted(self, bare_jid: str) -> bool:
         """Whether this JID's activity is counted: a user of a counted domain, not excluded."""
         return (
             "@" in bare_jid
@@ -185,7 +187,7 @@ class ActivityTracker:
     def session_started(self, bare_jid: str, resource: str, now: int) -> bool:
         """A session became available. Returns False if nothing changed (not counted, or an
         already known session whose presence merely changed)."""
-        if not self.counts_domain(bare_jid):
+        if not self.is_counted(bare_jid):
             return False
         if self._unconfirmed is not None:
             self._unconfirmed.discard((bare_jid, resource))
@@ -204,7 +206,7 @@ class ActivityTracker:
     def session_ended(self, bare_jid: str, resource: str, now: int) -> bool:
         """A session became unavailable. An unknown session still counts as activity (its
         start was missed, for example while the connection was down)."""
-        if not self.counts_domain(bare_jid):
+        if not self.is_counted(bare_jid):
             return False
         if self._unconfirmed is not None:
             self._unconfirmed.discard((bare_jid, resource))
@@ -263,7 +265,8 @@ class ActivityTracker:
         return record if record is not None else self._store.get(bare_jid)
 
     def reset_peaks(self) -> None:
-        """A new day: its peak starts from who is online now."""
+        """A new day (the daemon calls this at the first count of a UTC day): its peak starts
+        from who is online now."""
         self.peak_online = {d: index.online_users for d, index in self._indexes.items()}
 
     def _apply(self, bare_jid: str, before: UserRecord | None, after: UserRecord) -> None:

@@ -67,7 +67,7 @@ def stats_form(figures: Figures) -> Form:
         field("stickiness", "Stickiness (DAU/MAU)", percent(counts.stickiness))
     field("online_users", "Users online now", counts.online_users)
     field("online_sessions", "Sessions online now", counts.online_sessions)
-    field("known_users", "Users ever seen", counts.known_users)
+    field("known_users", "Users on record", counts.known_users)
     field("computed_at", "Computed at (UTC)", iso_utc(counts.computed_at))
     if len(figures.by_domain) > 1:
         for domain, part in figures.by_domain.items():

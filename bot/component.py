@@ -4,7 +4,8 @@ Handlers stay thin: they turn a stanza into a call on the ActivityTracker or the
 send back what those return. Anything unexpected in a handler is logged, never fatal.
 
 slixmpp's own presence handling is switched off on purpose: it keeps a roster entry for every JID
-that sends presence, a copy of per-user state that would grow with the whole user base.
+that sends presence, a copy of per-user state that would grow with the whole user base. That, and
+every other use of slixmpp beyond its public API, goes through `slixmpp_internals`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from slixmpp.exceptions import IqError, IqTimeout, XMPPError
 from slixmpp.jid import JID, InvalidJID
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
-from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from .activity import ActivityTracker
 from .commands import (
@@ -38,13 +38,18 @@ from .commands import (
 )
 from .liveness import GONE_CONDITIONS, LivenessChecker, LivenessSettings
 from .ratelimit import RateLimiter
+from .slixmpp_internals import (
+    NS_COMPONENT,
+    error_condition,
+    guard_adhoc_commands,
+    registered_disco_items,
+    take_over_presence,
+)
 
 log = logging.getLogger(__name__)
 
-NS_COMPONENT = "jabber:component:accept"
 PRIVILEGE_NAMESPACES = ("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
 COMMANDS_NODE = "http://jabber.org/protocol/commands"
-NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 # Presence permissions that send us every user's presence (XEP-0356 §presence).
 PRESENCE_GRANTS = ("managed_entity", "roster")
 
@@ -93,11 +98,12 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         timing: Timing | None = None,
         liveness: LivenessSettings | None = None,
         announces_sessions: bool = True,
-        alive_since: int = 0,
+        loaded_sessions_alive_until: int = 0,
     ) -> None:
         """`announces_sessions`: the server re-sends every online user's presence when we
         connect (Prosody); otherwise (ejabberd) sessions are re-checked by pings instead.
-        `alive_since`: the last sign of life of sessions loaded from the store."""
+        `loaded_sessions_alive_until`: the store's heartbeat, the last time sessions loaded
+        from it were known to be alive (when a ping finds one gone, it ended then)."""
         super().__init__(jid, secret, host, port)
         self.tracker = tracker
         self.commands = commands
@@ -111,7 +117,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.announces_sessions = announces_sessions
-        self._alive_since = alive_since
+        self._loaded_sessions_alive_until = loaded_sessions_alive_until
         self._last_seen: dict[tuple[str, str], int] = {}  # online session -> last sign of life
         self.liveness = (
             LivenessChecker(liveness, tracker.online_sessions, self._ping, self._session_gone)
@@ -119,18 +125,18 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             else None
         )
 
+        self._register_plugins()
+        self._register_handlers()
+
+    def _register_plugins(self) -> None:
         for plugin in ("xep_0030", "xep_0004", "xep_0050"):
             self.register_plugin(plugin)
         # Keepalive: a silently dead TCP connection is noticed within interval + timeout.
         self.register_plugin("xep_0199", {"keepalive": True, "interval": 60, "timeout": 30})
-        self.plugin["xep_0050"].set_backend(_OpenCommandSessions())
 
-        # Our presence handler replaces slixmpp's (see the module docstring).
-        self.remove_handler("Presence")
-        self.del_event_handler("presence_probe", self._handle_probe)
-        self.register_handler(
-            Callback("Presence", MatchXPath(f"{{{NS_COMPONENT}}}presence"), self._on_presence)
-        )
+    def _register_handlers(self) -> None:
+        take_over_presence(self, self._on_presence)  # see the module docstring
+        guard_adhoc_commands(self, self._check_command_access)
         for namespace in PRIVILEGE_NAMESPACES:
             self.register_handler(
                 Callback(
@@ -139,15 +145,6 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                     self._on_privileges,
                 )
             )
-        # Ad-hoc commands: access is checked on every command stanza, whatever its step.
-        self.remove_handler("Ad-Hoc Execute")
-        self.register_handler(
-            Callback(
-                "Ad-Hoc Execute",
-                StanzaPath("iq@type=set/command"),
-                self._on_command,
-            )
-        )
         self.add_event_handler("session_start", self._on_session_start)
         self.add_event_handler("disconnected", self._on_disconnected)
         self.add_event_handler("stream_error", self._on_stream_error)
@@ -304,7 +301,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         now = int(self.clock())
         if kind is None:
             changed = self.tracker.session_started(sender.bare, sender.resource, now)
-            if self.liveness is not None and self.tracker.counts_domain(sender.bare):
+            if self.liveness is not None and self.tracker.is_counted(sender.bare):
                 self._last_seen[(sender.bare, sender.resource)] = now  # only pings read it
         elif kind == "unavailable":
             changed = self.tracker.session_ended(sender.bare, sender.resource, now)
@@ -317,7 +314,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     def _accept_subscription(self, sender: JID) -> None:
         """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
-        if not self.tracker.counts_domain(sender.bare):
+        if not self.tracker.is_counted(sender.bare):
             log.info("Subscription from %s refused: not a counted domain", sender.bare)
             self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="unsubscribed")
             return
@@ -331,7 +328,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             sender = presence["from"]
         except InvalidJID:
             return
-        if self.tracker.counts_domain(sender.bare):
+        if self.tracker.is_counted(sender.bare):
             self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare)
 
     # --- liveness -------------------------------------------------------------------------
@@ -345,7 +342,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                 JID(full_jid), ifrom=self.boundjid, timeout=self.liveness.settings.timeout
             )
         except IqError as error:
-            if _error_condition(error.iq.xml) not in GONE_CONDITIONS:
+            if error_condition(error.iq.xml) not in GONE_CONDITIONS:
                 return self._seen_alive(full_jid)  # the client itself answered
             return False
         except IqTimeout:
@@ -364,7 +361,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         return True
 
     def _session_gone(self, session: tuple[str, str]) -> None:
-        ended_at = self._last_seen.pop(session, None) or self._alive_since or int(self.clock())
+        ended_at = (
+            self._last_seen.pop(session, None)
+            or self._loaded_sessions_alive_until
+            or int(self.clock())
+        )
         if self.tracker.session_ended(*session, ended_at):
             self.event("presence_tracked", ("gone", JID(f"{session[0]}/{session[1]}")))
 
@@ -447,16 +448,16 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     def _command_items(self, jid: JID, node: str, ifrom: JID | None, data: Any) -> DiscoItems:
         if ifrom is not None and self.commands.allowed(ifrom.bare):
-            return self.plugin["xep_0030"].static.get_items(jid, node, ifrom, data)
+            return registered_disco_items(self, jid, node, ifrom, data)
         items = DiscoItems()
         items["node"] = node
         return items
 
-    def _on_command(self, iq: Any) -> None:
+    def _check_command_access(self, iq: Any) -> None:
+        """Every command stanza, whatever its step: admins only."""
         if not self.commands.allowed(iq["from"].bare):
             log.info("Ad-hoc command %r refused to %s", iq["command"]["node"], iq["from"])
             raise XMPPError("forbidden", text="Only the administrators of this service may ask.")
-        self.plugin["xep_0050"]._handle_command(iq)
 
     def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         return _answer(session, self.commands.stats_form())
@@ -531,26 +532,3 @@ def _submitted(payload: Any, var: str) -> str:
         return str(payload["values"].get(var) or "")
     except (TypeError, KeyError, AttributeError):
         return ""
-
-
-def _error_condition(stanza: ET.Element) -> str:
-    """The defined condition of a stanza error. Read from the XML: on a component stream the
-    <error/> is in jabber:component:accept, where slixmpp's Error plugin (jabber:client) does
-    not look, so iq["error"]["condition"] would be empty."""
-    for child in stanza:
-        if child.tag.rpartition("}")[2] == "error":
-            for condition in child:
-                namespace, _, name = condition.tag[1:].partition("}")
-                if namespace == NS_STANZAS and name != "text":
-                    return name
-    return ""
-
-
-class _OpenCommandSessions(dict[str, Any]):
-    """XEP-0050 sessions without the completed ones, which slixmpp 1.17 would keep forever."""
-
-    def __setitem__(self, sessionid: str, session: Any) -> None:
-        if session.get("next") is None:
-            self.pop(sessionid, None)
-        else:
-            super().__setitem__(sessionid, session)

@@ -128,7 +128,7 @@ class Bot:
                     max_rate=settings.liveness_max_rate,
                 ),
                 announces_sessions=settings.announces_sessions,
-                alive_since=self.store.heartbeat,
+                loaded_sessions_alive_until=self.store.heartbeat,
             )
         except BaseException:
             self.store.close(int(clock()))

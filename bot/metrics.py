@@ -59,7 +59,9 @@ class ActivityCollector(Collector):
             "xmpp_online_sessions", "Sessions (full JIDs) online", labels=["domain"]
         )
         known = GaugeMetricFamily(
-            "xmpp_known_users", "Users ever seen (or imported)", labels=["domain"]
+            "xmpp_known_users",
+            "Users with a stored record: seen or imported, not yet removed by retention",
+            labels=["domain"],
         )
         for domain, counts in snapshot.by_domain.items():
             for window, value in counts.active.items():

@@ -24,7 +24,7 @@ EXPECTED_FORM = {
     "New users, last 24 hours": "4",
     "Users online now": "3",  # admin, alice, carol
     "Sessions online now": "4",  # alice has two
-    "Users ever seen": "4",
+    "Users on record": "4",
 }
 EXPECTED_REPLY_START = "Active users: 4 (24 hours), 4 (7 days), 4 (30 days);"
 EXPECTED_REPLY_END = "online now: 3 users, 4 sessions"

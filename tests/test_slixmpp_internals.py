@@ -1,0 +1,149 @@
+"""What the bot relies on in slixmpp beyond its public API (bot/slixmpp_internals.py), pinned on
+the installed slixmpp: an upgrade that changes any of it fails here, not in production.
+
+Plain ComponentXMPP streams on slixmpp's own harness (SlixTest, synchronous tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from slixmpp.exceptions import IqTimeout, XMPPError
+from slixmpp.test import SlixTest
+
+from bot.slixmpp_internals import (
+    SlixmppChanged,
+    error_condition,
+    guard_adhoc_commands,
+    registered_disco_items,
+    take_over_presence,
+)
+
+COMPONENT = "active.example.test"
+COMMANDS = "http://jabber.org/protocol/commands"
+
+
+def command(sender: str, action: str, sessionid: str = "", node: str = "two-steps") -> str:
+    session = f' sessionid="{sessionid}"' if sessionid else ""
+    return (
+        f'<iq type="set" id="{action}-{sessionid or "new"}" from="{sender}" to="{COMPONENT}">'
+        f'<command xmlns="{COMMANDS}" node="{node}" action="{action}"{session}/></iq>'
+    )
+
+
+class InternalsTest(SlixTest):
+    def setUp(self) -> None:
+        self.stream_start(
+            mode="component",
+            jid=COMPONENT,
+            plugins=["xep_0030", "xep_0004", "xep_0050", "xep_0199"],
+        )
+
+    def tearDown(self) -> None:
+        self.stream_close()
+
+    # --- presence -------------------------------------------------------------------------
+
+    def test_presence_goes_to_our_handler_and_never_to_the_roster(self):
+        seen = []
+        take_over_presence(self.xmpp, lambda presence: seen.append(str(presence["from"])))
+        self.recv(f'<presence from="alice@example.test/phone" to="{COMPONENT}"/>')
+        self.recv(f'<presence type="probe" from="bob@example.test/pc" to="{COMPONENT}"/>')
+        assert seen == ["alice@example.test/phone", "bob@example.test/pc"]
+        assert "alice@example.test" not in self.xmpp.roster[COMPONENT]
+        self.send(None)  # slixmpp's roster answered no probe
+
+    def test_without_the_handler_to_replace_it_says_slixmpp_changed(self):
+        self.xmpp.remove_handler("Presence")  # as if slixmpp had renamed its handler
+        with pytest.raises(SlixmppChanged, match="'Presence'"):
+            take_over_presence(self.xmpp, lambda presence: None)
+
+    # --- ad-hoc commands --------------------------------------------------------------------
+
+    def add_two_step_command(self) -> list[str]:
+        """A command that asks one question, then completes; returns who was checked."""
+        checked: list[str] = []
+
+        def check(iq) -> None:
+            checked.append(f"{iq['command']['action']}:{iq['from'].bare}")
+            if iq["from"].bare != "admin@example.test":
+                raise XMPPError("forbidden")
+
+        def last_step(_payload, session):
+            session.update(payload=None, next=None, has_next=False)
+            return session
+
+        def first_step(_iq, session):
+            session.update(payload=None, next=last_step, has_next=False)
+            return session
+
+        guard_adhoc_commands(self.xmpp, check)
+        self.xmpp.plugin["xep_0050"].add_command(
+            node="two-steps", name="Two steps", handler=first_step
+        )
+        self.xmpp.plugin["xep_0050"].add_command(
+            node="one-step", name="One step", handler=lambda iq, session: last_step(None, session)
+        )
+        return checked
+
+    def next_reply(self) -> str:
+        self.wait_for_send_queue()
+        return self.xmpp.socket.next_sent().decode()
+
+    def test_every_step_passes_the_check_and_completed_sessions_are_dropped(self):
+        checked = self.add_two_step_command()
+        sessions = self.xmpp.plugin["xep_0050"].sessions
+        self.recv(command("admin@example.test/desk", "execute"))
+        first = self.next_reply()
+        assert 'status="executing"' in first
+        (sessionid,) = sessions  # in progress: kept
+        self.recv(command("alice@example.test/phone", "complete", sessionid))  # a stolen id
+        assert "<forbidden" in self.next_reply()
+        assert sessionid in sessions
+        self.recv(command("admin@example.test/desk", "complete", sessionid))
+        assert 'status="completed"' in self.next_reply()
+        assert len(sessions) == 0  # completed: not kept
+        self.recv(command("admin@example.test/desk", "execute", node="one-step"))
+        assert 'status="completed"' in self.next_reply()
+        assert len(sessions) == 0  # completed at once (slixmpp alone would keep this one)
+        assert checked[:-1] == [
+            "execute:admin@example.test",
+            "complete:alice@example.test",
+            "complete:admin@example.test",
+        ]
+
+    def test_disco_items_of_registered_commands_are_readable(self):
+        self.xmpp.event("session_bind", self.xmpp.boundjid)  # resets the command items
+        self.wait_()
+        self.add_two_step_command()
+        items = registered_disco_items(self.xmpp, self.xmpp.boundjid, COMMANDS, None, None)
+        assert {node for _jid, node, _name in items["items"]} == {"two-steps", "one-step"}
+
+    # --- keepalive ----------------------------------------------------------------------------
+
+    def test_a_keepalive_timeout_calls_reconnect(self):
+        """ActiveUsersComponent overrides `reconnect` to drop the link and let its own loop
+        reconnect; that works only while slixmpp's keepalive calls `reconnect`."""
+        calls = []
+        self.xmpp.reconnect = lambda *args, **kwargs: calls.append(args)
+
+        async def no_answer(*_args, **_kwargs):
+            raise IqTimeout(None)
+
+        ping = self.xmpp.plugin["xep_0199"]
+        ping.ping = no_answer
+        asyncio.get_event_loop().run_until_complete(ping._keepalive())
+        assert len(calls) == 1
+
+
+def test_error_condition_is_read_from_a_component_stream_error():
+    """The workaround for slixmpp's Error plugin reading jabber:client only."""
+    from slixmpp.xmlstream import ET
+
+    iq = ET.fromstring(
+        '<iq xmlns="jabber:component:accept" type="error"><error type="cancel">'
+        '<service-unavailable xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
+        '<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas">gone</text></error></iq>'
+    )
+    assert error_condition(iq) == "service-unavailable"
