@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from slixmpp.jid import JID, InvalidJID
 from tqdm import tqdm
@@ -69,7 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add_command in (_add_run, _add_import, _add_history, _add_forget, _add_count, _add_demo):
+        add_command(commands)
+    return parser
 
+
+Subcommands = Any  # argparse's _SubParsersAction, which it does not name publicly
+
+
+def _add_run(commands: Subcommands) -> None:
     run = commands.add_parser(
         "run",
         help="run the bot: connect to the XMPP server and track presence",
@@ -82,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_argument(run)
     run.set_defaults(handler=_run)
 
+
+def _add_import(commands: Subcommands) -> None:
     imports = commands.add_parser(
         "import",
         help="import the history Prosody already has (stop the bot first)",
@@ -114,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     imports.set_defaults(handler=_import)
 
+
+def _add_history(commands: Subcommands) -> None:
     history = commands.add_parser(
         "history",
         help="print the daily history (a chart, or CSV) from the store",
@@ -130,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--csv", action="store_true", help="CSV, one row per day and domain")
     history.set_defaults(handler=_history)
 
+
+def _add_forget(commands: Subcommands) -> None:
     forget = commands.add_parser(
         "forget",
         help="remove one user's data from the store (stop the bot first)",
@@ -143,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("jid", metavar="JID", help="the user's bare JID, e.g. alice@example.org")
     forget.set_defaults(handler=_forget)
 
+
+def _add_count(commands: Subcommands) -> None:
     count = commands.add_parser(
         "count",
         help="print the figures from the store (safe while the bot runs)",
@@ -157,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     count.add_argument("--json", action="store_true", help="print one JSON object instead")
     count.set_defaults(handler=_count)
 
+
+def _add_demo(commands: Subcommands) -> None:
     try_it = commands.add_parser(
         "demo",
         help="try it: a private Prosody on 127.0.0.1, the bot and a few users, until Ctrl-C",
@@ -181,7 +200,6 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the temporary folder (configs, Prosody's log, the store) after stopping",
     )
     try_it.set_defaults(handler=_demo)
-    return parser
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -226,8 +226,37 @@ def load_settings(
     without access to the secret can still run them.
     """
     environ = os.environ if environ is None else environ
+    values = _validate(path, _read_toml(path))
+    secret = _resolve_secret(path, values, environ) if need_secret else ""
+    windows = values["counting.windows"] or Settings.windows
+    _check_retention(path, values["privacy.retention_days"], windows)
+    return Settings(
+        component_jid=values["component.jid"],
+        secret=secret,
+        server_host=values["server.host"],
+        server_port=values["server.port"],
+        domains=values["counting.domains"],
+        admins=frozenset(values["access.admins"]),
+        store_path=_beside(path, values["store.path"]),
+        flush_interval=values["store.flush_interval"],
+        first_count_after=values["counting.first_count_after"],
+        count_interval=values["counting.interval"],
+        count_jitter=values["counting.jitter"],
+        windows=windows,
+        exclude=values["counting.exclude"],
+        metrics_listen=values["metrics.listen"],
+        retention_days=values["privacy.retention_days"],
+        pseudonym_key=_pseudonym_key(path, values),
+        server_software=values["server.software"],
+        liveness_interval=_liveness_interval(values),
+        liveness_timeout=values["liveness.timeout"],
+        liveness_max_rate=values["liveness.max_rate"],
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such file; copy config.example.toml there and edit it"
@@ -237,53 +266,37 @@ def load_settings(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
-    values = _validate(path, raw)
-    secret = _resolve_secret(path, values, environ) if need_secret else ""
-    retention = values["privacy.retention_days"]
-    windows = values["counting.windows"] or Settings.windows
-    if retention and retention * 86_400 < max(windows):
+
+def _check_retention(path: Path, retention_days: int, windows: tuple[int, ...]) -> None:
+    if retention_days and retention_days * 86_400 < max(windows):
         raise ConfigError(
-            f"{path}: [privacy] retention_days = {retention} is shorter than the longest window "
-            f"({max(windows) // 86_400} days): users would vanish from its count; raise it"
+            f"{path}: [privacy] retention_days = {retention_days} is shorter than the longest "
+            f"window ({max(windows) // 86_400} days): users would vanish from its count; raise it"
         )
-    pseudonym_key = None
-    if values["privacy.pseudonymize"]:
-        if not values["privacy.pseudonym_secret"]:
-            raise ConfigError(
-                f"{path}: [privacy] pseudonymize = true needs pseudonym_secret; add: "
-                'pseudonym_secret = "a long random string" (never change it afterwards)'
-            )
-        pseudonym_key = values["privacy.pseudonym_secret"].encode()
-    store_path = Path(values["store.path"]).expanduser()
-    if not store_path.is_absolute():  # relative to the config file, not to the working directory
-        store_path = path.resolve().parent / store_path
-    return Settings(
-        component_jid=values["component.jid"],
-        secret=secret,
-        server_host=values["server.host"],
-        server_port=values["server.port"],
-        domains=values["counting.domains"],
-        admins=frozenset(values["access.admins"]),
-        store_path=store_path,
-        flush_interval=values["store.flush_interval"],
-        first_count_after=values["counting.first_count_after"],
-        count_interval=values["counting.interval"],
-        count_jitter=values["counting.jitter"],
-        windows=windows,
-        exclude=values["counting.exclude"],
-        metrics_listen=values["metrics.listen"],
-        retention_days=values["privacy.retention_days"],
-        pseudonym_key=pseudonym_key,
-        server_software=values["server.software"],
-        # Prosody tells us when sessions end; elsewhere, check them every 5 minutes by default.
-        liveness_interval=(
-            values["liveness.interval"]
-            if values["liveness.interval"] is not None
-            else (0.0 if values["server.software"] == "prosody" else 300.0)
-        ),
-        liveness_timeout=values["liveness.timeout"],
-        liveness_max_rate=values["liveness.max_rate"],
-    )
+
+
+def _pseudonym_key(path: Path, values: dict[str, Any]) -> bytes | None:
+    if not values["privacy.pseudonymize"]:
+        return None
+    if not values["privacy.pseudonym_secret"]:
+        raise ConfigError(
+            f"{path}: [privacy] pseudonymize = true needs pseudonym_secret; add: "
+            'pseudonym_secret = "a long random string" (never change it afterwards)'
+        )
+    return str(values["privacy.pseudonym_secret"]).encode()
+
+
+def _liveness_interval(values: dict[str, Any]) -> float:
+    """Prosody tells us when sessions end; elsewhere, check them every 5 minutes by default."""
+    if values["liveness.interval"] is not None:
+        return float(values["liveness.interval"])
+    return 0.0 if values["server.software"] == "prosody" else 300.0
+
+
+def _beside(config_path: Path, value: str) -> Path:
+    """A path from the config: relative to the config file, not to the working directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else config_path.resolve().parent / path
 
 
 def _validate(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -328,9 +341,7 @@ def _resolve_secret(path: Path, values: dict[str, Any], environ: Mapping[str, st
             f"{path}: [component] has both secret and secret_file; keep only one of them"
         )
     if secret_file:
-        file = Path(secret_file).expanduser()
-        if not file.is_absolute():
-            file = path.resolve().parent / file
+        file = _beside(path, secret_file)
         try:
             secret = file.read_text(encoding="utf-8").strip()
         except OSError as exc:

@@ -107,32 +107,36 @@ class Bot:
             )
             self._load()
             self.tracker.reset_peaks()
-            commands = CommandSet(
-                admins=settings.admins,
-                figures=figures_source(self.tracker, clock),
-                history=self.history,
-                windows=settings.windows,
-            )
-            self.component = ActiveUsersComponent(
-                jid=settings.component_jid,
-                secret=settings.secret,
-                host=settings.server_host,
-                port=settings.server_port,
-                tracker=self.tracker,
-                commands=commands,
-                clock=clock,
-                timing=timing,
-                liveness=LivenessSettings(
-                    interval=settings.liveness_interval,
-                    timeout=settings.liveness_timeout,
-                    max_rate=settings.liveness_max_rate,
-                ),
-                announces_sessions=settings.announces_sessions,
-                loaded_sessions_alive_until=self.store.heartbeat,
-            )
+            self.component = self._component(timing)
         except BaseException:
             self.store.close(int(clock()))
             raise
+
+    def _component(self, timing: Timing | None) -> ActiveUsersComponent:
+        settings = self.settings
+        commands = CommandSet(
+            admins=settings.admins,
+            figures=figures_source(self.tracker, self.clock),
+            history=self.history,
+            windows=settings.windows,
+        )
+        return ActiveUsersComponent(
+            jid=settings.component_jid,
+            secret=settings.secret,
+            host=settings.server_host,
+            port=settings.server_port,
+            tracker=self.tracker,
+            commands=commands,
+            clock=self.clock,
+            timing=timing,
+            liveness=LivenessSettings(
+                interval=settings.liveness_interval,
+                timeout=settings.liveness_timeout,
+                max_rate=settings.liveness_max_rate,
+            ),
+            announces_sessions=settings.announces_sessions,
+            loaded_sessions_alive_until=self.store.heartbeat,
+        )
 
     def _load(self) -> None:
         started = time.perf_counter()

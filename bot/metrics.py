@@ -41,56 +41,65 @@ class ActivityCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._take_snapshot()
-        active = GaugeMetricFamily(
-            "xmpp_active_users",
-            "Distinct users online now or whose last login or logout is within the window",
-            labels=["domain", "window"],
-        )
-        new = GaugeMetricFamily(
-            "xmpp_new_users", "Users first seen within the window", labels=["domain", "window"]
-        )
-        stickiness = GaugeMetricFamily(
-            "xmpp_stickiness_ratio", "DAU divided by MAU (0 to 1)", labels=["domain"]
-        )
-        online_users = GaugeMetricFamily(
-            "xmpp_online_users", "Users with at least one session online", labels=["domain"]
-        )
-        online_sessions = GaugeMetricFamily(
-            "xmpp_online_sessions", "Sessions (full JIDs) online", labels=["domain"]
-        )
-        known = GaugeMetricFamily(
-            "xmpp_known_users",
-            "Users with a stored record: seen or imported, not yet removed by retention",
-            labels=["domain"],
-        )
-        for domain, counts in snapshot.by_domain.items():
-            for window, value in counts.active.items():
-                active.add_metric([domain, window_short(window)], value)
-            for window, value in counts.new_users.items():
-                new.add_metric([domain, window_short(window)], value)
-            if counts.stickiness is not None:
-                stickiness.add_metric([domain], counts.stickiness)
-            online_users.add_metric([domain], counts.online_users)
-            online_sessions.add_metric([domain], counts.online_sessions)
-            known.add_metric([domain], counts.known_users)
-        yield from (active, new, stickiness, online_users, online_sessions, known)
+        yield from _figures(snapshot.by_domain)
+        yield from _bot_health(snapshot)
 
-        events = CounterMetricFamily(
-            "xmpp_presence_events", "Presence stanzas received, by kind", labels=["kind"]
-        )
-        for kind, value in sorted(snapshot.presence_events.items()):
-            events.add_metric([kind], value)
-        yield events
-        yield GaugeMetricFamily(
-            "xmpp_component_connected",
-            "1 while the component is connected to the XMPP server",
-            value=int(snapshot.connected),
-        )
-        yield GaugeMetricFamily(
-            "xmpp_count_duration_seconds",
-            "Time taken to compute the figures of this scrape",
-            value=snapshot.count_seconds,
-        )
+
+def _figures(by_domain: Mapping[str, Counts]) -> Iterator[Metric]:
+    """The figures, per domain (and window)."""
+    active = GaugeMetricFamily(
+        "xmpp_active_users",
+        "Distinct users online now or whose last login or logout is within the window",
+        labels=["domain", "window"],
+    )
+    new = GaugeMetricFamily(
+        "xmpp_new_users", "Users first seen within the window", labels=["domain", "window"]
+    )
+    stickiness = GaugeMetricFamily(
+        "xmpp_stickiness_ratio", "DAU divided by MAU (0 to 1)", labels=["domain"]
+    )
+    online_users = GaugeMetricFamily(
+        "xmpp_online_users", "Users with at least one session online", labels=["domain"]
+    )
+    online_sessions = GaugeMetricFamily(
+        "xmpp_online_sessions", "Sessions (full JIDs) online", labels=["domain"]
+    )
+    known = GaugeMetricFamily(
+        "xmpp_known_users",
+        "Users with a stored record: seen or imported, not yet removed by retention",
+        labels=["domain"],
+    )
+    for domain, counts in by_domain.items():
+        for window, value in counts.active.items():
+            active.add_metric([domain, window_short(window)], value)
+        for window, value in counts.new_users.items():
+            new.add_metric([domain, window_short(window)], value)
+        if counts.stickiness is not None:
+            stickiness.add_metric([domain], counts.stickiness)
+        online_users.add_metric([domain], counts.online_users)
+        online_sessions.add_metric([domain], counts.online_sessions)
+        known.add_metric([domain], counts.known_users)
+    yield from (active, new, stickiness, online_users, online_sessions, known)
+
+
+def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
+    """How the bot itself is doing."""
+    events = CounterMetricFamily(
+        "xmpp_presence_events", "Presence stanzas received, by kind", labels=["kind"]
+    )
+    for kind, value in sorted(snapshot.presence_events.items()):
+        events.add_metric([kind], value)
+    yield events
+    yield GaugeMetricFamily(
+        "xmpp_component_connected",
+        "1 while the component is connected to the XMPP server",
+        value=int(snapshot.connected),
+    )
+    yield GaugeMetricFamily(
+        "xmpp_count_duration_seconds",
+        "Time taken to compute the figures of this scrape",
+        value=snapshot.count_seconds,
+    )
 
 
 def snapshot_from_loop(

@@ -265,6 +265,7 @@ class EjabberdSandbox(ServerSandbox):
     # --- the config --------------------------------------------------------------------------
 
     def render_config(self) -> str:
+        """ejabberd's config for this node. Long only because it is one template."""
         modules = {
             "mod_adhoc": "{}",
             "mod_disco": "{}",

@@ -390,6 +390,7 @@ class ProsodySandbox(ServerSandbox):
     # --- the config --------------------------------------------------------------------------
 
     def render_config(self) -> str:
+        """Prosody's config for this instance. Long only because it is one template."""
         modules = (
             "roster",
             "saslauth",
