@@ -9,29 +9,50 @@ from dataclasses import replace
 from pathlib import Path
 
 from bot.component import Timing
-from bot.config import Settings
+from bot.config import Settings, load_settings
 from bot.daemon import Bot
+from bot.testbed.botconfig import write_config
 
 ADMIN = "admin@example.test"
 FAST = Timing(privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10)
 
 
-def bot_settings(prosody, store_path: Path, **changes) -> Settings:
-    settings = Settings(
-        component_jid=prosody.component_jid,
-        secret=prosody.component_secret,
-        server_host="127.0.0.1",
-        server_port=prosody.component_port,
-        domains=(prosody.domain,),
-        admins=frozenset({ADMIN}),
-        store_path=store_path,
-        flush_interval=0.2,
-        first_count_after=3600,
-        count_interval=3600,
-        count_jitter=0,
-        metrics_listen=None,  # the metrics test turns it on (closing it costs 0.5 s)
+def bot_settings(server, store_path: Path, **changes) -> Settings:
+    """The settings of a bot for `server`, through the real path: a config file written next to
+    the store (`bot.testbed.botconfig`), read by `load_settings`. `changes` are keywords of
+    `write_config`, named like the fields of `Settings`; `metrics_listen` is as in `Settings`
+    (None: off, or (host, port), where port 0 is any free port)."""
+    options = {
+        "component_jid": server.component_jid,
+        "secret": server.component_secret,
+        "server_host": "127.0.0.1",
+        "server_port": server.component_port,
+        "domains": [server.domain],
+        "admins": [ADMIN],
+        "store_path": store_path,
+        "flush_interval": 0.2,
+        "first_count_after": 3600,
+        "count_interval": 3600,
+        "count_jitter": 0,
+        "liveness_interval": 0,  # off, whatever the server (only the tests that ping turn it on)
+        "metrics_listen": None,  # the metrics test turns it on (closing it costs 0.5 s)
+    } | changes
+    listen = options.pop("metrics_listen")
+    # A config file cannot ask for any free port (it refuses port 0): that one request is set on
+    # the settings read from the file.
+    any_port = listen is not None and listen[1] == 0
+    config = write_config(
+        store_path.with_name(store_path.name + ".toml"),
+        metrics_listen="" if listen is None or any_port else listen_text(*listen),
+        **options,
     )
-    return replace(settings, **changes)
+    settings = load_settings(config, environ={})  # the test's secret, never the environment's
+    return replace(settings, metrics_listen=listen) if any_port else settings
+
+
+def listen_text(host: str, port: int) -> str:
+    """HOST:PORT as the config file's [metrics] listen says it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @contextlib.asynccontextmanager

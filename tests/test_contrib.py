@@ -33,6 +33,7 @@ from bot.config import SECRET_ENV, load_settings
 from bot.counter import DAY, ActivityIndex, window_short
 from bot.metrics import ActivityCollector, Snapshot
 from bot.model import UserRecord
+from bot.testbed.botconfig import write_config
 
 from .test_config import MINIMAL, write
 
@@ -464,25 +465,16 @@ def test_the_bot_exits_1_when_retrying_cannot_help(tmp_path):
     with socket.socket() as probe:  # a port where nothing listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[component]
-jid = "active.example.test"
-secret = "s3cret"
-[server]
-host = "127.0.0.1"
-port = {port}
-[counting]
-domains = ["example.test"]
-[access]
-admins = ["admin@example.test"]
-[metrics]
-listen = ""
-[store]
-path = "data/activity.db"
-""",
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / "config.toml",
+        component_jid="active.example.test",
+        secret="s3cret",
+        server_host="127.0.0.1",
+        server_port=port,
+        domains=["example.test"],
+        admins=["admin@example.test"],
+        metrics_listen="",
+        store_path="data/activity.db",
     )
     env = {key: value for key, value in os.environ.items() if key != SECRET_ENV}
     result = subprocess.run(
