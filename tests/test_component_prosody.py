@@ -7,13 +7,11 @@ and stops it and every client it started before the next test begins.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import urllib.request
 
 import pytest
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from slixmpp.exceptions import IqError
 
@@ -29,75 +27,9 @@ from bot.component import COMMANDS_NODE
 from bot.daemon import Bot
 from bot.history import utc_day
 
-from .botrunner import FAST, bot_settings, bot_starter
-from .xmpp_clients import connect_client, disconnect_client
+from .support import FAST, Chat, ask_adhoc, bot_settings
 
 pytestmark = pytest.mark.asyncio
-
-PASSWORDS = {
-    "admin@example.test": "adminpw",
-    "alice@example.test": "alicepw",
-    "bob@example.test": "bobpw",
-    "carol@example.test": "carolpw",
-}
-
-
-@pytest_asyncio.fixture
-async def clients(prosody):
-    """Log in real clients: `await clients.login("alice@example.test/phone")`."""
-
-    class Clients:
-        def __init__(self) -> None:
-            self.connected = []
-
-        async def login(self, full_jid: str, *, presence: bool = True):
-            bare, _, resource = full_jid.partition("/")
-            client = await connect_client(
-                prosody, bare, PASSWORDS[bare], resource=resource, presence=presence
-            )
-            self.connected.append(client)
-            return client
-
-        async def logout(self, client) -> None:
-            self.connected.remove(client)
-            await disconnect_client(client)
-
-    group = Clients()
-    yield group
-    for client in list(group.connected):
-        with contextlib.suppress(Exception):
-            await disconnect_client(client)
-
-
-@pytest_asyncio.fixture
-async def start_bot(prosody, tmp_path):
-    """Start the real bot (its own store in tmp_path); stopped at the end of the test."""
-    async with bot_starter(prosody, tmp_path / "activity.db") as start:
-        yield start
-
-
-async def ask_adhoc(client, node: str = ADHOC_STATS_NODE) -> dict[str, str]:
-    result = await client.plugin["xep_0050"].send_command(jid="active.example.test", node=node)
-    assert result["command"]["status"] == "completed"
-    return {k: v for k, v in result["command"]["form"].get_values().items() if k != "FORM_TYPE"}
-
-
-class Chat:
-    """Chat with the bot from one client; replies come back in order on the same stream."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-        self.replies: asyncio.Queue[str] = asyncio.Queue()
-        client.add_event_handler("message", self._on_message)
-
-    def _on_message(self, message) -> None:
-        if message["from"].bare == "active.example.test":
-            self.replies.put_nowait(message["body"])
-
-    async def ask(self, text: str, mtype: str = "chat") -> str:
-        self.client.send_message(mto="active.example.test", mbody=text, mtype=mtype)
-        return await asyncio.wait_for(self.replies.get(), 5)
-
 
 # --- presence → figures ---------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from bot.metrics import ActivityCollector, Snapshot
 from bot.model import UserRecord
 from bot.testbed.botconfig import write_config
 
-from .test_config import MINIMAL, write
+from .support import MINIMAL, write
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "xmpp-active-users.json"

@@ -23,11 +23,9 @@ from bot.daemon import Bot
 from bot.model import UserRecord
 from bot.store import Store, StoreError
 from bot.testbed.botconfig import write_config
+from bot.testbed.clients import connect_client, disconnect_client
 
-from .botrunner import FAST, RunningBot, bot_settings
-from .test_component_prosody import ask_adhoc
-from .test_component_stanzas import ComponentHarness
-from .xmpp_clients import connect_client, disconnect_client
+from .support import FAST, ComponentHarness, RunningBot, ask_adhoc, bot_settings
 
 T0 = 1_800_000_000
 RECORD = UserRecord(T0, T0, 0)

@@ -1,19 +1,60 @@
-"""Run the real bot in the test's event loop against the shared Prosody, and watch what it does."""
+"""What the test modules share: the accounts, config text, a real bot to run and watch, XMPP
+helpers for admins, and a component on slixmpp's fake stream. No test module imports another.
+
+The session-wide servers (Prosody, ejabberd) and the fixtures built on them are in conftest.py;
+the servers and clients themselves are in bot/testbed/ (shared with the demo and benchmarks).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
-from bot.component import Timing
+from slixmpp.test import SlixTest
+from slixmpp.test import TestTransport as Transport  # not collected as a test
+
+from bot.activity import ActivityTracker
+from bot.commands import ADHOC_STATS_NODE, CommandSet
+from bot.component import ActiveUsersComponent, Timing
 from bot.config import Settings, load_settings
-from bot.daemon import Bot
+from bot.daemon import Bot, figures_source
+from bot.store import Store
 from bot.testbed.botconfig import write_config
 
-ADMIN = "admin@example.test"
+# --- accounts -----------------------------------------------------------------------------------
+
+# Registered on the session's Prosody and ejabberd (conftest.py): user -> password.
+USERS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
+ADMIN = "admin@example.test"  # the only admin of every bot the tests start
+
+
+# --- config files, as an admin writes them ------------------------------------------------------
+
+MINIMAL = """
+[component]
+jid = "active.example.test"
+secret = "s3cret"
+[counting]
+domains = ["example.test"]
+[access]
+admins = ["admin@example.test"]
+[store]
+path = "data/activity.db"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- a real bot in the test's event loop --------------------------------------------------------
+
 FAST = Timing(privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10)
 
 
@@ -122,3 +163,78 @@ class RunningBot:
             self._stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.task, 10)
+
+
+# --- what an admin's client does ----------------------------------------------------------------
+
+
+async def ask_adhoc(client, node: str = ADHOC_STATS_NODE) -> dict[str, str]:
+    result = await client.plugin["xep_0050"].send_command(jid="active.example.test", node=node)
+    assert result["command"]["status"] == "completed"
+    return {k: v for k, v in result["command"]["form"].get_values().items() if k != "FORM_TYPE"}
+
+
+class Chat:
+    """Chat with the bot from one client; replies come back in order on the same stream."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.replies: asyncio.Queue[str] = asyncio.Queue()
+        client.add_event_handler("message", self._on_message)
+
+    def _on_message(self, message) -> None:
+        if message["from"].bare == "active.example.test":
+            self.replies.put_nowait(message["body"])
+
+    async def ask(self, text: str, mtype: str = "chat") -> str:
+        self.client.send_message(mto="active.example.test", mbody=text, mtype=mtype)
+        return await asyncio.wait_for(self.replies.get(), 5)
+
+
+# --- the component on slixmpp's fake stream -----------------------------------------------------
+
+T0 = 1_800_000_000  # the harness's clock
+COMPONENT = "active.example.test"
+
+
+class ComponentHarness(SlixTest):
+    """Our component on SlixTest's fake stream; no tests of its own (other tests build on it)."""
+
+    def setUp(self) -> None:
+        self.folder = tempfile.TemporaryDirectory()
+        self.store = Store(Path(self.folder.name) / "activity.db")
+        self.tracker = ActivityTracker(self.store, ["example.test"])
+        self.tracker.load(T0)
+        clock = lambda: T0  # noqa: E731
+        self.xmpp = ActiveUsersComponent(
+            jid=COMPONENT,
+            secret="secret",
+            host="127.0.0.1",
+            port=5347,
+            tracker=self.tracker,
+            commands=CommandSet(
+                admins=frozenset({"admin@example.test"}),
+                figures=figures_source(self.tracker, clock),
+            ),
+            clock=clock,
+            timing=Timing(privileges_grace=0.05),
+        )
+        self.xmpp._always_send_everything = True
+        self.xmpp.connection_made(Transport(self.xmpp))
+        self.xmpp.session_bind_event.set()
+        self.xmpp.use_presence_ids = False
+        self.xmpp.use_message_ids = False
+        self.xmpp.data_received(self.xmpp.stream_header)
+        self.wait_for_send_queue()
+        self.xmpp.socket.next_sent()  # our stream header
+        self.xmpp.socket.next_sent()  # our handshake
+        self.xmpp.event("session_bind", self.xmpp.boundjid)  # what the accepted handshake does
+        self.wait_()
+
+    def tearDown(self) -> None:
+        self.stream_close()
+        self.store.close(T0)
+        self.folder.cleanup()
+
+    def online(self) -> set[tuple[str, str]]:
+        return self.tracker.online_sessions()
