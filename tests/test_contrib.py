@@ -461,7 +461,7 @@ def test_restarts_after_a_crash_but_not_after_a_fatal_error(unit):
 
 def test_the_bot_exits_1_when_retrying_cannot_help(tmp_path):
     """What RestartPreventExitStatus=1 relies on. (The wrong secret, also exit 1, is tested
-    against a real Prosody in test_component_prosody.py.)"""
+    against a real Prosody in test_prosody_connection_errors.py.)"""
     with socket.socket() as probe:  # a port where nothing listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
