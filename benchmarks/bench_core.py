@@ -37,6 +37,7 @@ from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
 from bot.model import UserRecord
 from bot.shelf import SqliteDict
 from bot.store import Store
+from bot.testbed.seed import SeedRecord, seed_counts
 
 DOMAIN = "example.test"
 USER_KEY_PREFIX = "user:"  # the store's key layout (bot/store.py); the seed port reads it raw
@@ -98,35 +99,29 @@ def build_store(path: Path, n: int, now: int, seed: int) -> float:
     return time.perf_counter() - started
 
 
+def stored_records(shelf: shelve.Shelf[Any]) -> Iterator[SeedRecord]:
+    """The seed's reads over our store file: every key (`store:users()`), then one lookup and
+    one unpickle per user (`store:get(username)`). Online users are those whose record lists
+    sessions (the seed asks its live session table first; here the record is the only place
+    that knows, so it is read for every user)."""
+    for key in shelf:
+        if not key.startswith(USER_KEY_PREFIX):
+            continue
+        try:
+            # One lookup, like store:get. Not shelf.get(): Shelf.get asks `key in dict`
+            # first, which SqliteDict answers with a second identical SELECT.
+            lastlog_data = shelf[key]
+        except KeyError:
+            continue
+        yield lastlog_data
+
+
 def seed_port(path: Path, now: int) -> tuple[int, int, int]:
-    """mod_measure_active_users' update_calculations() over our store file: every key
-    (`store:users()`), then one lookup and one unpickle per user (`store:get(username)`).
-    Online users are those whose record lists sessions (the seed asks its live session table
-    first; here the record is the only place that knows, so it is read for every user)."""
+    """mod_measure_active_users' update_calculations() over our store file: the seed's loop
+    (bot/testbed/seed.py), fed by the seed's per-user store reads."""
     shelf = shelve.Shelf(SqliteDict(path, readonly=True))
     try:
-        active_d1 = active_d7 = active_d30 = 0
-        for key in shelf:
-            if not key.startswith(USER_KEY_PREFIX):
-                continue
-            try:
-                # One lookup, like store:get. Not shelf.get(): Shelf.get asks `key in dict`
-                # first, which SqliteDict answers with a second identical SELECT.
-                lastlog_data = shelf[key]
-            except KeyError:
-                continue
-            _first_seen, login, logout, sessions = lastlog_data
-            if sessions:  # active now
-                active_d1, active_d7, active_d30 = active_d1 + 1, active_d7 + 1, active_d30 + 1
-            else:
-                last_active = max(login or 0, logout or 0)
-                if now - last_active < DAY:
-                    active_d1 += 1
-                if now - last_active < DAY * 7:
-                    active_d7 += 1
-                if now - last_active < DAY * 30:
-                    active_d30 += 1
-        return active_d1, active_d7, active_d30
+        return seed_counts(stored_records(shelf), now)
     finally:
         shelf.close()
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_e2e.py [--seconds 60] [--clients 200] [--client-procs 1]
 
-Starts a private Prosody on 127.0.0.1 (bot/sandbox.py: Debian's prosody and prosody-modules must
+Starts a private Prosody on 127.0.0.1 (bot/testbed/sandbox.py: Debian's prosody and prosody-modules must
 be installed) with N accounts u0..uN-1@example.test (Prosody's account files are written before it
 starts; every client's first login proves they work), then the real bot (`Bot(settings)` with a
 config as `xmpp-active-users run` reads it, metrics off, a store in a temporary folder) in its own
@@ -54,7 +54,6 @@ from bench_ingest import (
     proc_cpu_s,
     proc_rss_kib,
     proc_run_delay,
-    write_config,
 )
 from machine import bot_version, cpu_model, progress
 
@@ -361,6 +360,7 @@ class Measured:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> Measured:
+    from bot.testbed.botconfig import write_config
     from bot.testbed.sandbox import ProsodySandbox
 
     class Sandbox(ProsodySandbox):
@@ -380,12 +380,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> Measured:
         bot_log = workdir / "bot.log"
         events_path = workdir / "tracked.json"
         config = write_config(
-            workdir,
-            prosody.component_port,
-            prosody.component_secret,
-            None,
-            jid=prosody.component_jid,
-            name="bot.toml",
+            workdir / "bot.toml",
+            component_jid=prosody.component_jid,
+            secret=prosody.component_secret,
+            server_host="127.0.0.1",
+            server_port=prosody.component_port,
+            domains=[DOMAIN],
+            admins=[f"admin@{DOMAIN}"],
+            metrics_listen="",  # off
+            store_path=workdir / "activity.db",
         )
         progress(f"Starting the bot (its own process; log: {bot_log})")
         bot = await processes.start("--bot-worker", str(config), str(events_path), log=bot_log)

@@ -52,6 +52,7 @@ from machine import bot_version, cpu_model, progress
 import bot
 from bot.activity import ActivityTracker
 from bot.store import Store
+from bot.testbed.botconfig import write_config
 from bot.testbed.sandbox import free_ports
 
 ROOT = Path(bot.__file__).resolve().parent.parent  # the checkout whose bot is measured
@@ -265,45 +266,6 @@ def proc_rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def write_config(
-    workdir: Path,
-    port: int,
-    secret: str,
-    metrics_port: int | None,
-    *,
-    jid: str = COMPONENT,
-    name: str = "config.toml",
-) -> Path:
-    """The bot's config for a benchmark run (metrics off when `metrics_port` is None)."""
-    listen = "" if metrics_port is None else f"127.0.0.1:{metrics_port}"
-    config = workdir / name
-    config.write_text(
-        f"""\
-[component]
-jid = "{jid}"
-secret = "{secret}"
-
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[counting]
-domains = ["{DOMAIN}"]
-
-[access]
-admins = ["admin@{DOMAIN}"]
-
-[metrics]
-listen = "{listen}"
-
-[store]
-path = "{workdir / "activity.db"}"
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
 def start_bot(config: Path, log_path: Path, profile: Path | None) -> subprocess.Popen[bytes]:
     command = [sys.executable]
     if profile is not None:
@@ -479,7 +441,17 @@ async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[RunResult
     server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     metrics_port = free_ports(1)[0]
-    config = write_config(workdir, port, secret, metrics_port)
+    config = write_config(
+        workdir / "config.toml",
+        component_jid=COMPONENT,
+        secret=secret,
+        server_host="127.0.0.1",
+        server_port=port,
+        domains=[DOMAIN],
+        admins=[f"admin@{DOMAIN}"],
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+        store_path=workdir / "activity.db",
+    )
     log_path = workdir / "bot.log"
     progress(f"Starting the bot (python -m bot run), peer on 127.0.0.1:{port}; log: {log_path}")
     process = start_bot(config, log_path, args.profile)

@@ -13,8 +13,7 @@ from bot.activity import ActivityTracker
 from bot.counter import DAY
 from bot.model import UserRecord
 from bot.store import Store, inactive_users
-
-from .seed import seed_counts
+from bot.testbed.seed import seed_counts
 
 T0 = 1_800_000_000
 DOMAIN = "example.test"

@@ -10,7 +10,7 @@ import time
 from bot.activity import ActivityTracker
 from bot.store import Store
 
-from .test_config import MINIMAL, write
+from .support import MINIMAL, write
 
 T0 = 1_800_000_000
 

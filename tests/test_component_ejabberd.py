@@ -14,10 +14,9 @@ import pytest_asyncio
 from slixmpp.exceptions import IqError
 
 from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
+from bot.testbed.clients import connect_client, disconnect_client
 
-from .botrunner import bot_starter
-from .test_component_prosody import Chat, ask_adhoc
-from .xmpp_clients import connect_client, disconnect_client
+from .support import Chat, ask_adhoc, bot_starter
 
 pytestmark = pytest.mark.asyncio
 

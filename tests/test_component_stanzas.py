@@ -1,69 +1,17 @@
 """Stanza edge cases at the component's edge, with slixmpp's own test harness (SlixTest).
 
 SlixTest drives its own event loop, so these tests are plain synchronous methods. The component
-is built exactly as `SlixTest.stream_start(mode="component")` builds a plain ComponentXMPP.
+(ComponentHarness, support.py) is built exactly as `SlixTest.stream_start(mode="component")`
+builds a plain ComponentXMPP.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
-from slixmpp.test import SlixTest
-from slixmpp.test import TestTransport as Transport  # not collected as a test
+from bot.commands import CHAT_REFUSED
 
-from bot.activity import ActivityTracker
-from bot.commands import CHAT_REFUSED, CommandSet
-from bot.component import ActiveUsersComponent, Timing
-from bot.daemon import figures_source
-from bot.store import Store
-
-T0 = 1_800_000_000
-COMPONENT = "active.example.test"
-
-
-class ComponentHarness(SlixTest):
-    """Our component on SlixTest's fake stream; no tests of its own (other tests build on it)."""
-
-    def setUp(self) -> None:
-        self.folder = tempfile.TemporaryDirectory()
-        self.store = Store(Path(self.folder.name) / "activity.db")
-        self.tracker = ActivityTracker(self.store, ["example.test"])
-        self.tracker.load(T0)
-        clock = lambda: T0  # noqa: E731
-        self.xmpp = ActiveUsersComponent(
-            jid=COMPONENT,
-            secret="secret",
-            host="127.0.0.1",
-            port=5347,
-            tracker=self.tracker,
-            commands=CommandSet(
-                admins=frozenset({"admin@example.test"}),
-                figures=figures_source(self.tracker, clock),
-            ),
-            clock=clock,
-            timing=Timing(privileges_grace=0.05),
-        )
-        self.xmpp._always_send_everything = True
-        self.xmpp.connection_made(Transport(self.xmpp))
-        self.xmpp.session_bind_event.set()
-        self.xmpp.use_presence_ids = False
-        self.xmpp.use_message_ids = False
-        self.xmpp.data_received(self.xmpp.stream_header)
-        self.wait_for_send_queue()
-        self.xmpp.socket.next_sent()  # our stream header
-        self.xmpp.socket.next_sent()  # our handshake
-        self.xmpp.event("session_bind", self.xmpp.boundjid)  # what the accepted handshake does
-        self.wait_()
-
-    def tearDown(self) -> None:
-        self.stream_close()
-        self.store.close(T0)
-        self.folder.cleanup()
-
-    def online(self) -> set[tuple[str, str]]:
-        return self.tracker.online_sessions()
+from .support import COMPONENT, T0, ComponentHarness
 
 
 class ComponentStanzaTest(ComponentHarness):

@@ -8,25 +8,9 @@ import pytest
 
 from bot.config import SECRET_ENV, ConfigError, load_settings
 
+from .support import MINIMAL, write
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
-
-MINIMAL = """
-[component]
-jid = "active.example.test"
-secret = "s3cret"
-[counting]
-domains = ["example.test"]
-[access]
-admins = ["admin@example.test"]
-[store]
-path = "data/activity.db"
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_minimal_config_gets_sane_defaults(tmp_path):

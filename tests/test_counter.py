@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 
 from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, window_label
 from bot.model import UserRecord
-
-from .seed import seed_counts
+from bot.testbed.seed import seed_counts
 
 NOW = 1_800_000_000
 timestamps = st.one_of(

@@ -18,11 +18,11 @@ import pytest_asyncio
 import slixmpp
 
 from bot.testbed import ejabberd as ejabberd_module
+from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.ejabberd import PRIVILEGE_NS, EjabberdNotInstalled, EjabberdSandbox
 from bot.testbed.sandbox import PortInUse, free_ports
 
-from .conftest import USERS
-from .xmpp_clients import connect_client, disconnect_client
+from .support import USERS
 
 QUIET = 1.5  # seconds to wait for a stanza that should NOT come, once the server is settled
 

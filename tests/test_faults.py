@@ -23,11 +23,10 @@ from bot.daemon import Bot
 from bot.model import UserRecord
 from bot.shelf import StoreError
 from bot.store import Store
+from bot.testbed.botconfig import write_config
+from bot.testbed.clients import connect_client, disconnect_client
 
-from .botrunner import FAST, RunningBot, bot_settings
-from .test_component_prosody import ask_adhoc
-from .test_component_stanzas import ComponentHarness
-from .xmpp_clients import connect_client, disconnect_client
+from .support import FAST, ComponentHarness, RunningBot, ask_adhoc, bot_settings
 
 T0 = 1_800_000_000
 RECORD = UserRecord(T0, T0, 0)
@@ -117,25 +116,16 @@ def wait_for_store(path: Path, ready, timeout: float = 10) -> list[tuple[str, Us
 
 
 def start_bot_process(prosody, folder: Path) -> subprocess.Popen:
-    config = folder / "config.toml"
-    config.write_text(
-        f"""
-[component]
-jid = "{prosody.component_jid}"
-secret = "{prosody.component_secret}"
-[server]
-port = {prosody.component_port}
-[counting]
-domains = ["{prosody.domain}"]
-[access]
-admins = ["admin@example.test"]
-[metrics]
-listen = ""
-[store]
-path = "activity.db"
-flush_interval = 0.2
-""",
-        encoding="utf-8",
+    config = write_config(
+        folder / "config.toml",
+        component_jid=prosody.component_jid,
+        secret=prosody.component_secret,
+        server_port=prosody.component_port,
+        domains=[prosody.domain],
+        admins=["admin@example.test"],
+        metrics_listen="",
+        store_path="activity.db",
+        flush_interval=0.2,
     )
     log = folder / "bot.log"
     offset = log.stat().st_size if log.exists() else 0

@@ -11,7 +11,7 @@ from bot.history import GAP, day_snapshot, history_csv, history_form, last_days,
 from bot.model import UserRecord
 from bot.store import Store
 
-from .test_config import MINIMAL, write
+from .support import MINIMAL, write
 
 NOW = 1_800_000_000  # 2027-01-15
 

@@ -22,7 +22,7 @@ from bot.luadata import LuaDataError, parse_lua_data
 from bot.model import UserRecord
 from bot.store import Store
 
-from .test_config import MINIMAL, write
+from .support import MINIMAL, write
 
 T = 1_795_850_306
 

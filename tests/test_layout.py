@@ -13,23 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.testbed.botconfig import write_config
 from bot.testbed.sandbox import free_ports
-
-CONFIG = """
-[component]
-jid = "active.example.test"
-secret = "s3cret"
-[server]
-port = {port}
-[counting]
-domains = ["example.test"]
-[access]
-admins = ["admin@example.test"]
-[store]
-path = "activity.db"
-[metrics]
-listen = ""
-"""
 
 PROBE = """
 import json, sys
@@ -50,8 +35,16 @@ def run_command(*args: str) -> tuple[int, list[str]]:
 @pytest.fixture
 def config(tmp_path) -> Path:
     (closed_port,) = free_ports(1)  # nothing listens there: `run` stops at once with exit 1
-    path = tmp_path / "config.toml"
-    path.write_text(CONFIG.format(port=closed_port), encoding="utf-8")
+    path = write_config(
+        tmp_path / "config.toml",
+        component_jid="active.example.test",
+        secret="s3cret",
+        server_port=closed_port,
+        domains=["example.test"],
+        admins=["admin@example.test"],
+        store_path="activity.db",
+        metrics_listen="",
+    )
     lastlog2 = tmp_path / "prosody" / "example%2etest" / "lastlog2"
     lastlog2.mkdir(parents=True)
     (lastlog2 / "alice.dat").write_text('return { ["login"] = { ["timestamp"] = 1; }; };\n')

@@ -16,10 +16,9 @@ import pytest
 from bot.daemon import Bot
 from bot.importer import data_files, import_activities, read_data_file
 from bot.store import Store
+from bot.testbed.clients import connect_client, disconnect_client
 
-from .botrunner import FAST, RunningBot, bot_settings
-from .test_component_prosody import ask_adhoc
-from .xmpp_clients import connect_client, disconnect_client
+from .support import FAST, RunningBot, ask_adhoc, bot_settings
 
 pytestmark = pytest.mark.asyncio
 

@@ -8,9 +8,8 @@ import socket
 import pytest
 
 from bot.testbed import sandbox as sandbox_module
+from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.sandbox import PortInUse, ProsodyNotInstalled, ProsodySandbox
-
-from .xmpp_clients import connect_client, disconnect_client
 
 
 @pytest.fixture

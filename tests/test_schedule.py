@@ -13,7 +13,7 @@ from bot.activity import ActivityTracker
 from bot.daemon import count_periodically
 from bot.store import Store
 
-from .botrunner import bot_settings
+from .support import bot_settings
 
 pytestmark = pytest.mark.asyncio
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import shutil
@@ -30,6 +29,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from ..commands import ADHOC_STATS_NODE
 from ..config import load_settings
 from ..daemon import Bot
+from . import botconfig
 from .clients import connect_client, disconnect_client
 from .sandbox import ProsodyNotInstalled, ProsodySandbox, check_installed, free_ports, tail
 
@@ -435,54 +435,34 @@ def write_config(folder: Path, prosody: ProsodySandbox, metrics_port: int) -> Pa
     secret_file = folder / "secret"
     secret_file.touch(mode=0o600)
     secret_file.write_text(prosody.component_secret + "\n", encoding="utf-8")
-    config = folder / "config.toml"
-    config.write_text(
-        f"""\
-# Written by `xmpp-active-users demo` for its private Prosody (see config.example.toml).
-# Relative paths are relative to this file's folder.
-
-[component]
-jid = {_toml(prosody.component_jid)}
-secret_file = "secret"
-
-[server]
-host = "127.0.0.1"
-port = {prosody.component_port}
-
-[counting]
-domains = [{_toml(prosody.domain)}]
-first_count_after = 15
-interval = 3600
-jitter = 300
-windows = ["1d", "7d", "30d"]
-exclude = []
-
-[access]
-admins = [{_toml(ADMIN)}]
-
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-
-[privacy]
-retention_days = 0
-
-[store]
-path = "activity.db"
-flush_interval = 1.0
-""",
-        encoding="utf-8",
+    return botconfig.write_config(
+        folder / "config.toml",
+        comment=(
+            "Written by `xmpp-active-users demo` for its private Prosody "
+            "(see config.example.toml).\n"
+            "Relative paths are relative to this file's folder."
+        ),
+        component_jid=prosody.component_jid,
+        secret_file="secret",
+        server_host="127.0.0.1",
+        server_port=prosody.component_port,
+        domains=[prosody.domain],
+        first_count_after=15,
+        count_interval=3600,
+        count_jitter=300,
+        windows=["1d", "7d", "30d"],
+        exclude=[],
+        admins=[ADMIN],
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+        retention_days=0,
+        store_path="activity.db",
+        flush_interval=1.0,
     )
-    return config
 
 
 def _user(full_jid: str) -> str:
     """alice@example.test/phone -> alice"""
     return full_jid.partition("@")[0]
-
-
-def _toml(text: str) -> str:
-    """A TOML basic string (a JSON string is one, for the printable text used here)."""
-    return json.dumps(text)
 
 
 async def _in_thread(func: Callable[..., T], *args: Any) -> T:

@@ -1,0 +1,240 @@
+"""What the test modules share: the accounts, config text, a real bot to run and watch, XMPP
+helpers for admins, and a component on slixmpp's fake stream. No test module imports another.
+
+The session-wide servers (Prosody, ejabberd) and the fixtures built on them are in conftest.py;
+the servers and clients themselves are in bot/testbed/ (shared with the demo and benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+from slixmpp.test import SlixTest
+from slixmpp.test import TestTransport as Transport  # not collected as a test
+
+from bot.activity import ActivityTracker
+from bot.commands import ADHOC_STATS_NODE, CommandSet
+from bot.component import ActiveUsersComponent, Timing
+from bot.config import Settings, load_settings
+from bot.daemon import Bot, figures_source
+from bot.store import Store
+from bot.testbed.botconfig import write_config
+
+# --- accounts -----------------------------------------------------------------------------------
+
+# Registered on the session's Prosody and ejabberd (conftest.py): user -> password.
+USERS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
+ADMIN = "admin@example.test"  # the only admin of every bot the tests start
+
+
+# --- config files, as an admin writes them ------------------------------------------------------
+
+MINIMAL = """
+[component]
+jid = "active.example.test"
+secret = "s3cret"
+[counting]
+domains = ["example.test"]
+[access]
+admins = ["admin@example.test"]
+[store]
+path = "data/activity.db"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- a real bot in the test's event loop --------------------------------------------------------
+
+FAST = Timing(privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10)
+
+
+def bot_settings(server, store_path: Path, **changes) -> Settings:
+    """The settings of a bot for `server`, through the real path: a config file written next to
+    the store (`bot.testbed.botconfig`), read by `load_settings`. `changes` are keywords of
+    `write_config`, named like the fields of `Settings`; `metrics_listen` is as in `Settings`
+    (None: off, or (host, port), where port 0 is any free port)."""
+    options = {
+        "component_jid": server.component_jid,
+        "secret": server.component_secret,
+        "server_host": "127.0.0.1",
+        "server_port": server.component_port,
+        "domains": [server.domain],
+        "admins": [ADMIN],
+        "store_path": store_path,
+        "flush_interval": 0.2,
+        "first_count_after": 3600,
+        "count_interval": 3600,
+        "count_jitter": 0,
+        "liveness_interval": 0,  # off, whatever the server (only the tests that ping turn it on)
+        "metrics_listen": None,  # the metrics test turns it on (closing it costs 0.5 s)
+    } | changes
+    listen = options.pop("metrics_listen")
+    # A config file cannot ask for any free port (it refuses port 0): that one request is set on
+    # the settings read from the file.
+    any_port = listen is not None and listen[1] == 0
+    config = write_config(
+        store_path.with_name(store_path.name + ".toml"),
+        metrics_listen="" if listen is None or any_port else listen_text(*listen),
+        **options,
+    )
+    settings = load_settings(config, environ={})  # the test's secret, never the environment's
+    return replace(settings, metrics_listen=listen) if any_port else settings
+
+
+def listen_text(host: str, port: int) -> str:
+    """HOST:PORT as the config file's [metrics] listen says it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
+    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`);
+    every bot started is stopped on the way out."""
+    running: list[RunningBot] = []
+
+    async def start(**changes) -> RunningBot:
+        settings = bot_settings(server, store_path, **(defaults | changes))
+        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        running.append(bot)
+        return bot
+
+    try:
+        yield start
+    finally:
+        for bot in running:
+            await bot.stop_quietly()
+
+
+class RunningBot:
+    """A started Bot, the presence changes it tracked (in order), and a way to stop it."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self.component = bot.component
+        self.tracked: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.component.add_event_handler(
+            "presence_tracked", lambda event: self.tracked.put_nowait((event[0], str(event[1])))
+        )
+        self._stop = asyncio.Event()
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self, timeout: float = 10) -> RunningBot:
+        connected = asyncio.ensure_future(self.component.wait_until("session_start", timeout))
+        self.task = asyncio.create_task(self.bot.serve(self._stop))
+        done, _ = await asyncio.wait([connected, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if self.task in done:
+            connected.cancel()
+            raise AssertionError(f"the bot stopped before connecting: exit {self.task.result()}")
+        await connected
+        return self
+
+    async def expect(self, kind: str, full_jid: str, timeout: float = 5) -> None:
+        """Wait until the bot has tracked this presence change (failing on any other first)."""
+        got = await asyncio.wait_for(self.tracked.get(), timeout)
+        assert got == (kind, full_jid), f"expected {kind} of {full_jid}, the bot tracked {got}"
+
+    async def expect_set(self, changes: set[tuple[str, str]], timeout: float = 5) -> None:
+        """Wait for several changes whose order is not defined (a server's burst)."""
+        seen = set()
+        while len(seen) < len(changes):
+            seen.add(await asyncio.wait_for(self.tracked.get(), timeout))
+        assert seen == changes
+
+    def figures(self):
+        return self.bot.tracker.counts(int(self.bot.clock()))
+
+    async def stop(self) -> int:
+        self._stop.set()
+        assert self.task is not None
+        return await asyncio.wait_for(self.task, 10)
+
+    async def stop_quietly(self) -> None:
+        if self.task is not None and not self.task.done():
+            self._stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, 10)
+
+
+# --- what an admin's client does ----------------------------------------------------------------
+
+
+async def ask_adhoc(client, node: str = ADHOC_STATS_NODE) -> dict[str, str]:
+    result = await client.plugin["xep_0050"].send_command(jid="active.example.test", node=node)
+    assert result["command"]["status"] == "completed"
+    return {k: v for k, v in result["command"]["form"].get_values().items() if k != "FORM_TYPE"}
+
+
+class Chat:
+    """Chat with the bot from one client; replies come back in order on the same stream."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.replies: asyncio.Queue[str] = asyncio.Queue()
+        client.add_event_handler("message", self._on_message)
+
+    def _on_message(self, message) -> None:
+        if message["from"].bare == "active.example.test":
+            self.replies.put_nowait(message["body"])
+
+    async def ask(self, text: str, mtype: str = "chat") -> str:
+        self.client.send_message(mto="active.example.test", mbody=text, mtype=mtype)
+        return await asyncio.wait_for(self.replies.get(), 5)
+
+
+# --- the component on slixmpp's fake stream -----------------------------------------------------
+
+T0 = 1_800_000_000  # the harness's clock
+COMPONENT = "active.example.test"
+
+
+class ComponentHarness(SlixTest):
+    """Our component on SlixTest's fake stream; no tests of its own (other tests build on it)."""
+
+    def setUp(self) -> None:
+        self.folder = tempfile.TemporaryDirectory()
+        self.store = Store(Path(self.folder.name) / "activity.db")
+        self.tracker = ActivityTracker(self.store, ["example.test"])
+        self.tracker.load(T0)
+        clock = lambda: T0  # noqa: E731
+        self.xmpp = ActiveUsersComponent(
+            jid=COMPONENT,
+            secret="secret",
+            host="127.0.0.1",
+            port=5347,
+            tracker=self.tracker,
+            commands=CommandSet(
+                admins=frozenset({"admin@example.test"}),
+                figures=figures_source(self.tracker, clock),
+            ),
+            clock=clock,
+            timing=Timing(privileges_grace=0.05),
+        )
+        self.xmpp._always_send_everything = True
+        self.xmpp.connection_made(Transport(self.xmpp))
+        self.xmpp.session_bind_event.set()
+        self.xmpp.use_presence_ids = False
+        self.xmpp.use_message_ids = False
+        self.xmpp.data_received(self.xmpp.stream_header)
+        self.wait_for_send_queue()
+        self.xmpp.socket.next_sent()  # our stream header
+        self.xmpp.socket.next_sent()  # our handshake
+        self.xmpp.event("session_bind", self.xmpp.boundjid)  # what the accepted handshake does
+        self.wait_()
+
+    def tearDown(self) -> None:
+        self.stream_close()
+        self.store.close(T0)
+        self.folder.cleanup()
+
+    def online(self) -> set[tuple[str, str]]:
+        return self.tracker.online_sessions()
