@@ -2,14 +2,14 @@
 
     .venv/bin/python benchmarks/bench_e2e.py [--seconds 60] [--clients 200] [--client-procs 1]
 
-Starts a private Prosody on 127.0.0.1 (bot/testbed/sandbox.py: Debian's prosody and prosody-modules must
-be installed) with N accounts u0..uN-1@example.test (Prosody's account files are written before it
-starts; every client's first login proves they work), then the real bot (`Bot(settings)` with a
+Starts a private Prosody on 127.0.0.1 (bot/testbed/sandbox.py: Debian's prosody and prosody-modules
+must be installed) with N accounts u0..uN-1@example.test (Prosody's account files are written before
+it starts; every client's first login proves they work), then the real bot (`Bot(settings)` with a
 config as `xmpp-active-users run` reads it, metrics off, a store in a temporary folder) in its own
 process, then N slixmpp clients in one or more other processes. For --seconds, every client loops:
-log in (SASL PLAIN, no TLS: loopback only) with a new resource, send available presence, stay
-online --online seconds, send unavailable presence, close the stream, stay offline --offline
-seconds. Clients start at random moments of their first cycle, so logins are spread out.
+log in (SASL PLAIN, no TLS: loopback only) with a new resource, send available presence, stay online
+--online seconds, send unavailable presence, close the stream, stay offline --offline seconds.
+Clients start at random moments of their first cycle, so logins are spread out.
 
 The bot process records every change it tracked: a handler on the component's
 "presence_tracked" event (fired right after the tracker, hence the figures, were updated) notes
