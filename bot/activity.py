@@ -6,6 +6,7 @@ Knows nothing of XMPP stanzas: the component hands it bare JIDs, resources and t
 from __future__ import annotations
 
 import fnmatch
+import gc
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -109,7 +110,11 @@ class ActivityTracker:
         horizon = max(self.windows)
         floor = now - horizon  # older timestamps can never count: not kept (see ActivityIndex)
         self._online.clear()
-        scan = self._scan_store(floor, closed_at if close_stale_sessions else None)
+        gc.disable()  # a million short-lived tuples and no cycle: collecting would only cost time
+        try:
+            scan = self._scan_store(floor, closed_at if close_stale_sessions else None)
+        finally:
+            gc.enable()
         self._indexes = {
             domain: part.index(floor, horizon)
             for domain, part in zip(self._indexes, scan.domains.values(), strict=True)

@@ -5,11 +5,15 @@ Generic: nothing here knows what the bot stores. File layout is CPython 3.13's `
 file written here. We do not use `dbm.sqlite3` itself, even where present: it commits every
 single write, and we group writes into one transaction per flush interval, so the presence path
 never waits for the disk.
+
+Reading never runs code found in the file: values are unpickled by `PrimitivesUnpickler`, which
+refuses any value that names a class or function (plain `pickle.loads` would import and call it).
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pickle
 import shelve
@@ -124,18 +128,45 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         self._cx.close()
 
 
+class PrimitivesUnpickler(pickle.Unpickler):
+    """Unpickles numbers, strings, bytes, tuples, lists, dicts, sets, booleans and None only.
+
+    Everything else in a pickle (a class, a function: what could run code) must be looked up by
+    name through `find_class`, which refuses; so does `persistent_load`, by default.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: a store holds primitive values only"
+        )
+
+
+def load_primitives(value: bytes) -> Any:
+    """`pickle.loads` for untrusted bytes: primitives, or UnpicklingError (never runs code)."""
+    try:
+        return PrimitivesUnpickler(io.BytesIO(value)).load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as exc:  # a truncated or garbled pickle fails in many ways
+        raise pickle.UnpicklingError(f"not a pickle ({type(exc).__name__}: {exc})") from None
+
+
 class Shelf(shelve.Shelf):  # type: ignore[type-arg]
-    """A Shelf over a SqliteDict that can also read a key range in one query."""
+    """A Shelf over a SqliteDict that never runs code from the file, and can read a key range in
+    one query."""
 
     dict: SqliteDict
 
     def __init__(self, db: SqliteDict) -> None:
         super().__init__(db, protocol=pickle.HIGHEST_PROTOCOL)
 
+    def __getitem__(self, key: str) -> Any:
+        return load_primitives(self.dict[key.encode(self.keyencoding)])
+
     def items_with_prefix(self, prefix: str) -> Iterator[tuple[str, Any]]:
         encoding = self.keyencoding
         for key, value in self.dict.items_with_prefix(prefix.encode(encoding)):
-            yield key.decode(encoding), pickle.loads(value)
+            yield key.decode(encoding), load_primitives(value)
 
 
 def refuse_foreign_file(path: Path) -> None:

@@ -18,10 +18,11 @@ import pickle
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
-from .codec import DamagedRecord, decode_record, encode_record
+from .codec import DamagedRecord, decode_record, decode_records, encode_record
 from .model import UserRecord
 from .pseudonym import Pseudonyms
 from .shelf import (
@@ -30,6 +31,7 @@ from .shelf import (
     StoreCorruptError,
     StoreError,
     is_locked_for_writing,
+    load_primitives,
     lock_for_writing,
     refuse_foreign_file,
 )
@@ -41,6 +43,7 @@ HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arriv
 _USER = "user:"
 _USER_PREFIX = _USER.encode()
 _DAY = "day:"
+_SCAN_BATCH = 10_000  # records decoded together by a full scan
 _SCHEMA_KEY = "meta:schema"
 _HEARTBEAT_KEY = "meta:heartbeat"
 _PSEUDONYMIZED_KEY = "meta:pseudonymized"
@@ -175,14 +178,17 @@ class Store:
         never deleted."""
         pending = {bare.encode(): record for bare, record in self._pending.items()}
         prefix = len(_USER_PREFIX)
-        for key, value in self._db.items_with_prefix(_USER_PREFIX):
-            raw_jid = key[prefix:]
-            if pending and raw_jid in pending:
-                continue
-            try:
-                yield raw_jid, decode_record(value)
-            except DamagedRecord as exc:
-                _log_damaged(raw_jid, exc)
+        rows = self._db.items_with_prefix(_USER_PREFIX)
+        while batch := list(islice(rows, _SCAN_BATCH)):
+            records = decode_records([value for _key, value in batch])
+            for (key, _value), record in zip(batch, records, strict=True):
+                raw_jid = key[prefix:]
+                if pending and raw_jid in pending:
+                    continue
+                if isinstance(record, DamagedRecord):
+                    _log_damaged(raw_jid, record)
+                else:
+                    yield raw_jid, record
         for raw_jid, record in pending.items():
             if record is not None:
                 yield raw_jid, record
@@ -195,7 +201,17 @@ class Store:
 
     def days(self) -> dict[str, dict[str, Any]]:
         """Every stored day's snapshot, pending ones included, by date (YYYY-MM-DD)."""
-        stored = {key[len(_DAY) :]: value for key, value in self._shelf.items_with_prefix(_DAY)}
+        stored = {}
+        for key, value in self._db.items_with_prefix(_DAY.encode()):
+            day = key[len(_DAY) :].decode(errors="replace")
+            try:
+                snapshot = load_primitives(value)
+            except Exception as exc:  # any unpickling failure, or a refused class
+                log.error(
+                    "Store snapshot of day %s is damaged (%s); ignored, left in place", day, exc
+                )
+                continue
+            stored[day] = snapshot
         return stored | self._pending_days
 
     @property

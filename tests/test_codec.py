@@ -6,6 +6,7 @@ importer all agree: a damaged value is logged, treated as absent, and left in pl
 
 from __future__ import annotations
 
+import os
 import pickle
 import shelve
 
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.activity import ActivityTracker
-from bot.codec import DamagedRecord, decode_record, encode_record
+from bot.codec import DamagedRecord, decode_record, decode_records, encode_record
 from bot.importer import Activity, import_activities
 from bot.model import UserRecord
 from bot.shelf import SqliteDict
@@ -91,3 +92,47 @@ def test_every_reader_treats_a_damaged_record_as_absent(store_with_a_damaged_rec
     assert "mallory@example.test is malformed" in caplog.text
     with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
         assert shelf.dict[b"user:mallory@example.test"] == value  # left in place
+
+
+class _RunsCode:
+    """What an attacker who can write the store file would plant: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_value_that_would_run_code_is_a_damaged_record_and_runs_nothing(tmp_path, caplog):
+    marker = tmp_path / "ran"
+    planted = pickle.dumps((T0, T0, T0, _RunsCode(marker)))
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        store.put("alice@example.test", UserRecord(T0, T0, 0))
+    db = SqliteDict(path, readonly=False)
+    db[b"user:mallory@example.test"] = planted
+    db[b"day:2027-01-15"] = pickle.dumps(_RunsCode(marker))
+    db.close()
+    with pytest.raises(DamagedRecord, match=r"refused to load posix\.system"):
+        decode_record(planted)
+    with Store(path, readonly=True) as store:
+        assert store.get("mallory@example.test") is None
+        assert [jid for jid, _ in store.users()] == ["alice@example.test"]
+        assert store.days() == {}
+    assert not marker.exists()
+
+
+def test_the_batch_decoder_equals_one_by_one_decoding_around_damaged_values():
+    good = [encode_record(UserRecord(T0 + n, T0 + n, n, ("pc",) * (n % 2))) for n in range(50)]
+    for damaged in DAMAGED.values():
+        for where in (0, 1, 25, 50):
+            values = [*good[:where], damaged, *good[where:]]
+            expected = []
+            for value in values:
+                try:
+                    expected.append(decode_record(value))
+                except DamagedRecord:
+                    expected.append(None)
+            got = [None if isinstance(r, DamagedRecord) else r for r in decode_records(values)]
+            assert got == expected
