@@ -21,7 +21,7 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -50,10 +50,19 @@ class SqliteDict(MutableMapping[bytes, bytes]):
     def __init__(self, path: Path, *, readonly: bool) -> None:
         mode = "ro" if readonly else "rwc"
         uri = f"file:{quote(str(path))}?mode={mode}"
+        self._path = path
         self._cx = sqlite3.connect(uri, uri=True, isolation_level=None)
 
     def prepare_for_writing(self) -> None:
-        self._cx.execute("PRAGMA journal_mode = wal")
+        (mode,) = self._cx.execute("PRAGMA journal_mode = wal").fetchone()
+        if str(mode).lower() != "wal":
+            # Without WAL, readers (`count`) would block the writer and a crash could leave a
+            # hot journal: refuse rather than run with other guarantees than the ones promised.
+            raise StoreError(
+                f"{self._path}: SQLite refused write-ahead logging here (journal mode stays "
+                f"{mode!r}); the file system may not support it (a network file system?). "
+                "Put the store on a local disk."
+            )
         # WAL + NORMAL: a commit survives a crash of this process (kill -9) without an fsync
         # per commit; only a power loss may take back the last commits, never corrupt the file.
         self._cx.execute("PRAGMA synchronous = NORMAL")
@@ -116,13 +125,18 @@ class SqliteDict(MutableMapping[bytes, bytes]):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """All or nothing; afterwards the connection is outside any transaction, even when the
+        COMMIT itself failed (SQLite keeps the transaction open then, and every later BEGIN
+        would fail until the process ends)."""
         self._cx.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._cx.execute("COMMIT")
         except BaseException:
-            self._cx.execute("ROLLBACK")
+            if self._cx.in_transaction:
+                with suppress(sqlite3.Error):  # the error that brought us here is the news
+                    self._cx.execute("ROLLBACK")
             raise
-        self._cx.execute("COMMIT")
 
     def close(self) -> None:
         self._cx.close()

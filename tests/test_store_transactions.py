@@ -1,0 +1,78 @@
+"""A failed write never wedges the store, and a store that cannot get its journal mode says so."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bot.model import UserRecord
+from bot.shelf import SqliteDict, StoreError
+from bot.store import Store
+
+T0 = 1_800_000_000
+RECORD = UserRecord(T0, T0, 0)
+
+
+def connection(store: Store) -> sqlite3.Connection:
+    return store._db._cx  # fault injection only: the store's own SQLite connection
+
+
+def make_commits_fail(cx: sqlite3.Connection) -> None:
+    """Every write of a record now fails at COMMIT, as a deferred constraint does: SQLite then
+    keeps the transaction open (the state a failed COMMIT leaves behind)."""
+    cx.executescript(
+        """
+        PRAGMA foreign_keys = ON;
+        CREATE TABLE parent (id INTEGER PRIMARY KEY);
+        CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+        CREATE TRIGGER fail_at_commit AFTER INSERT ON Dict BEGIN
+            INSERT INTO child VALUES (42);
+        END;
+        """
+    )
+
+
+def test_a_commit_that_fails_once_leaves_the_store_usable(tmp_path):
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        store.put("first@example.test", RECORD)
+        store.flush(T0)
+        make_commits_fail(connection(store))
+        store.put("alice@example.test", RECORD)
+        with pytest.raises(StoreError, match="FOREIGN KEY constraint failed"):
+            store.flush(T0 + 1)
+        assert store.pending == 1  # kept for the next flush
+        assert not connection(store).in_transaction
+        connection(store).execute("DROP TRIGGER fail_at_commit")  # the cause is gone
+        assert store.flush(T0 + 2) == 1
+    with Store(path, readonly=True) as store:
+        assert {jid for jid, _ in store.users()} == {"first@example.test", "alice@example.test"}
+        assert store.heartbeat == T0 + 2
+
+
+class _RefusesWal:
+    """An SQLite connection on a file system without shared memory: WAL is refused."""
+
+    def __init__(self, cx: sqlite3.Connection) -> None:
+        self._cx = cx
+
+    def execute(self, sql: str, *args):
+        if sql.replace(" ", "").lower() == "pragmajournal_mode=wal":
+            return self._cx.execute("PRAGMA journal_mode")  # answers "delete": unchanged
+        return self._cx.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._cx, name)
+
+
+def test_a_file_system_that_refuses_wal_is_a_clear_error(tmp_path, monkeypatch):
+    real_init = SqliteDict.__init__
+
+    def init(self, path, *, readonly):
+        real_init(self, path, readonly=readonly)
+        self._cx = _RefusesWal(self._cx)
+
+    monkeypatch.setattr(SqliteDict, "__init__", init)
+    with pytest.raises(StoreError, match=r"refused write-ahead logging.*local disk"):
+        Store(tmp_path / "activity.db")
