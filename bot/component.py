@@ -73,6 +73,7 @@ class Timing:
     privileges_grace: float = 5.0  # after the handshake, before warning that presence is missing
     resync_grace: float = 5.0  # after a reconnection, for the server to re-announce sessions
     handshake_timeout: float = 20.0
+    shutdown_write_budget: float = 10.0  # at shutdown, how long to retry a failing store write
 
 
 @dataclass
@@ -502,7 +503,12 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def _spawn(self, coroutine: Any) -> None:
         task = self.loop.create_task(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Background task %s failed", task.get_name(), exc_info=task.exception())
 
     def cancel_background(self) -> None:
         for task in self._background:

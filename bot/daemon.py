@@ -12,6 +12,7 @@ import logging
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from .activity import ActivityTracker
@@ -23,6 +24,9 @@ from .history import Day, day_snapshot, last_days, utc_day
 from .liveness import LivenessSettings
 from .metrics import ActivityCollector, MetricsServer, Snapshot, snapshot_from_loop
 from .store import Store, flush_periodically, inactive_users
+from .supervisor import DEFAULT_BACKOFF, EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
+
+EXIT_NOT_SAVED = 2  # the store could not be written at shutdown: changes were lost
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +99,12 @@ class Bot:
         *,
         clock: Callable[[], float] = time.time,
         timing: Timing | None = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.backoff = backoff
+        self.duty_restarts: Counter[str] = Counter()  # duty -> restarts, for the metrics
         self.store = Store(settings.store_path, pseudonym_key=settings.pseudonym_key)
         self.metrics: MetricsServer | None = None
         self._history_day = utc_day(clock())
@@ -111,6 +118,22 @@ class Bot:
         except BaseException:
             self.store.close(int(clock()))
             raise
+
+    def _duties(self) -> dict[str, Awaitable[None]]:
+        """The background duties, each supervised (see `supervisor`)."""
+        settings, component = self.settings, self.component
+        duties: dict[str, Callable[[], Awaitable[None]]] = {
+            "flush": lambda: flush_periodically(self.store, settings.flush_interval, self.clock),
+            "count": lambda: count_periodically(
+                self.tracker, settings, self.clock, after_count=self.after_count
+            ),
+        }
+        if component.liveness is not None:
+            duties["liveness"] = component.liveness.run_forever
+        return {
+            name: supervise(name, duty, self.duty_restarts, self.backoff)
+            for name, duty in duties.items()
+        }
 
     def _component(self, timing: Timing | None) -> ActiveUsersComponent:
         settings = self.settings
@@ -202,6 +225,7 @@ class Bot:
             by_domain=by_domain,
             presence_events=dict(self.component.presence_events),
             connected=self.component.connected_since is not None,
+            duty_restarts=dict(self.duty_restarts),
             count_seconds=time.perf_counter() - started,
         )
 
@@ -221,57 +245,71 @@ class Bot:
             ) from None
 
     async def serve(self, stop: asyncio.Event) -> int:
-        """Stay connected until `stop` is set; then disconnect, flush and close the store."""
+        """Stay connected until `stop` is set; then disconnect, write and close the store.
+
+        Returns the exit status: 0 after `stop`; 1 when retrying cannot help; 70 when a duty
+        kept failing; 2 when the last changes could not be written (the log says what is lost).
+        """
         metrics: MetricsServer | None = None
+        status = 1
         try:
             try:
                 metrics = self.metrics = self._start_metrics()
             except ConnectionFatal as exc:
                 log.error("%s", exc)
-                return 1
-            return await _serve_until_stopped(
-                self.component,
-                self.store,
-                self.tracker,
-                self.settings,
-                self.clock,
-                stop,
-                self.after_count,
-            )
+                return status
+            status = await _serve_until_stopped(self.component, self._duties(), stop)
         finally:
             if metrics is not None:
                 await asyncio.to_thread(metrics.close)
             self.record_today()
-            self.store.close(int(self.clock()))
-            log.info("Store flushed and closed: %s", self.settings.store_path)
+            saved = await self._close_store()
+        return status if saved else (status or EXIT_NOT_SAVED)
+
+    async def _close_store(self) -> bool:
+        """Write what is pending, retrying for a while (a disk may have filled up), then close.
+        False: some changes could not be written; they are lost, and the log says so."""
+        budget = self.component.timing.shutdown_write_budget
+        deadline = asyncio.get_running_loop().time() + budget
+        store, problem = self.store, ""
+        while True:
+            try:
+                store.flush(int(self.clock()), heartbeat_interval=0)
+                break
+            except Exception as exc:  # StoreError, or a bug: either way, retry, then say so
+                problem = str(exc)
+                if asyncio.get_running_loop().time() >= deadline:
+                    break
+                log.warning("Writing the store at shutdown failed (%s); retrying", problem)
+                await asyncio.sleep(min(1.0, budget / 10))
+        lost = store.discard_pending()
+        with contextlib.suppress(Exception):  # nothing pending: at most the heartbeat is lost
+            store.close()
+        if lost:
+            log.error(
+                "Stopped without writing the changes of %d users: %s. They are lost: the "
+                "figures will miss those logins and logouts",
+                lost,
+                problem,
+            )
+            return False
+        log.info("Store flushed and closed: %s", self.settings.store_path)
+        return True
 
 
 async def _serve_until_stopped(
-    component: ActiveUsersComponent,
-    store: Store,
-    tracker: ActivityTracker,
-    settings: Settings,
-    clock: Callable[[], float],
-    stop: asyncio.Event,
-    after_count: Callable[[], Awaitable[None]],
+    component: ActiveUsersComponent, duties: dict[str, Awaitable[None]], stop: asyncio.Event
 ) -> int:
+    """Serve until `stop` is set (0), retrying cannot help (1), or a duty keeps failing (70)."""
     serving = asyncio.create_task(component.serve(), name="xmpp")
-    helpers = (
-        []
-        if component.liveness is None
-        else [asyncio.create_task(component.liveness.run_forever(), name="liveness")]
-    )
-    helpers += [
-        asyncio.create_task(
-            flush_periodically(store, settings.flush_interval, clock), name="flush"
-        ),
-        asyncio.create_task(
-            count_periodically(tracker, settings, clock, after_count=after_count), name="count"
-        ),
-    ]
     stopping = asyncio.create_task(stop.wait(), name="stop")
+    helpers = [asyncio.create_task(duty, name=name) for name, duty in duties.items()]
     try:
-        await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([serving, stopping, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        for helper in helpers:
+            if helper.done() and isinstance(helper.exception(), DutyFailed):
+                log.error("%s", helper.exception())
+                return EXIT_DUTY_FAILED
         if serving.done():
             error = serving.exception()
             if isinstance(error, ConnectionFatal):

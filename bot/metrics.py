@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -31,6 +31,7 @@ class Snapshot:
     presence_events: Mapping[str, int]
     connected: bool
     count_seconds: float  # how long computing these figures took
+    duty_restarts: Mapping[str, int] = field(default_factory=dict)  # background duty -> restarts
 
 
 class ActivityCollector(Collector):
@@ -95,6 +96,14 @@ def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
         "1 while the component is connected to the XMPP server",
         value=int(snapshot.connected),
     )
+    restarts = CounterMetricFamily(
+        "xmpp_duty_restarts",
+        "Restarts of a background duty (flush, count, liveness) after it failed",
+        labels=["duty"],
+    )
+    for duty, value in sorted(snapshot.duty_restarts.items()):
+        restarts.add_metric([duty], value)
+    yield restarts
     yield GaugeMetricFamily(
         "xmpp_count_duration_seconds",
         "Time taken to compute the figures of this scrape",

@@ -253,14 +253,21 @@ class Store:
                 self._shelf[_HEARTBEAT_KEY] = now
         except sqlite3.Error as exc:
             raise StoreError(
-                f"{self.path}: writing {len(self._pending)} records failed ({exc}); "
-                "they are kept in memory and retried at the next flush"
+                f"{self.path}: writing {len(self._pending)} records failed ({exc})"
             ) from exc
         written = len(self._pending)
         self._pending.clear()
         self._pending_days.clear()
         self._heartbeat_written = now
         return written
+
+    def discard_pending(self) -> int:
+        """Forget what could not be written (shutdown gave up); returns how many users' changes
+        are lost. Daily snapshots pending are dropped too."""
+        lost = len(self._pending)
+        self._pending.clear()
+        self._pending_days.clear()
+        return lost
 
     def close(self, now: int | None = None) -> None:
         """Write what is pending (writers), then release the file and the lock.
@@ -321,7 +328,7 @@ async def flush_periodically(
         try:
             written = store.flush(int(clock()))
         except StoreError as exc:
-            log.error("%s", exc)
+            log.error("%s; they are kept in memory and retried at the next flush", exc)
             continue
         if written:
             log.debug("Stored %d changed users", written)

@@ -55,7 +55,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 # --- a real bot in the test's event loop --------------------------------------------------------
 
-FAST = Timing(privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10)
+FAST = Timing(
+    privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10, shutdown_write_budget=1.0
+)
 
 
 def bot_settings(server, store_path: Path, **changes) -> Settings:
