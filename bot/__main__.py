@@ -100,8 +100,9 @@ def _add_import(commands: Subcommands) -> None:
             "Import last login/logout times that Prosody already stores, so that the figures "
             "are right from day one. Per user and field the newest timestamp wins: importing "
             "twice changes nothing. Users of domains not in [counting] domains are skipped. "
-            "Unreadable files are reported and skipped. The bot must be stopped (it holds "
-            "the store)."
+            "Unreadable files, and users with an implausible timestamp (not a finite number, "
+            "negative, in milliseconds, or more than a day in the future), are reported and "
+            "skipped. The bot must be stopped (it holds the store)."
         ),
         epilog=(
             "sources:\n"
@@ -228,8 +229,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, need_secret=False)
+    now = time.time()  # a timestamp more than a day after this is rejected as in the future
     if args.source == "prosody-sql":
-        entries = importer.read_sql(args.path)
+        entries = importer.read_sql(args.path, now=now)
     else:
         files = importer.data_files(args.source, args.path)
         if not files:
@@ -240,7 +242,7 @@ def _import(args: argparse.Namespace) -> int:
             )
             return 2
         entries = (
-            importer.read_data_file(args.source, file, bare_jid)
+            importer.read_data_file(args.source, file, bare_jid, now=now)
             for file, bare_jid in tqdm(files, desc="Importing", unit=" users", delay=1)
         )
     with Store(settings.store_path, pseudonym_key=settings.pseudonym_key) as store:

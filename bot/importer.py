@@ -8,15 +8,26 @@ Sources:
 Merge rule: per user and field the newest timestamp wins (the oldest for first_seen), so importing
 twice changes nothing. Users of domains not counted are skipped; unreadable files are reported and
 the import goes on.
+
+A timestamp must be plausible Unix seconds, or the user's record is rejected (reported, not
+imported) and the import goes on: a number (not a string, not a table), finite (not inf or NaN,
+which Prosody writes as `(1/0)`, `(0/0)` in its files and as "inf", "nan" in SQL), not negative,
+not above MILLISECONDS_ABOVE (that is milliseconds: beyond year 5000 as seconds), and not more
+than FUTURE_TOLERANCE after the import's clock (`now`): a timestamp in the future would make the
+user active for as long as it lasts.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -28,6 +39,8 @@ from .store import Store
 SOURCES = ("prosody-lastlog2", "prosody-account-activity", "prosody-sql")
 _STORE_OF_SOURCE = {"prosody-lastlog2": "lastlog2", "prosody-account-activity": "account_activity"}
 _FLUSH_EVERY = 10_000  # records per transaction on large imports
+FUTURE_TOLERANCE = 86_400  # seconds a timestamp may be ahead of the import's clock (clock skew)
+MILLISECONDS_ABOVE = 10**11  # a "seconds" timestamp above this (year 5138) is milliseconds
 
 
 @dataclass(frozen=True)
@@ -82,46 +95,79 @@ def data_files(source: str, path: Path) -> list[tuple[Path, str]]:
     return [(file, f"{unquote(file.stem)}@{unquote(file.parent.parent.name)}") for file in files]
 
 
-def read_data_file(source: str, file: Path, bare_jid: str) -> Activity | Rejected:
+def read_data_file(
+    source: str, file: Path, bare_jid: str, *, now: float | None = None
+) -> Activity | Rejected:
+    """One user's file; `now` (default: the clock) is what "in the future" is measured from."""
     try:
         data = parse_lua_data(file.read_text(encoding="utf-8", errors="replace"))
     except (OSError, LuaDataError) as exc:
         return Rejected(str(file), f"not a Prosody data file ({exc})")
-    return activity_from(source, bare_jid, data, str(file))
+    return activity_from(source, bare_jid, data, str(file), now=now)
 
 
-def activity_from(source: str, bare_jid: str, data: Any, where: str) -> Activity | Rejected:
-    """Interpret one user's stored table."""
+def activity_from(
+    source: str, bare_jid: str, data: Any, where: str, *, now: float | None = None
+) -> Activity | Rejected:
+    """Interpret one user's stored table; a timestamp that is not plausible rejects it."""
     if not isinstance(data, dict):
         return Rejected(where, f"expected a table, found {type(data).__name__}")
-    if source == "prosody-account-activity":
-        timestamp = _timestamp(data.get("timestamp"))
-        if timestamp is None:
-            return Rejected(where, "no numeric timestamp")
-        # The time of the last login or logout: "last seen" is what the seed's rule needs.
-        return Activity(bare_jid, last_logout=timestamp)
-    times = {
-        event: _timestamp(data[event].get("timestamp")) if isinstance(data.get(event), dict) else 0
-        for event in ("login", "logout", "registered")
-    }
-    if None in times.values():
-        return Rejected(where, "a timestamp that is not a number")
+    now = time.time() if now is None else now
+    try:
+        if source == "prosody-account-activity":
+            if "timestamp" not in data:
+                return Rejected(where, "no timestamp")
+            # The time of the last login or logout: "last seen" is what the seed's rule needs.
+            return Activity(bare_jid, last_logout=_timestamp("timestamp", data["timestamp"], now))
+        times = {
+            event: _timestamp(f"{event} timestamp", data[event].get("timestamp"), now)
+            if isinstance(data.get(event), dict)
+            else 0
+            for event in ("login", "logout", "registered")
+        }
+    except ValueError as exc:
+        return Rejected(where, str(exc))
     return Activity(
         bare_jid,
-        last_login=times["login"] or 0,
-        last_logout=times["logout"] or 0,
-        registered=times["registered"] or 0,
+        last_login=times["login"],
+        last_logout=times["logout"],
+        registered=times["registered"],
     )
 
 
-def _timestamp(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        return None
+def _timestamp(field: str, value: Any, now: float) -> int:
+    """`value` as Unix seconds; ValueError saying why if it is not a plausible timestamp (the
+    rules: see the module's docstring)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field} is not a number: {reprlib.repr(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{field} is not a finite number ({value})")
+    if value < 0:
+        raise ValueError(f"{field} is negative ({_shown(value)})")
+    if value > MILLISECONDS_ABOVE * 1000:  # not even milliseconds
+        raise ValueError(f"{field} is far too large for a timestamp ({_shown(value)})")
+    if value > MILLISECONDS_ABOVE:
+        raise ValueError(f"{field} {value} looks like milliseconds (as seconds: after year 5000)")
+    if value > now + FUTURE_TOLERANCE:
+        when = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        raise ValueError(
+            f"{field} {value} ({when}) is in the future "
+            f"(more than {FUTURE_TOLERANCE // 3600} h after the import's clock)"
+        )
     return int(value)
 
 
-def read_sql(path: Path) -> Iterator[Activity | Rejected]:
-    """lastlog2 and account_activity rows of a mod_storage_sql SQLite database (read-only)."""
+def _shown(value: float) -> str:
+    """A number for a reason: a huge integer (Python refuses to print one of over 4300 digits)
+    by its size."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"of {value.bit_length()} bits"
+    return str(value)
+
+
+def read_sql(path: Path, *, now: float | None = None) -> Iterator[Activity | Rejected]:
+    """lastlog2 and account_activity rows of a mod_storage_sql SQLite database (read-only);
+    `now` (default: the clock) is what "in the future" is measured from."""
     if not path.is_file():
         yield Rejected(str(path), "no such file")
         return
@@ -147,15 +193,32 @@ def read_sql(path: Path) -> Iterator[Activity | Rejected]:
         users.setdefault((host, user, store), {})[key] = decoded
     for (host, user, store), data in users.items():
         source = "prosody-lastlog2" if store == "lastlog2" else "prosody-account-activity"
-        yield activity_from(source, f"{user}@{host}", data, f"{path}: {user}@{host} {store}")
+        where = f"{path}: {user}@{host} {store}"
+        yield activity_from(source, f"{user}@{host}", data, where, now=now)
 
 
-def _sql_value(kind: str, value: str) -> Any:
+def _sql_value(kind: str, value: str | bytes | None) -> Any:
     """mod_storage_sql's (type, value) columns, as its own deserialize() reads them."""
+    if value is None:
+        raise ValueError("value is NULL")
+    if isinstance(value, bytes):  # a BLOB: to Lua, a string like any other
+        value = value.decode("utf-8", errors="replace")
     if kind == "number":
-        return float(value) if "." in value or "e" in value.lower() else int(value)
+        # Lua's tostring() of inf and NaN is "inf", "-inf", "nan" or "-nan": read as the floats
+        # they are (Prosody's own tonumber() reads none of them), then refused as timestamps.
+        try:
+            return float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            if value.strip().lower().lstrip("+-") in ("inf", "nan"):
+                return float(value)
+            raise ValueError(f"not a number: {reprlib.repr(value)}") from None
     if kind == "json":
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except ValueError as exc:  # util.json writes inf and NaN as `inf`, `-nan`: not JSON
+            raise ValueError(f"not valid JSON ({exc})") from None
+        except RecursionError:  # json's own limit (Python's recursion limit): a clean error
+            raise ValueError("not valid JSON (nested too deeply)") from None
     if kind == "string":
         return value
     if kind == "boolean" and value in ("true", "false"):

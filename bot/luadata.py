@@ -2,14 +2,22 @@
 
 A parser, never an interpreter: only literals (tables, strings, numbers, booleans, nil) are
 accepted; anything else (a function call, an operator, a variable) is an error naming the place.
+The one exception are the three texts Prosody's util/serialization.lua writes for the numbers
+that have no literal: `(1/0)`, `(-1/0)` and `(0/0)` (inf, -inf, NaN), matched as fixed tokens.
+Tables may nest MAX_DEPTH deep (Prosody's stores nest two or three): deeper is an error, not a
+RecursionError.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 LuaValue = None | bool | int | float | str | dict[Any, Any]
+
+
+MAX_DEPTH = 100  # nested tables
 
 
 class LuaDataError(ValueError):
@@ -21,11 +29,13 @@ _TOKEN = re.compile(
     (?P<space>\s+|--[^\n]*)
   | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
   | (?P<number>-?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))
+  | (?P<nonfinite>\((?:-?1/0|0/0)\))
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<punct>[{}\[\]=;,])
     """,
     re.VERBOSE | re.DOTALL,
 )
+_NONFINITE = {"(1/0)": math.inf, "(-1/0)": -math.inf, "(0/0)": math.nan}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "\n": "\n"}
 
 
@@ -42,15 +52,15 @@ def parse_lua_data(text: str) -> LuaValue:
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
-    tokens, position = [], 0
+    tokens, position, line = [], 0, 1  # lines counted as we go: linear even on a huge file
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
-            line = text.count("\n", 0, position) + 1
             raise LuaDataError(f"line {line}: unexpected {text[position : position + 10]!r}")
         kind = match.lastgroup or ""
         if kind != "space":
-            tokens.append((kind, match.group(), text.count("\n", 0, position) + 1))
+            tokens.append((kind, match.group(), line))
+        line += match.group().count("\n")
         position = match.end()
     return tokens
 
@@ -59,6 +69,7 @@ class _Parser:
     def __init__(self, tokens: list[tuple[str, str, int]]) -> None:
         self.tokens = tokens
         self.position = 0
+        self.depth = 0  # tables open
 
     def fail(self, message: str) -> LuaDataError:
         if self.position < len(self.tokens):
@@ -91,12 +102,23 @@ class _Parser:
             return _unquote(text)
         if kind == "number":
             return _number(text)
+        if kind == "nonfinite":
+            return _NONFINITE[text]
         if kind == "name" and text in ("true", "false", "nil"):
             return {"true": True, "false": False, "nil": None}[text]
         self.position -= 1
         raise self.fail("expected a literal value")
 
     def table(self) -> dict[Any, Any]:
+        if self.depth >= MAX_DEPTH:
+            self.fail(f"nested too deeply (more than {MAX_DEPTH} tables)")
+        self.depth += 1
+        try:
+            return self._table_body()
+        finally:
+            self.depth -= 1
+
+    def _table_body(self) -> dict[Any, Any]:
         self.expect("punct", "{")
         table: dict[Any, Any] = {}
         next_index = 1
@@ -148,6 +170,10 @@ def _unquote(token: str) -> str:
 def _number(token: str) -> int | float:
     if token.lower().lstrip("-").startswith("0x"):
         return int(token, 16)
-    if re.fullmatch(r"-?\d+", token):
-        return int(token)
+    if re.fullmatch(r"-?\d+", token) and len(token) <= 20:
+        integer = int(token)
+        if -(2**63) <= integer < 2**63:
+            return integer
+    # As in Lua, a decimal integer beyond 64 bits is a float (inf if beyond a float's range):
+    # never Python's ValueError for too many digits.
     return float(token)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
 
 import pytest
 
+from bot.__main__ import main
 from bot.importer import (
     Activity,
+    ImportReport,
     Rejected,
     data_files,
     import_activities,
@@ -25,6 +28,9 @@ from bot.store import Store
 from .support import MINIMAL, write
 
 T = 1_795_850_306
+NOW = T + 3600  # the import's clock in the tests that set it
+DAY = 86_400
+DEEP = "return " + "{" * 100_000 + "}" * 100_000  # a RecursionError for a naive parser
 
 
 def lastlog2(login=None, logout=None, registered=None) -> str:
@@ -75,6 +81,32 @@ def test_anything_but_literals_is_refused(text):
         parse_lua_data(text)
 
 
+def test_non_finite_numbers_as_prosody_serializer_writes_them():
+    # util/serialization.lua: types.number() writes "(1/0)", "(-1/0)" and "(0/0)"
+    value = parse_lua_data("return { (1/0); (-1/0); (0/0) };")
+    assert value[1] == math.inf
+    assert value[2] == -math.inf
+    assert math.isnan(value[3])
+
+
+@pytest.mark.parametrize("text", ["return (2/0)", "return ( 1/0 )", "return (1/0.0)", "return 1/0"])
+def test_other_divisions_are_still_refused(text):
+    with pytest.raises(LuaDataError):
+        parse_lua_data(text)
+
+
+def test_deep_nesting_is_an_error_not_a_recursion_error():
+    with pytest.raises(LuaDataError, match="nested too deeply"):
+        parse_lua_data(DEEP)
+    with pytest.raises(LuaDataError, match="nested too deeply"):
+        parse_lua_data("return " + "{[" * 50_000 + "1" + "]=1}" * 50_000)  # tables as keys
+    assert parse_lua_data("return " + "{" * 100 + "}" * 100) is not None  # the limit: 100
+
+
+def test_an_integer_too_long_for_python_is_a_float_as_in_lua():
+    assert parse_lua_data("return " + "9" * 5000) == math.inf  # not Python's ValueError
+
+
 # --- file sources --------------------------------------------------------------------------------
 
 
@@ -117,6 +149,107 @@ def test_malformed_files_are_rejected_with_the_reason(tmp_path, text, reason):
     assert "mallory.dat" in rejected.where
 
 
+def import_files(tmp_path, source, data_dir, now) -> tuple[ImportReport, dict[str, UserRecord]]:
+    """Import every file of `data_dir` with the clock at `now`: the report and what was stored."""
+    files = data_files(source, data_dir)
+    with Store(tmp_path / "activity.db") as store:
+        entries = (read_data_file(source, file, jid, now=now) for file, jid in files)
+        report = import_activities(store, entries, ["example.test"], dry_run=False)
+        return report, dict(store.users())
+
+
+# What Prosody's util/serialization.lua writes for inf, -inf and NaN: "(1/0)", "(-1/0)", "(0/0)".
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        pytest.param(
+            lastlog2(T, "(1/0)"), "logout timestamp is not a finite number (inf)", id="inf"
+        ),
+        pytest.param(
+            lastlog2("(0/0)", T), "login timestamp is not a finite number (nan)", id="nan"
+        ),
+        pytest.param(
+            lastlog2(T, registered="(-1/0)"),
+            "registered timestamp is not a finite number (-inf)",
+            id="-inf",
+        ),
+        pytest.param(
+            lastlog2("9" * 400), "login timestamp is not a finite number (inf)", id="1e400"
+        ),
+        pytest.param(
+            lastlog2("0x" + "f" * 5000),
+            "login timestamp is far too large for a timestamp (of 20000 bits)",
+            id="huge-hex",
+        ),
+        pytest.param(
+            lastlog2(T * 10**6),
+            f"login timestamp is far too large for a timestamp ({T * 10**6})",
+            id="microseconds",
+        ),
+        pytest.param(lastlog2(T, -5), "logout timestamp is negative (-5)", id="negative"),
+        pytest.param(
+            lastlog2(T * 1000),
+            f"login timestamp {T * 1000} looks like milliseconds",
+            id="milliseconds",
+        ),
+        pytest.param(
+            lastlog2(NOW + 2 * DAY),
+            f"login timestamp {NOW + 2 * DAY} (2026-11-30 08:18 UTC) is in the future",
+            id="2-days-ahead",
+        ),
+        pytest.param(
+            lastlog2(T, 64_060_588_800),
+            "logout timestamp 64060588800 (4000-01-01 00:00 UTC) is in the future",
+            id="year-4000",
+        ),
+        pytest.param(DEEP, "nested too deeply", id="deep"),
+    ],
+)
+def test_bad_lastlog2_records_are_reported_and_the_rest_imported(tmp_path, text, reason):
+    data = tmp_path / "prosody-data"
+    write_user(data, "example.test", "alice", "lastlog2", lastlog2(T, T + 8))
+    write_user(data, "example.test", "mallory", "lastlog2", text)
+    write_user(data, "example.test", "zoe", "lastlog2", lastlog2(T + 1))
+    report, stored = import_files(tmp_path, "prosody-lastlog2", data, NOW)
+    assert stored == {
+        "alice@example.test": UserRecord(T, T, T + 8),
+        "zoe@example.test": UserRecord(T + 1, T + 1, 0),
+    }
+    assert report.imported == 2
+    (rejected,) = report.rejected
+    assert rejected.where.endswith("mallory.dat")
+    assert reason in rejected.reason
+    assert f"mallory.dat: {rejected.reason}" in report.summary(dry_run=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("(1/0)", "timestamp is not a finite number (inf)"),
+        (str(T * 1000), "looks like milliseconds"),
+        (str(NOW + DAY + 1), "is in the future"),
+    ],
+)
+def test_bad_account_activity_records_are_reported(tmp_path, value, reason):
+    data = tmp_path / "prosody-data"
+    for user, stamp in (("alice", str(T)), ("mallory", value)):
+        text = f'return {{ ["timestamp"] = {stamp}; }};'
+        write_user(data, "example.test", user, "account_activity", text)
+    report, stored = import_files(tmp_path, "prosody-account-activity", data, NOW)
+    assert list(stored) == ["alice@example.test"]
+    (rejected,) = report.rejected
+    assert rejected.where.endswith("mallory.dat")
+    assert rejected.reason.startswith("timestamp ")
+    assert reason in rejected.reason
+
+
+def test_clock_skew_up_to_a_day_is_tolerated(tmp_path):
+    data = tmp_path / "prosody-data"
+    write_user(data, "example.test", "alice", "lastlog2", lastlog2(NOW + DAY))
+    ((file, jid),) = data_files("prosody-lastlog2", data)
+    assert read_data_file("prosody-lastlog2", file, jid, now=NOW) == Activity(jid, NOW + DAY)
+
+
 # --- SQL source -----------------------------------------------------------------------------------
 
 
@@ -149,6 +282,54 @@ def test_sql_storage_rows_become_activities(tmp_path):
     assert [e.where for e in entries if isinstance(e, Rejected)] == [
         f"{path}: eve@example.test store lastlog2 key login",
     ]
+
+
+@pytest.mark.parametrize(
+    ("store", "key", "kind", "value", "reason"),
+    [
+        # mod_storage_sql stores a number as Lua's tostring(): "inf", "-inf", "-nan" or "nan"
+        ("account_activity", "timestamp", "number", "inf", "not a finite number (inf)"),
+        ("account_activity", "timestamp", "number", "-inf", "not a finite number (-inf)"),
+        ("account_activity", "timestamp", "number", "-nan", "not a finite number (nan)"),
+        ("account_activity", "timestamp", "number", "nan", "not a finite number (nan)"),
+        ("account_activity", "timestamp", "number", "1e999", "not a finite number (inf)"),
+        ("account_activity", "timestamp", "number", "soon", "not a number"),
+        ("account_activity", "timestamp", "number", None, "value is NULL"),
+        ("account_activity", "timestamp", "number", b"inf", "not a finite number (inf)"),
+        ("account_activity", "timestamp", "number", str(T * 1000), "looks like milliseconds"),
+        ("account_activity", "timestamp", "number", str(NOW + 3 * DAY), "is in the future"),
+        # and a table as JSON (util.json writes inf as `inf`: not JSON; Python's json reads
+        # NaN, Infinity and 1e999 as non-finite floats)
+        ("lastlog2", "login", "json", '{"timestamp":inf}', "not valid JSON"),
+        ("lastlog2", "login", "json", '{"timestamp":NaN}', "not a finite number (nan)"),
+        ("lastlog2", "login", "json", '{"timestamp":1e999}', "not a finite number (inf)"),
+        ("lastlog2", "login", "json", '{"timestamp":-Infinity}', "not a finite number (-inf)"),
+        ("lastlog2", "login", "json", "[" * 100_000, "nested too deeply"),
+        ("lastlog2", "logout", "json", json.dumps({"timestamp": T * 1000}), "milliseconds"),
+        ("lastlog2", "logout", "json", '{"timestamp":' + "9" * 5000 + "}", "not valid JSON"),
+        ("lastlog2", "logout", "json", '{"timestamp":' + "9" * 400 + "}", "bits)"),
+        ("lastlog2", "logout", "json", '{"timestamp":-' + "9" * 400 + "}", "negative (of 1329"),
+        ("lastlog2", "login", "json", json.dumps({"timestamp": NOW + 2 * DAY}), "in the future"),
+    ],
+)
+def test_bad_sql_rows_are_reported_and_the_rest_imported(tmp_path, store, key, kind, value, reason):
+    path = tmp_path / "prosody.sqlite"
+    prosody_sql(
+        path,
+        [
+            ("example.test", "alice", "lastlog2", "login", "json", json.dumps({"timestamp": T})),
+            ("example.test", "mallory", store, key, kind, value),
+            ("example.test", "zoe", "account_activity", "timestamp", "number", str(T + 1)),
+        ],
+    )
+    with Store(tmp_path / "activity.db") as db:
+        report = import_activities(db, read_sql(path, now=NOW), ["example.test"], dry_run=False)
+        assert db.get("alice@example.test") == UserRecord(T, T, 0)
+        assert db.get("zoe@example.test") == UserRecord(T + 1, 0, T + 1)
+    assert report.imported == 2
+    ((where, why),) = [(entry.where, entry.reason) for entry in report.rejected]
+    assert "mallory@example.test" in where
+    assert reason in why
 
 
 def test_a_file_that_is_not_a_prosody_database_is_one_rejection(tmp_path):
@@ -224,6 +405,33 @@ def test_import_command_reports_and_survives_bad_files(tmp_path):
         assert store.get("alice@example.test") == UserRecord(T - 99, T, T + 8)
     again = run()
     assert "Users imported: 0, updated: 0, unchanged: 1" in again.stdout
+
+
+def test_import_command_rejects_bad_timestamps_and_imports_the_rest(tmp_path, capsys):
+    data = tmp_path / "prosody-data"
+    year_4000 = 64_060_588_800
+    for user, text in {
+        "alice": lastlog2(T, T + 8),
+        "bob": lastlog2("(1/0)"),
+        "carol": lastlog2(T * 1000),
+        "dave": lastlog2(T, year_4000),
+        "eve": DEEP,
+        "frank": lastlog2(T, "(0/0)"),
+    }.items():
+        write_user(data, "example.test", user, "lastlog2", text)
+    config = write(tmp_path, MINIMAL)
+    args = ["import", "-c", str(config), "--from", "prosody-lastlog2", str(data)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Users imported: 1, updated: 0, unchanged: 0 (saved)" in out
+    assert "5 entries were rejected:" in out
+    assert "bob.dat: login timestamp is not a finite number (inf)" in out
+    assert f"carol.dat: login timestamp {T * 1000} looks like milliseconds" in out
+    assert f"dave.dat: logout timestamp {year_4000} (4000-01-01 00:00 UTC) is in the future" in out
+    assert "eve.dat: not a Prosody data file (line 1: nested too deeply" in out
+    assert "frank.dat: logout timestamp is not a finite number (nan)" in out
+    with Store(tmp_path / "data" / "activity.db", readonly=True) as store:
+        assert [jid for jid, _ in store.users()] == ["alice@example.test"]
 
 
 def test_import_into_a_store_the_bot_holds_is_refused(tmp_path):
