@@ -8,6 +8,7 @@ and stops it and every client it started before the next test begins.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -83,16 +84,25 @@ async def test_session_that_ended_while_disconnected_is_closed_at_the_drop(start
     await bot.expect_set(
         {("available", "alice@example.test/phone"), ("available", "bob@example.test/pc")}
     )
+    bob_before = bot.bot.store.get("bob@example.test")
     reconnected = asyncio.ensure_future(bot.component.wait_until("session_start", 30))
     resynced = asyncio.ensure_future(bot.component.wait_until("resynced", 30))
+    dropping = time.time()
     bot.component.abort()  # the connection drops (as a network failure would)
     await clients.logout(alice)  # ... and alice leaves while nobody tells the bot
     await reconnected  # Prosody re-announces bob (no change: he never left), not alice
+    dropped_at = bot.component._dropped_at  # the bot noted the drop when the stream ended
     assert await resynced == 1
+    resynced_at = time.time()
     assert bot.bot.tracker.online_sessions() == {("bob@example.test", "pc")}
     alice_record = bot.bot.store.get("alice@example.test")
     assert alice_record.sessions == ()
-    assert alice_record.last_logout >= alice_record.last_login
+    # Closed at the drop, not when the resync ended: the reconnection waits 1 s and the
+    # resync 1 s more (FAST), so the two are at least 2 s apart.
+    assert resynced_at - dropping > 2
+    assert int(dropping) <= dropped_at <= int(dropping) + 1
+    assert alice_record.last_logout == dropped_at
+    assert bot.bot.store.get("bob@example.test") == bob_before  # re-announced: unchanged
 
 
 async def test_liveness_pings_close_sessions_that_ended_unseen(start_bot, clients):
