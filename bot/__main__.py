@@ -276,10 +276,11 @@ def _forget(args: argparse.Namespace) -> int:
     if not jid.user or jid.resource:
         raise ConfigError(f"{args.jid!r}: give a bare JID such as alice@example.org")
     with Store(settings.store_path, pseudonym_key=settings.pseudonym_key) as store:
-        if store.get(jid.bare) is None:
+        key = store.key_of(jid.bare)
+        if store.get(key) is None:
             print(f"Nothing was stored about {jid.bare}.")
             return 0
-        store.delete(jid.bare)
+        store.delete(key)
     print(f"Forgot {jid.bare}.")
     return 0
 

@@ -1,6 +1,8 @@
 """Sessions, logins and logouts: turns presence-shaped events into records and index updates.
 
-Knows nothing of XMPP stanzas: the component hands it bare JIDs, resources and the time.
+Knows nothing of XMPP stanzas: the component hands it bare JIDs, resources and the time. Inside,
+users and sessions are known by their store keys (`Store.key_of`, `Store.session_key`): the
+JIDs themselves, or with `[privacy] pseudonymize` their pseudonyms, which is all a store holds.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class ActivityTracker:
         self._has_exclusions = bool(exclude)
         self.windows = tuple(windows)
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
-        self._online: dict[str, UserRecord] = {}  # bare JID -> record, online users only
+        self._online: dict[str, UserRecord] = {}  # store key -> record, online users only
         # domain -> most users online at once since `reset_peaks` (the daemon resets it at the
         # first count of each UTC day)
         self.peak_online: dict[str, int] = {}
@@ -119,8 +121,8 @@ class ActivityTracker:
             domain: part.index(floor, horizon)
             for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
         }
-        for bare_jid, record in scan.stale:
-            self._store.put(bare_jid, record)
+        for key, record in scan.stale:
+            self._store.put(key, record)
         return LoadReport(
             users=sum(index.known_users for index in self._indexes.values()),
             recovered_sessions=scan.recovered_sessions,
@@ -129,31 +131,31 @@ class ActivityTracker:
         )
 
     def _scan_store(self, floor: int, close_sessions_at: int | None) -> _Scan:
-        """One pass over the store for all domains; per user only ints are kept, and JIDs are
+        """One pass over the store for all domains; per user only ints are kept, and keys are
         decoded only for the few users online (a million users load in seconds)."""
         scan = _Scan(domains={domain.encode(): _Loading() for domain in self._indexes})
         excluded = self._excluded if self._has_exclusions else None
-        for raw_jid, (first_seen, login, logout, sessions) in self._store.users_by_raw_jid():
-            part = scan.domains.get(raw_jid[raw_jid.rfind(b"@") + 1 :])
+        for raw_key, (first_seen, login, logout, sessions) in self._store.users_by_raw_key():
+            part = scan.domains.get(raw_key[raw_key.rfind(b"@") + 1 :])
             if part is None:
                 continue
-            if excluded is not None and excluded(raw_jid.decode(errors="replace")):
+            if excluded is not None and excluded(raw_key.decode(errors="replace")):
                 scan.hidden += 1
                 continue
             part.known_users += 1
             if first_seen > floor:
                 part.first_seen.append(first_seen)
             if sessions:
-                bare_jid = raw_jid.decode(errors="replace")
+                key = raw_key.decode(errors="replace")
                 if close_sessions_at is None:  # live sessions: a reader of a running bot
-                    self._online[bare_jid] = UserRecord(first_seen, login, logout, sessions)
+                    self._online[key] = UserRecord(first_seen, login, logout, sessions)
                     part.online_users += 1
                     part.online_sessions += len(sessions)
                     continue
                 # Left open by a stop or crash: they ended at the last sign of life.
                 scan.recovered_sessions += len(sessions)
                 logout = max(logout, close_sessions_at)
-                scan.stale.append((bare_jid, UserRecord(first_seen, login, logout)))
+                scan.stale.append((key, UserRecord(first_seen, login, logout)))
             last_active = login if login > logout else logout
             if last_active > floor:
                 part.offline.append(last_active)
@@ -177,9 +179,10 @@ class ActivityTracker:
         return {domain: index.counts(now, windows) for domain, index in self._indexes.items()}
 
     def online_sessions(self) -> set[tuple[str, str]]:
-        return {(bare, res) for bare, record in self._online.items() for res in record.sessions}
+        """(key, session key) of every session online: with pseudonymize, pseudonyms."""
+        return {(key, res) for key, record in self._online.items() for res in record.sessions}
 
-    # --- events ----------------------------------------------------------------------------
+    # --- events: real JIDs in, store keys inside ---------------------------------------------
 
     def is_counted(self, bare_jid: str) -> bool:
         """Whether this JID's activity is counted: a user of a counted domain, not excluded."""
@@ -189,61 +192,48 @@ class ActivityTracker:
             and not self._excluded(bare_jid)
         )
 
+    @property
+    def pseudonymized(self) -> bool:
+        return self._store.pseudonymized
+
+    def who(self, bare_jid: str) -> str:
+        """How to name a user in the log: the JID, or with pseudonymize its pseudonym."""
+        return self._store.key_of(bare_jid)
+
+    def who_session(self, resource: str) -> str:
+        return self._store.session_key(resource)
+
+    def is_online(self, bare_jid: str, resource: str) -> bool:
+        record = self._online.get(self._store.key_of(bare_jid))
+        return record is not None and self._store.session_key(resource) in record.sessions
+
     def session_started(self, bare_jid: str, resource: str, now: int) -> bool:
         """A session became available. Returns False if nothing changed (not counted, or an
         already known session whose presence merely changed)."""
         if not self.is_counted(bare_jid):
             return False
-        if self._unconfirmed is not None:
-            self._unconfirmed.discard((bare_jid, resource))
-        before = self._record(bare_jid)
-        if before is not None and resource in before.sessions:
-            return False
-        if before is None:
-            after = UserRecord(first_seen=now, last_login=now, last_logout=0, sessions=(resource,))
-        else:
-            after = before._replace(
-                last_login=max(before.last_login, now), sessions=(*before.sessions, resource)
-            )
-        self._apply(bare_jid, before, after)
-        return True
+        return self._start(self._store.key_of(bare_jid), self._store.session_key(resource), now)
 
     def session_ended(self, bare_jid: str, resource: str, now: int) -> bool:
         """A session became unavailable. An unknown session still counts as activity (its
         start was missed, for example while the connection was down)."""
         if not self.is_counted(bare_jid):
             return False
-        if self._unconfirmed is not None:
-            self._unconfirmed.discard((bare_jid, resource))
-        before = self._record(bare_jid)
-        if before is None:
-            after = UserRecord(first_seen=now, last_login=0, last_logout=now)
-        else:
-            sessions = tuple(s for s in before.sessions if s != resource)
-            after = before._replace(last_logout=max(before.last_logout, now), sessions=sessions)
-        self._apply(bare_jid, before, after)
+        self._end(self._store.key_of(bare_jid), self._store.session_key(resource), now)
         return True
 
     def forget(self, bare_jid: str) -> bool:
         """Remove everything about one user (an account deletion request). False: unknown."""
-        before = self._record(bare_jid)
-        if before is None:
-            return False
-        index = self._indexes.get(domain_of(bare_jid))
-        if index is not None and not self._excluded(bare_jid):
-            index.replace(before, None)
-        self._online.pop(bare_jid, None)
-        self._store.delete(bare_jid)
-        return True
+        return self._forget(self._store.key_of(bare_jid))
 
     def forget_inactive(self, candidates: Iterable[str], active_since: int) -> int:
-        """Forget the candidates still offline and last active before `active_since`
-        (re-checked here: they may have come back since the candidates were listed)."""
+        """Forget the candidates (store keys) still offline and last active before
+        `active_since` (re-checked here: they may have come back since they were listed)."""
         forgotten = 0
-        for bare_jid in candidates:
-            record = self._record(bare_jid)
+        for key in candidates:
+            record = self._record(key)
             if record is not None and not record.sessions and record.last_active < active_since:
-                forgotten += self.forget(bare_jid)
+                forgotten += self._forget(key)
         return forgotten
 
     # --- reconnection ----------------------------------------------------------------------
@@ -257,31 +247,68 @@ class ActivityTracker:
         """Close the sessions not re-announced since `begin_resync`, at `ended_at` (the time
         the connection dropped). Returns how many were closed."""
         unconfirmed, self._unconfirmed = self._unconfirmed or set(), None
-        for bare_jid, resource in sorted(unconfirmed):
-            self.session_ended(bare_jid, resource, ended_at)
+        for key, session in sorted(unconfirmed):
+            self._end(key, session, ended_at)
         return len(unconfirmed)
 
-    # --- internals ---------------------------------------------------------------------------
+    # --- internals: by key ---------------------------------------------------------------------
 
-    def _record(self, bare_jid: str) -> UserRecord | None:
+    def _start(self, key: str, session: str, now: int) -> bool:
+        if self._unconfirmed is not None:
+            self._unconfirmed.discard((key, session))
+        before = self._record(key)
+        if before is not None and session in before.sessions:
+            return False
+        if before is None:
+            after = UserRecord(first_seen=now, last_login=now, last_logout=0, sessions=(session,))
+        else:
+            after = before._replace(
+                last_login=max(before.last_login, now), sessions=(*before.sessions, session)
+            )
+        self._apply(key, before, after)
+        return True
+
+    def _end(self, key: str, session: str, now: int) -> None:
+        if self._unconfirmed is not None:
+            self._unconfirmed.discard((key, session))
+        before = self._record(key)
+        if before is None:
+            after = UserRecord(first_seen=now, last_login=0, last_logout=now)
+        else:
+            sessions = tuple(s for s in before.sessions if s != session)
+            after = before._replace(last_logout=max(before.last_logout, now), sessions=sessions)
+        self._apply(key, before, after)
+
+    def _forget(self, key: str) -> bool:
+        before = self._record(key)
+        if before is None:
+            return False
+        index = self._indexes.get(domain_of(key))
+        if index is not None and not self._excluded(key):
+            index.replace(before, None)
+        self._online.pop(key, None)
+        self._store.delete(key)
+        return True
+
+    def _record(self, key: str) -> UserRecord | None:
         # Online users' records stay in memory; others are read from the store (its pending
         # writes first, then one indexed SQLite lookup) only when they log in.
-        record = self._online.get(bare_jid)
-        return record if record is not None else self._store.get(bare_jid)
+        record = self._online.get(key)
+        return record if record is not None else self._store.get(key)
 
     def reset_peaks(self) -> None:
         """A new day (the daemon calls this at the first count of a UTC day): its peak starts
         from who is online now."""
         self.peak_online = {d: index.online_users for d, index in self._indexes.items()}
 
-    def _apply(self, bare_jid: str, before: UserRecord | None, after: UserRecord) -> None:
-        self._store.put(bare_jid, after)
-        domain = domain_of(bare_jid)
+    def _apply(self, key: str, before: UserRecord | None, after: UserRecord) -> None:
+        self._store.put(key, after)
+        domain = domain_of(key)
         index = self._indexes[domain]
         index.replace(before, after)
         if after.sessions:
             if index.online_users > self.peak_online.get(domain, 0):
                 self.peak_online[domain] = index.online_users
-            self._online[bare_jid] = after
+            self._online[key] = after
         else:
-            self._online.pop(bare_jid, None)
+            self._online.pop(key, None)

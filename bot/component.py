@@ -114,14 +114,20 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self._dropped_at: int | None = None  # when the last connection was lost
         self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
         self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
+        self.internal_errors: Counter[tuple[str, str]] = Counter()  # (where, error type)
         self.chat_limiter = RateLimiter(clock)
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.announces_sessions = announces_sessions
         self._loaded_sessions_alive_until = loaded_sessions_alive_until
-        self._last_seen: dict[tuple[str, str], int] = {}  # online session -> last sign of life
+        # Sessions as real (bare JID, resource) -> last sign of life: what liveness pings. The
+        # tracker knows sessions only by their store keys (pseudonyms, with pseudonymize).
+        self._last_seen: dict[tuple[str, str], int] = {}
+        if liveness is not None and liveness.interval > 0 and not tracker.pseudonymized:
+            for session in tracker.online_sessions():  # loaded from the store: keys are JIDs
+                self._last_seen[session] = loaded_sessions_alive_until
         self.liveness = (
-            LivenessChecker(liveness, tracker.online_sessions, self._ping, self._session_gone)
+            LivenessChecker(liveness, self._pingable_sessions, self._ping, self._session_gone)
             if liveness is not None and liveness.interval > 0
             else None
         )
@@ -279,6 +285,20 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     # --- presence --------------------------------------------------------------------------
 
     def _on_presence(self, presence: Any) -> None:
+        try:
+            self._track_presence(presence)
+        except Exception as exc:  # our fault: never an error stanza to the user's client
+            self._internal_error("presence", exc)
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        """Log a fault of ours with its traceback, once per place and kind of error (a fault
+        that every presence hits must not flood the log)."""
+        signature = (where, type(exc).__name__)
+        self.internal_errors[signature] += 1
+        if self.internal_errors[signature] == 1:
+            log.error("Internal error while handling a %s (logged once)", where, exc_info=exc)
+
+    def _track_presence(self, presence: Any) -> None:
         # Read the type attribute itself: slixmpp's presence["type"] gives the <show/> value.
         kind = presence.xml.get("type")
         if kind is None:
@@ -316,10 +336,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def _accept_subscription(self, sender: JID) -> None:
         """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
         if not self.tracker.is_counted(sender.bare):
-            log.info("Subscription from %s refused: not a counted domain", sender.bare)
+            log.info("Subscription from %s refused: not a counted domain", sender.bare)  # no user
             self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="unsubscribed")
             return
-        log.info("Subscription from %s accepted; subscribing back", sender.bare)
+        log.info("Subscription from %s accepted; subscribing back", self.tracker.who(sender.bare))
         self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribed")
         self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribe")
         self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare)
@@ -361,14 +381,27 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self._last_seen[(bare, resource)] = int(self.clock())
         return True
 
+    def _pingable_sessions(self) -> set[tuple[str, str]]:
+        """The sessions seen in this run (or loaded with their JIDs) that are still online."""
+        gone = [s for s in self._last_seen if not self.tracker.is_online(*s)]
+        for session in gone:  # ended some other way (presence, resync, forget)
+            del self._last_seen[session]
+        return set(self._last_seen)
+
     def _session_gone(self, session: tuple[str, str]) -> None:
         ended_at = (
             self._last_seen.pop(session, None)
             or self._loaded_sessions_alive_until
             or int(self.clock())
         )
-        if self.tracker.session_ended(*session, ended_at):
-            self.event("presence_tracked", ("gone", JID(f"{session[0]}/{session[1]}")))
+        if self.tracker.is_online(*session) and self.tracker.session_ended(*session, ended_at):
+            bare, resource = session
+            log.info(
+                "Session %s/%s did not answer a ping: closed",
+                self.tracker.who(bare),
+                self.tracker.who_session(resource),
+            )
+            self.event("presence_tracked", ("gone", JID(f"{bare}/{resource}")))
 
     # --- privileges ---------------------------------------------------------------------
 
@@ -433,15 +466,14 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     # --- admins: ad-hoc commands and chat ----------------------------------------------------
 
     def _register_commands(self, _event: object) -> None:
-        self.plugin["xep_0050"].add_command(
-            node=ADHOC_STATS_NODE, name="Active users", handler=self._adhoc_stats
-        )
-        self.plugin["xep_0050"].add_command(
-            node=ADHOC_HISTORY_NODE, name="Activity history", handler=self._adhoc_history
-        )
-        self.plugin["xep_0050"].add_command(
-            node=ADHOC_FORGET_NODE, name="Forget a user", handler=self._adhoc_forget
-        )
+        for node, name, first_step in (
+            (ADHOC_STATS_NODE, "Active users", self._adhoc_stats),
+            (ADHOC_HISTORY_NODE, "Activity history", self._adhoc_history),
+            (ADHOC_FORGET_NODE, "Forget a user", self._adhoc_forget),
+        ):
+            self.plugin["xep_0050"].add_command(
+                node=node, name=name, handler=self._guarded_step(first_step)
+            )
         # Only admins see the command list.
         self.plugin["xep_0030"].set_node_handler(
             "get_items", self.boundjid, COMMANDS_NODE, self._command_items
@@ -459,6 +491,26 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if not self.commands.allowed(iq["from"].bare):
             log.info("Ad-hoc command %r refused to %s", iq["command"]["node"], iq["from"])
             raise XMPPError("forbidden", text="Only the administrators of this service may ask.")
+
+    def _guarded_step(self, step: Callable[[Any, dict[str, Any]], Any]) -> Callable[..., Any]:
+        """A command step whose unexpected failure is logged (once) and answered with a plain
+        internal-server-error, never slixmpp's "got into trouble" or a traceback."""
+
+        def guarded(first: Any, session: dict[str, Any]) -> Any:
+            try:
+                result = step(first, session)
+            except XMPPError:
+                raise  # deliberate: bad-request, forbidden
+            except Exception as exc:
+                self._internal_error("command", exc)
+                raise XMPPError(
+                    "internal-server-error", text="The bot failed to answer; its log says why."
+                ) from None
+            if isinstance(result, dict) and callable(result.get("next")):
+                result["next"] = self._guarded_step(result["next"])
+            return result
+
+        return guarded
 
     def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         return _answer(session, self.commands.stats_form())
@@ -484,7 +536,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if not jid.user or jid.resource:
             raise XMPPError("bad-request", text="give a bare JID such as alice@example.org")
         forgotten = self.tracker.forget(jid.bare)
-        log.info("Forget %s, asked by %s: %s", jid.bare, session["from"], forgotten)
+        log.info(
+            "Forget %s, asked by %s: %s", self.tracker.who(jid.bare), session["from"], forgotten
+        )
         text = f"Forgot {jid.bare}." if forgotten else f"Nothing was stored about {jid.bare}."
         return _answer(session, None, note=text)
 
@@ -495,7 +549,13 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if not self.chat_limiter.allow(sender.bare):
             log.debug("Chat from %s dropped: over the rate limit", sender)
             return
-        reply = self.commands.chat_reply(sender.bare, message["body"])
+        try:
+            reply = self.commands.chat_reply(sender.bare, message["body"])
+        except Exception as exc:  # our fault: a plain apology to admins, nothing to others
+            self._internal_error("chat message", exc)
+            if not self.commands.allowed(sender.bare):
+                return
+            reply = "Sorry, I could not answer that: an internal error (my log says why)."
         message.reply(reply).send()
 
     # --- background tasks -----------------------------------------------------------------

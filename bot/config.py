@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from slixmpp.jid import JID, InvalidJID
 
+from .pseudonym import MIN_SECRET_LENGTH
+
 SECRET_ENV = "XMPP_ACTIVE_USERS_SECRET"
 
 T = TypeVar("T")
@@ -283,7 +285,14 @@ def _pseudonym_key(path: Path, values: dict[str, Any]) -> bytes | None:
             f"{path}: [privacy] pseudonymize = true needs pseudonym_secret; add: "
             'pseudonym_secret = "a long random string" (never change it afterwards)'
         )
-    return str(values["privacy.pseudonym_secret"]).encode()
+    secret = str(values["privacy.pseudonym_secret"])
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"{path}: [privacy] pseudonym_secret is {len(secret)} characters long; use at least "
+            f"{MIN_SECRET_LENGTH} random ones (e.g. the output of `openssl rand -hex 32`): a "
+            "short one can be guessed, and with it every pseudonym reversed"
+        )
+    return secret.encode()
 
 
 def _liveness_interval(values: dict[str, Any]) -> float:

@@ -165,7 +165,12 @@ class Bot:
         started = time.perf_counter()
         # Sessions left open by the last run: a server that re-announces who is online gets
         # them closed now (it will say who is still there); otherwise pings decide, later.
-        keep_sessions = not self.settings.announces_sessions and self.settings.liveness_interval > 0
+        # With pseudonymize, the store has no address to ping: those sessions are closed too.
+        keep_sessions = (
+            not self.settings.announces_sessions
+            and self.settings.liveness_interval > 0
+            and self.settings.pseudonym_key is None
+        )
         report = self.tracker.load(int(self.clock()), close_stale_sessions=not keep_sessions)
         log.info(
             "Loaded %d users of %s from %s in %.2f s",

@@ -264,7 +264,8 @@ def import_activities(
         if not (entry.last_login or entry.last_logout):
             report.skipped["no login or logout recorded (never active)"] += 1
             continue
-        existing = store.get(entry.bare_jid)
+        key = store.key_of(entry.bare_jid)
+        existing = store.get(key)
         merged = merge(existing, entry)
         if merged == existing:
             report.unchanged += 1
@@ -274,10 +275,12 @@ def import_activities(
         else:
             report.updated += 1
         if not dry_run:
-            store.put(entry.bare_jid, merged)
+            store.put(key, merged)
             if store.pending >= _FLUSH_EVERY:
                 # An import is no sign of the bot's life: the heartbeat stays as it was.
                 store.flush(store.heartbeat, heartbeat_interval=0)
-    if not dry_run:
+    if dry_run:
+        store.discard_pending()  # a damaged record read meanwhile stays where it is
+    else:
         store.flush(store.heartbeat, heartbeat_interval=0)
     return report

@@ -96,6 +96,5 @@ class LivenessChecker:
             return
         log.debug("Ping of %s/%s: alive=%s", bare_jid, resource, alive)
         if alive is False and session in self._sessions():
-            log.info("Session %s/%s did not answer a ping: closed", bare_jid, resource)
             self.sessions_closed += 1
             self._gone(session)

@@ -1,17 +1,19 @@
 """Pseudonyms: users keyed by a keyed hash of their JID instead of the JID itself.
 
-With `[privacy] pseudonymize`, the store never holds a localpart: a user is `~<hash>@<domain>`,
-the domain kept so that counts per domain still work. The hash is an HMAC with the admin's
-secret, so nobody without it can test whether a given JID is in the store.
+With `[privacy] pseudonymize`, the store never holds a localpart or a resource: a user is
+`~<hash>@<domain>` (the domain kept so that counts per domain still work) and each of their
+sessions online `~<hash>`. The hashes are HMACs with the admin's secret, so nobody without it can
+test whether a given JID is in the store. Without pseudonymize, keys are the bare JIDs and
+resources themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 
-_PSEUDONYM = re.compile(r"~[0-9a-f]{32}@[^@/]+")
+_SESSION = b"session\0"  # keeps session hashes apart from user hashes
+MIN_SECRET_LENGTH = 16  # characters of `pseudonym_secret`: shorter ones can be guessed
 
 
 class Pseudonyms:
@@ -24,12 +26,22 @@ class Pseudonyms:
     def enabled(self) -> bool:
         return self._key is not None
 
-    def identity(self, bare_jid: str) -> str:
-        """The bare JID, or with a key `~<hash>@example.org`. Pseudonyms pass through."""
-        if self._key is None or _PSEUDONYM.fullmatch(bare_jid):
+    def user(self, bare_jid: str) -> str:
+        """How a user is keyed: the bare JID, or with a key `~<hash>@example.org`."""
+        if self._key is None:
             return bare_jid
-        digest = hmac.new(self._key, bare_jid.encode(), hashlib.sha256).hexdigest()
-        return f"~{digest[:32]}@{bare_jid.rpartition('@')[2]}"
+        # HMAC(key, JID): unchanged since the first release, so existing stores keep their keys.
+        return f"~{self._digest(bare_jid.encode())}@{bare_jid.rpartition('@')[2]}"
+
+    def session(self, resource: str) -> str:
+        """How a session (a resource) is kept in a user's record: itself, or `~<hash>`."""
+        if self._key is None:
+            return resource
+        return "~" + self._digest(_SESSION + resource.encode())
+
+    def _digest(self, message: bytes) -> str:
+        assert self._key is not None
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
 
     def mode_mismatch(self, store_is_pseudonymized: bool) -> str | None:
         """Why a store written in the other mode cannot be used (None: it can)."""

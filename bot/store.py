@@ -43,6 +43,7 @@ HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arriv
 _USER = "user:"
 _USER_PREFIX = _USER.encode()
 _DAY = "day:"
+_DAMAGED = "damaged:user:"  # damaged records set aside, never deleted
 _SCAN_BATCH = 10_000  # records decoded together by a full scan
 _SCHEMA_KEY = "meta:schema"
 _HEARTBEAT_KEY = "meta:heartbeat"
@@ -54,7 +55,7 @@ class Store:
 
     One writer at a time (a lock file beside the store says who); any number of readers.
     `put()` only remembers the record; `flush()` writes everything remembered in one transaction.
-    Users are keyed by `Pseudonyms.identity` of their bare JID.
+    Records are kept under `key_of(bare JID)`: the JID itself, or its pseudonym.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Store:
         self._pseudonyms = Pseudonyms(pseudonym_key)
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
         self._pending_days: dict[str, dict[str, Any]] = {}
+        self._set_aside: dict[str, bytes] = {}  # key -> a damaged value, to keep under it
         self._lock_file: IO[str] | None = None
         self._heartbeat_written = 0
         self.writer_running = False  # readers: whether a writer holds the store right now
@@ -141,39 +143,60 @@ class Store:
             )
         return version
 
-    def identity(self, bare_jid: str) -> str:
-        """How this store keys a user (see `Pseudonyms.identity`)."""
-        return self._pseudonyms.identity(bare_jid)
+    # --- records, by key ----------------------------------------------------------------------
 
-    # --- records -------------------------------------------------------------------------
+    @property
+    def pseudonymized(self) -> bool:
+        return self._pseudonyms.enabled
 
-    def get(self, bare_jid: str) -> UserRecord | None:
-        bare_jid = self.identity(bare_jid)
-        if bare_jid in self._pending:
-            return self._pending[bare_jid]
+    def key_of(self, bare_jid: str) -> str:
+        """The key of a user's record: the bare JID, or its pseudonym (see `Pseudonyms`)."""
+        return self._pseudonyms.user(bare_jid)
+
+    def session_key(self, resource: str) -> str:
+        """How a session online is kept in a record: the resource, or its pseudonym."""
+        return self._pseudonyms.session(resource)
+
+    def get(self, key: str) -> UserRecord | None:
+        """The record under `key`; None if there is none, or if it is damaged (then it is set
+        aside under "damaged:" with the next flush, logged once, and the user starts afresh)."""
+        if key in self._pending:
+            return self._pending[key]
+        raw_key = (_USER + key).encode()
         try:  # not Shelf.get: it would run the same SELECT twice (`in`, then the read)
-            value = self._db[(_USER + bare_jid).encode()]
+            value = self._db[raw_key]
         except KeyError:
             return None
         try:
             return decode_record(value)
         except DamagedRecord as exc:
-            _log_damaged(bare_jid.encode(), exc)
+            if self.readonly:
+                _log_damaged(key.encode(), exc)
+            else:
+                log.error(
+                    "Store record of %s is damaged (%s); set aside as %r, the user is tracked "
+                    "afresh",
+                    key,
+                    exc,
+                    _DAMAGED + key,
+                )
+                self._set_aside[_DAMAGED + key] = value
+                self._pending[key] = None
             return None
 
-    def put(self, bare_jid: str, record: UserRecord) -> None:
-        self._pending[self.identity(bare_jid)] = record
+    def put(self, key: str, record: UserRecord) -> None:
+        self._pending[key] = record
 
-    def delete(self, bare_jid: str) -> None:
-        self._pending[self.identity(bare_jid)] = None
+    def delete(self, key: str) -> None:
+        self._pending[key] = None
 
     def users(self) -> Iterator[tuple[str, UserRecord]]:
-        """Every user with a record, pending writes included: one query, streamed."""
-        for raw_jid, record in self.users_by_raw_jid():
-            yield raw_jid.decode("utf-8", errors="replace"), record
+        """(key, record) of every user, pending writes included: one query, streamed."""
+        for raw_key, record in self.users_by_raw_key():
+            yield raw_key.decode("utf-8", errors="replace"), record
 
-    def users_by_raw_jid(self) -> Iterator[tuple[bytes, UserRecord]]:
-        """`users()` with the bare JID still UTF-8 bytes: the start-up load of a million users
+    def users_by_raw_key(self) -> Iterator[tuple[bytes, UserRecord]]:
+        """`users()` with the key still UTF-8 bytes: the start-up load of a million users
         decodes only the few it keeps (online ones). Damaged records are logged and skipped,
         never deleted."""
         pending = {bare.encode(): record for bare, record in self._pending.items()}
@@ -182,16 +205,16 @@ class Store:
         while batch := list(islice(rows, _SCAN_BATCH)):
             records = decode_records([value for _key, value in batch])
             for (key, _value), record in zip(batch, records, strict=True):
-                raw_jid = key[prefix:]
-                if pending and raw_jid in pending:
+                raw_key = key[prefix:]
+                if pending and raw_key in pending:
                     continue
                 if isinstance(record, DamagedRecord):
-                    _log_damaged(raw_jid, record)
+                    _log_damaged(raw_key, record)
                 else:
-                    yield raw_jid, record
-        for raw_jid, record in pending.items():
+                    yield raw_key, record
+        for raw_key, record in pending.items():
             if record is not None:
-                yield raw_jid, record
+                yield raw_key, record
 
     # --- daily snapshots (history) ----------------------------------------------------------
 
@@ -250,6 +273,8 @@ class Store:
                         self._db[key] = encode_record(record)
                 for day, snapshot in self._pending_days.items():
                     self._shelf[_DAY + day] = snapshot
+                for key, value in self._set_aside.items():
+                    self._db[key.encode()] = value
                 self._shelf[_HEARTBEAT_KEY] = now
         except sqlite3.Error as exc:
             raise StoreError(
@@ -258,6 +283,7 @@ class Store:
         written = len(self._pending)
         self._pending.clear()
         self._pending_days.clear()
+        self._set_aside.clear()
         self._heartbeat_written = now
         return written
 
@@ -267,6 +293,7 @@ class Store:
         lost = len(self._pending)
         self._pending.clear()
         self._pending_days.clear()
+        self._set_aside.clear()
         return lost
 
     def close(self, now: int | None = None) -> None:
@@ -295,10 +322,10 @@ class Store:
         self.close()
 
 
-def _log_damaged(raw_jid: bytes, problem: DamagedRecord) -> None:
+def _log_damaged(raw_key: bytes, problem: DamagedRecord) -> None:
     log.error(
         "Store record of %s is malformed (%s); ignored, left in place",
-        raw_jid.decode(errors="replace"),
+        raw_key.decode(errors="replace"),
         problem,
     )
 

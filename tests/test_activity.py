@@ -105,7 +105,7 @@ def test_sessions_left_online_by_a_crash_end_at_the_last_heartbeat(tmp_path):
         tracker = ActivityTracker(reopened, [DOMAIN])
         report = tracker.load(T0 + 5 * DAY)
         assert (report.recovered_sessions, report.closed_at) == (1, T0 + 10)
-        assert reopened.get("alice@example.test").last_logout == T0 + 10
+        assert reopened.get(reopened.key_of("alice@example.test")).last_logout == T0 + 10
         counts = tracker.counts(T0 + 5 * DAY)
         assert (counts.online_users, counts.dau, counts.wau) == (0, 0, 1)
 
@@ -216,11 +216,12 @@ def test_pseudonymized_store_counts_recovers_and_forgets_the_same(tmp_path):
         tracker = ActivityTracker(reopened, [DOMAIN])
         report = tracker.load(T0 + DAY)
         assert (report.users, report.recovered_sessions) == (2, 1)
-        assert reopened.get("alice@example.test").last_logout == T0 + 10
+        assert reopened.get(reopened.key_of("alice@example.test")).last_logout == T0 + 10
         assert tracker.counts(T0 + DAY - 1).dau == 2
         assert tracker.forget("bob@example.test")
         assert tracker.counts(T0 + DAY - 1).known_users == 1
     assert b"alice" not in path.read_bytes()
+    assert b"phone" not in path.read_bytes()
 
 
 @settings(max_examples=40, deadline=None)

@@ -79,19 +79,42 @@ def store_with_a_damaged_record(request, tmp_path):
 
 def test_every_reader_treats_a_damaged_record_as_absent(store_with_a_damaged_record, caplog):
     path, value = store_with_a_damaged_record
-    with Store(path) as store:
+    assert inactive_users(path, T0 - 86_400) == ["alice@example.test"]  # the retention scan
+    with Store(path, readonly=True) as store:  # `count`, `history`: readers leave it in place
         assert store.get("mallory@example.test") is None
         assert [jid for jid, _ in store.users()] == ["alice@example.test"]
+    with Store(path) as store:  # an import, even a real one, sees no record to merge with
+        for dry_run in (True, False):
+            report = import_activities(
+                store,
+                [Activity("mallory@example.test", last_login=T0)],
+                ["example.test"],
+                dry_run=dry_run,
+            )
+            assert report.imported == 1
+    assert "mallory@example.test is damaged" in caplog.text
+    with Store(path) as store:  # the bot: start-up, then the user comes back
         tracker = ActivityTracker(store, ["example.test"])
-        assert tracker.load(T0).users == 1
-        report = import_activities(
-            store, [Activity("mallory@example.test", last_login=T0)], ["example.test"], dry_run=True
-        )
-        assert report.imported == 1  # the importer sees no record to merge with
-    assert inactive_users(path, T0 - 86_400) == ["alice@example.test"]
-    assert "mallory@example.test is malformed" in caplog.text
+        assert tracker.load(T0).users == 2  # the import made mallory afresh
     with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
-        assert shelf.dict[b"user:mallory@example.test"] == value  # left in place
+        assert shelf.dict[b"damaged:user:mallory@example.test"] == value  # set aside, kept
+
+
+def test_the_live_bot_sets_a_damaged_record_aside_and_tracks_the_user_afresh(
+    store_with_a_damaged_record, caplog
+):
+    path, value = store_with_a_damaged_record
+    with Store(path) as store:
+        tracker = ActivityTracker(store, ["example.test"])
+        assert tracker.load(T0).users == 1  # the scan skips it (and says so)
+        assert tracker.session_started("mallory@example.test", "phone", T0)
+        assert tracker.session_ended("mallory@example.test", "phone", T0 + 5)
+        assert tracker.counts(T0 + 10).dau == 1
+    assert caplog.text.count("set aside") == 1  # logged once
+    with Store(path, readonly=True) as store:
+        assert store.get("mallory@example.test") == UserRecord(T0, T0, T0 + 5)
+    with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
+        assert shelf.dict[b"damaged:user:mallory@example.test"] == value
 
 
 class _RunsCode:

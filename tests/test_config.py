@@ -130,3 +130,17 @@ def test_server_software_sets_the_liveness_default(tmp_path):
     assert load_settings(write(tmp_path, tuned), environ={}).liveness_interval == 60
     with pytest.raises(ConfigError, match="software must be one of prosody, ejabberd, generic"):
         load_settings(write(tmp_path, MINIMAL + '[server]\nsoftware = "openfire"\n'), environ={})
+
+
+def test_pseudonymize_needs_a_long_enough_secret(tmp_path):
+    base = MINIMAL + "[privacy]\npseudonymize = true\n"
+    with pytest.raises(ConfigError, match="pseudonymize = true needs pseudonym_secret"):
+        load_settings(write(tmp_path, base), environ={})
+    with pytest.raises(
+        ConfigError, match=r"pseudonym_secret is 15 characters long; use at least 16"
+    ):
+        load_settings(write(tmp_path, base + 'pseudonym_secret = "fifteen chars!!"\n'), environ={})
+    settings = load_settings(
+        write(tmp_path, base + 'pseudonym_secret = "sixteen chars!!!"\n'), environ={}
+    )
+    assert settings.pseudonym_key == b"sixteen chars!!!"

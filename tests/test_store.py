@@ -252,15 +252,16 @@ def test_kill_9_loses_nothing_older_than_one_flush_interval(tmp_path):
 def test_pseudonymized_store_holds_no_address(tmp_path):
     path = tmp_path / "activity.db"
     with Store(path, pseudonym_key=b"k" * 32) as store:
-        store.put("alice@example.test", ALICE)
-        assert store.get("alice@example.test") == ALICE
-        (identity,) = [jid for jid, _ in store.users()]
-        assert identity.startswith("~")
-        assert identity.endswith("@example.test")  # the domain stays: counts are per domain
-        assert store.get(identity) == ALICE  # an identity maps to itself
+        key = store.key_of("alice@example.test")
+        assert key.startswith("~")
+        assert key.endswith("@example.test")  # the domain stays: counts are per domain
+        assert store.key_of("alice@example.test") == key  # the same user, the same key
+        store.put(key, ALICE._replace(sessions=(store.session_key("phone"),)))
+        assert [k for k, _ in store.users()] == [key]
     assert b"alice" not in path.read_bytes()
+    assert b"phone" not in path.read_bytes()
     with Store(path, pseudonym_key=b"other key!" * 4) as store:
-        assert store.get("alice@example.test") is None  # another key, other pseudonyms
+        assert store.get(store.key_of("alice@example.test")) is None  # other pseudonyms
     with pytest.raises(StoreError, match="this store is pseudonymized"):
         Store(path)
     Store(tmp_path / "plain.db").close()
