@@ -41,17 +41,65 @@ class StoreCorruptError(StoreError):
     """The file is not a store of ours (or not a readable one). It is never modified."""
 
 
+class StoreNotWritable(sqlite3.OperationalError):
+    """A file of the store cannot be written now; nothing was written (see `SqliteDict`).
+
+    An sqlite3 error, so that `Store.flush` reports it as any failed write: one line, the
+    records kept for the next flush."""
+
+
 class SqliteDict(MutableMapping[bytes, bytes]):
     """bytes -> bytes in SQLite, with the table layout of CPython 3.13's dbm.sqlite3.
 
     Autocommit outside `transaction()`, so a writer groups its writes explicitly.
+
+    A writer never lets SQLite write into a store file that has become read-only under it
+    (`chattr +i`, a read-only file system): SQLite writes the WAL index through a shared memory
+    map of the -shm file, and the kernel answers a write into the map of an immutable file with
+    SIGBUS, which ends the process (no exception, no log line). So a writer checks its files
+    before and after building each transaction (`StoreNotWritable`, nothing written), takes its
+    read mark right after each commit, and closes without a checkpoint when the files are
+    read-only. Still fatal (SIGBUS), as no check can be atomic with SQLite's writes:
+    - the -shm made read-only during a commit (from the check before it to its end: well under
+      a millisecond for a few records, a few for a thousand, tens when it checkpoints);
+    - the -shm made read-only while the WAL is not yet, during a flush that changes more than
+      SQLite's page cache holds (2 MiB: about a thousand users scattered in a large store),
+      which SQLite writes in part to the WAL before the commit.
     """
 
     def __init__(self, path: Path, *, readonly: bool) -> None:
+        self.path = path
         mode = "ro" if readonly else "rwc"
-        uri = f"file:{quote(str(path))}?mode={mode}"
-        self._path = path
-        self._cx = sqlite3.connect(uri, uri=True, isolation_level=None)
+        self._uri = f"file:{quote(str(path))}?mode={mode}"
+        if not readonly:
+            refuse_unwritable(path)  # before SQLite opens it (it would fall back to read-only)
+        self._cx = sqlite3.connect(self._uri, uri=True, isolation_level=None)
+        if readonly:
+            try:
+                self._refuse_unreadable_wal_index()
+            except BaseException:
+                self._cx.close()
+                raise
+        # A writer's second, read-only connection, idle: while it is open, closing `_cx` cannot
+        # take the exclusive lock that the last connection needs to checkpoint (see `close`).
+        self._keeper: sqlite3.Connection | None = None
+
+    def _refuse_unreadable_wal_index(self) -> None:
+        """A reader needs the -shm (the WAL index): when no writer runs, SQLite creates it, so
+        the folder must be writable; say so instead of "unable to open database file"."""
+        try:
+            self._cx.execute(_TAKE_READ_MARK).fetchone()
+        except sqlite3.OperationalError as exc:
+            shm = store_files(self.path)[2]
+            if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN or shm.exists():
+                raise  # the caller's to judge (a damaged or foreign file)
+            problem = _why_unwritable(self.path.parent)
+            if problem is None:
+                raise
+            raise StoreError(
+                f"{self.path}: cannot be read while no bot runs: SQLite must create {shm.name} "
+                f"beside it, and {problem}"
+            ) from None
 
     def prepare_for_writing(self) -> None:
         (mode,) = self._cx.execute("PRAGMA journal_mode = wal").fetchone()
@@ -59,7 +107,7 @@ class SqliteDict(MutableMapping[bytes, bytes]):
             # Without WAL, readers (`count`) would block the writer and a crash could leave a
             # hot journal: refuse rather than run with other guarantees than the ones promised.
             raise StoreError(
-                f"{self._path}: SQLite refused write-ahead logging here (journal mode stays "
+                f"{self.path}: SQLite refused write-ahead logging here (journal mode stays "
                 f"{mode!r}); the file system may not support it (a network file system?). "
                 "Put the store on a local disk."
             )
@@ -72,6 +120,10 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         self._cx.execute(
             "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
         )
+        self._keeper = sqlite3.connect(
+            self._uri.replace("mode=rwc", "mode=ro"), uri=True, isolation_level=None
+        )
+        self._keeper.execute(_TAKE_READ_MARK).fetchone()  # holds the file's shared lock from now
 
     def is_empty(self) -> bool:
         """No table at all: a new (or zero-byte) database file."""
@@ -125,21 +177,49 @@ class SqliteDict(MutableMapping[bytes, bytes]):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All or nothing; afterwards the connection is outside any transaction, even when the
-        COMMIT itself failed (SQLite keeps the transaction open then, and every later BEGIN
-        would fail until the process ends)."""
+        """One write transaction, all or nothing. Afterwards the connection is outside any
+        transaction, even when the COMMIT itself failed (SQLite keeps the transaction open
+        then, and every later BEGIN would fail until the process ends). Raises
+        StoreNotWritable, having written nothing, when a file of the store is read-only before
+        it starts, before it commits, or made it fail."""
+        self._refuse_if_unwritable()
         self._cx.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._refuse_if_unwritable()  # the writes so far are in SQLite's page cache only
             self._cx.execute("COMMIT")
-        except BaseException:
-            if self._cx.in_transaction:
+        except BaseException as exc:
+            if self._cx.in_transaction:  # SQLite ends it itself on some errors (I/O, full)
                 with suppress(sqlite3.Error):  # the error that brought us here is the news
                     self._cx.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, StoreNotWritable):
+                self._refuse_if_unwritable()  # a clearer reason than "disk I/O error"
             raise
+        # The first read after a commit writes a read mark into the -shm; do it now, while the
+        # files are known writable, not at the next lookup (which may come after a chattr +i).
+        self._cx.execute(_TAKE_READ_MARK).fetchone()
+
+    def _refuse_if_unwritable(self) -> None:
+        for file in store_files(self.path):
+            problem = _why_unwritable(file, file.name)  # the error names the store's path
+            if problem is not None:
+                raise StoreNotWritable(problem)
 
     def close(self) -> None:
-        self._cx.close()
+        """Close; when the files can still be written, the last connection checkpoints the WAL
+        into the file and removes -wal and -shm. When they cannot, the connections close
+        without any write (a checkpoint would write into the -shm map: SIGBUS), and the WAL,
+        with every commit, is left for the next writer."""
+        if self._keeper is None:
+            self._cx.close()
+            return
+        if any(_why_unwritable(file) for file in store_files(self.path)):
+            self._cx.close()  # not the last connection: no checkpoint
+            self._keeper.close()  # read-only: never checkpoints
+        else:
+            self._keeper.close()
+            self._cx.close()
+        self._keeper = None
 
 
 class PrimitivesUnpickler(pickle.Unpickler):
@@ -183,6 +263,45 @@ class Shelf(shelve.Shelf):  # type: ignore[type-arg]
             yield key.decode(encoding), load_primitives(value)
 
 
+# A statement that begins a read transaction (and so takes a read mark in the WAL index).
+_TAKE_READ_MARK = "SELECT COUNT(*) FROM sqlite_master"
+
+
+def store_files(path: Path) -> tuple[Path, Path, Path]:
+    """The database, its WAL and its WAL index (the -shm file SQLite maps into memory)."""
+    return path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _why_unwritable(path: Path, name: str | None = None) -> str | None:
+    """Why `path` (called `name` in the answer) cannot be written now, or None (also when it
+    does not exist).
+
+    Never opens the file: closing a descriptor of the database would release SQLite's POSIX
+    locks on it. `os.access` says no for an immutable file (even to root), a read-only file
+    system, and (not for root) missing write permission."""
+    if os.access(path, os.W_OK):
+        return None
+    try:
+        read_only_mount = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except FileNotFoundError:
+        return None
+    name = name or str(path)
+    if read_only_mount:
+        return f"{name} is on a read-only file system (remount it read-write)"
+    return f"{name} is read-only: immutable (`lsattr -d`; `chattr -i` undoes it) or its mode"
+
+
+def refuse_unwritable(path: Path) -> None:
+    """Before a writer opens the store: each of its files that exists must be writable, and
+    its folder too when SQLite has a file to create there."""
+    files = store_files(path)
+    checked = files if all(file.exists() for file in files) else (*files, path.parent)
+    for file in checked:
+        problem = _why_unwritable(file)
+        if problem is not None:
+            raise StoreError(f"{path}: cannot be opened for writing: {problem}")
+
+
 def refuse_foreign_file(path: Path) -> None:
     """Never let SQLite touch a file that is not SQLite (it would happily overwrite it)."""
     try:
@@ -210,8 +329,17 @@ def lock_for_writing(path: Path) -> IO[str]:
     """Take the writer's lock beside `path`, or raise StoreLockedError naming the holder.
 
     The kernel releases it when the process dies, even by kill -9; closing the returned file
-    releases it too."""
-    lock_file = lock_path(path).open("a+", encoding="utf-8")
+    releases it too. Creates the store's folder if needed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = lock_path(path).open("a+", encoding="utf-8")
+    except OSError as exc:
+        target = Path(exc.filename or lock_path(path))
+        done, writable = ("opened", target) if target.exists() else ("created", target.parent)
+        raise StoreError(
+            f"{target}: cannot be {done} ({exc.strerror}): make {writable} writable, or set "
+            "[store] path to another folder"
+        ) from None
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

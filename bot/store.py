@@ -78,7 +78,6 @@ class Store:
                 )
             self.writer_running = is_locked_for_writing(path)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_file = lock_for_writing(path)
         try:
             self._shelf = self._open_shelf()
