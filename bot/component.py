@@ -115,7 +115,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
         self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
         self.internal_errors: Counter[tuple[str, str]] = Counter()  # (where, error type)
-        self.chat_limiter = RateLimiter(clock)
+        self.chat_limiter = RateLimiter()  # on the monotonic clock: wall-clock steps don't matter
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.announces_sessions = announces_sessions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        clock: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,  # an interval clock: never the wall clock
         *,
         burst: int = 5,
         rate: float = 0.5,
@@ -30,7 +31,8 @@ class RateLimiter:
     def allow(self, sender: str) -> bool:
         now = self._clock()
         tokens, at = self._buckets.pop(sender, (float(self._burst), now))
-        tokens = min(float(self._burst), tokens + (now - at) * self._rate)
+        elapsed = max(0.0, now - at)  # a clock that steps back gives no tokens, takes none
+        tokens = min(float(self._burst), tokens + elapsed * self._rate)
         allowed = tokens >= 1
         self._buckets[sender] = (tokens - 1 if allowed else tokens, now)
         if len(self._buckets) > self._max_senders:

@@ -169,3 +169,59 @@ class ComponentStanzaTest(ComponentHarness):
         reply = self.xmpp.socket.next_sent()
         assert reply is not None
         assert b"I count the active users" in reply
+
+
+class OurFaultsStayOursTest(ComponentHarness):
+    """A fault of the bot never reaches a user's client as an error stanza; it is logged once."""
+
+    def sent(self) -> list[str]:
+        self.wait_for_send_queue()
+        stanzas = []
+        while (stanza := self.xmpp.socket.next_sent()) is not None:
+            stanzas.append(stanza.decode())
+        return stanzas
+
+    def test_a_damaged_stored_record_is_set_aside_and_the_user_tracked_afresh(self):
+        self.store._db[b"user:alice@example.test"] = b"\x00 not a record"
+        with self.assertLogs("bot.store", logging.ERROR) as logs:
+            self.recv('<presence from="alice@example.test/phone" to="active.example.test"/>')
+            self.recv('<presence from="alice@example.test/pc" to="active.example.test"/>')
+        assert self.sent() == []  # no <presence type="error"/> to alice's client
+        assert self.online() == {("alice@example.test", "phone"), ("alice@example.test", "pc")}
+        assert len(logs.output) == 1
+        assert "set aside as 'damaged:user:alice@example.test'" in logs.output[0]
+
+    def test_an_internal_error_sends_nothing_to_the_user_and_is_logged_once(self):
+        def broken(*_args):
+            raise RuntimeError("a bug of ours")
+
+        self.tracker.session_started = broken
+        with self.assertLogs("bot.component", logging.ERROR) as logs:
+            for resource in ("phone", "pc", "tablet"):
+                self.recv(
+                    f'<presence from="alice@example.test/{resource}" to="active.example.test"/>'
+                )
+        assert self.sent() == []
+        assert len(logs.output) == 1
+        assert "Internal error while handling a presence (logged once)" in logs.output[0]
+        assert "RuntimeError: a bug of ours" in logs.output[0]
+        assert self.xmpp.internal_errors[("presence", "RuntimeError")] == 3
+
+    def test_a_failing_command_answers_internal_server_error_without_details(self):
+        def broken():
+            raise RuntimeError("a bug of ours")
+
+        self.xmpp.commands = self.xmpp.commands.__class__(
+            admins=self.xmpp.commands.admins, figures=broken
+        )
+        with self.assertLogs("bot.component", logging.ERROR):
+            self.recv(
+                f'<iq type="set" id="c1" from="admin@example.test/desk" to="{COMPONENT}">'
+                '<command xmlns="http://jabber.org/protocol/commands" node="active-users" '
+                'action="execute"/></iq>'
+            )
+            (reply,) = self.sent()
+        assert "<internal-server-error" in reply
+        assert "its log says why" in reply
+        assert "a bug of ours" not in reply
+        assert "got into trouble" not in reply

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from bot.ratelimit import RateLimiter
 
 
@@ -36,3 +38,18 @@ def test_many_senders_keep_memory_bounded():
     for n in range(10_000):
         limiter.allow(f"u{n}@x")
     assert len(limiter._buckets) == 100
+
+
+def test_a_clock_that_steps_back_an_hour_refuses_no_longer_than_one_interval():
+    clock = Clock()
+    limiter = RateLimiter(clock, burst=2, rate=0.5)
+    assert limiter.allow("admin@x")
+    clock.now -= 3600  # the clock stepped back
+    assert limiter.allow("admin@x")  # the token left is still there
+    assert not limiter.allow("admin@x")
+    clock.now += 2.0  # one interval later: one token back, as without the step
+    assert limiter.allow("admin@x")
+
+
+def test_the_bot_limits_chat_on_the_monotonic_clock():
+    assert RateLimiter()._clock is time.monotonic

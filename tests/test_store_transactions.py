@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import sqlite3
 
 import pytest
 
 from bot.model import UserRecord
 from bot.shelf import SqliteDict, StoreError
-from bot.store import Store
+from bot.store import Store, flush_periodically
 
 T0 = 1_800_000_000
 RECORD = UserRecord(T0, T0, 0)
@@ -76,3 +79,28 @@ def test_a_file_system_that_refuses_wal_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(SqliteDict, "__init__", init)
     with pytest.raises(StoreError, match=r"refused write-ahead logging.*local disk"):
         Store(tmp_path / "activity.db")
+
+
+@pytest.mark.asyncio
+async def test_a_store_that_keeps_failing_is_logged_once_then_its_recovery(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="bot.store")
+    with Store(tmp_path / "activity.db") as store:
+        connection(store).execute("PRAGMA query_only = 1")  # every write now fails
+        store.put("alice@example.test", RECORD)
+        flushing = asyncio.create_task(flush_periodically(store, 0.01, lambda: T0))
+        try:
+            while "attempt to write a readonly database" not in caplog.text:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # about 20 more failed flushes
+            connection(store).execute("PRAGMA query_only = 0")
+            while store.pending:
+                await asyncio.sleep(0.01)
+        finally:
+            flushing.cancel()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].getMessage().endswith("kept in memory and retried at the next flush")
+    (recovered,) = [r.getMessage() for r in caplog.records if "work again" in r.getMessage()]
+    assert re.fullmatch(
+        r"Store writes work again after \d+ failed flushes .*; 1 users written", recovered
+    )
