@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .counter import DEFAULT_WINDOWS, ActivityIndex, Counts
+from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
 from .model import UserRecord, domain_of
 from .store import Store
 
@@ -92,9 +92,7 @@ class ActivityTracker:
         self.windows = tuple(windows)
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # store key -> record, online users only
-        # domain -> most users online at once since `reset_peaks` (the daemon resets it at the
-        # first count of each UTC day)
-        self.peak_online: dict[str, int] = {}
+        self._peaks = _DailyPeaks()
         self._unconfirmed: set[tuple[str, str]] | None = None  # during a resync, see below
 
     @property
@@ -265,7 +263,7 @@ class ActivityTracker:
             after = before._replace(
                 last_login=max(before.last_login, now), sessions=(*before.sessions, session)
             )
-        self._apply(key, before, after)
+        self._apply(key, before, after, now)
         return True
 
     def _end(self, key: str, session: str, now: int) -> None:
@@ -277,7 +275,7 @@ class ActivityTracker:
         else:
             sessions = tuple(s for s in before.sessions if s != session)
             after = before._replace(last_logout=max(before.last_logout, now), sessions=sessions)
-        self._apply(key, before, after)
+        self._apply(key, before, after, now)
 
     def _forget(self, key: str) -> bool:
         before = self._record(key)
@@ -296,19 +294,60 @@ class ActivityTracker:
         record = self._online.get(key)
         return record if record is not None else self._store.get(key)
 
-    def reset_peaks(self) -> None:
-        """A new day (the daemon calls this at the first count of a UTC day): its peak starts
-        from who is online now."""
-        self.peak_online = {d: index.online_users for d, index in self._indexes.items()}
+    def start_peaks(self, now: int) -> None:
+        """Today's peak of users online starts from who is online now (after the load)."""
+        self._peaks.start(now, self._online_by_domain())
 
-    def _apply(self, key: str, before: UserRecord | None, after: UserRecord) -> None:
+    @property
+    def peak_online(self) -> dict[str, int]:
+        """Per domain, the most users online at once so far today (UTC)."""
+        return self._peaks.today
+
+    def ended_day_peaks(self, now: int) -> dict[int, dict[str, int]]:
+        """The final peaks of the UTC days (numbers since the epoch) that ended before `now`
+        and were not asked for yet: each day gets the peak that happened on it."""
+        self._peaks.roll(now, self._online_by_domain)
+        return self._peaks.take_ended()
+
+    def _online_by_domain(self) -> dict[str, int]:
+        return {domain: index.online_users for domain, index in self._indexes.items()}
+
+    def _apply(self, key: str, before: UserRecord | None, after: UserRecord, now: int) -> None:
+        self._peaks.roll(now, self._online_by_domain)  # a new day starts before this change
         self._store.put(key, after)
         domain = domain_of(key)
         index = self._indexes[domain]
         index.replace(before, after)
         if after.sessions:
-            if index.online_users > self.peak_online.get(domain, 0):
-                self.peak_online[domain] = index.online_users
+            self._peaks.note(domain, index.online_users)
             self._online[key] = after
         else:
             self._online.pop(key, None)
+
+
+class _DailyPeaks:
+    """Most users online at once, per domain and UTC day, credited to the day it happened."""
+
+    def __init__(self) -> None:
+        self._day: int | None = None  # days since the epoch (UTC)
+        self.today: dict[str, int] = {}
+        self._ended: dict[int, dict[str, int]] = {}
+
+    def start(self, now: int, online: dict[str, int]) -> None:
+        self._day, self.today = now // DAY, dict(online)
+
+    def roll(self, now: int, online: Callable[[], dict[str, int]]) -> None:
+        """At the first moment seen of a later day: close today, start from who is online."""
+        day = now // DAY
+        if self._day is None or day > self._day:  # a clock stepping back changes no day
+            if self._day is not None:
+                self._ended[self._day] = self.today
+            self.start(now, online())
+
+    def note(self, domain: str, online_users: int) -> None:
+        if online_users > self.today.get(domain, 0):
+            self.today[domain] = online_users
+
+    def take_ended(self) -> dict[int, dict[str, int]]:
+        ended, self._ended = self._ended, {}
+        return ended

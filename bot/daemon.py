@@ -19,7 +19,7 @@ from .activity import ActivityTracker
 from .commands import CommandSet, Figures
 from .component import ActiveUsersComponent, ConnectionFatal, Timing
 from .config import Settings
-from .counter import window_label
+from .counter import DAY, window_label
 from .history import Day, day_snapshot, last_days, utc_day
 from .liveness import LivenessSettings
 from .metrics import ActivityCollector, MetricsServer, Snapshot, snapshot_from_loop
@@ -107,13 +107,12 @@ class Bot:
         self.duty_restarts: Counter[str] = Counter()  # duty -> restarts, for the metrics
         self.store = Store(settings.store_path, pseudonym_key=settings.pseudonym_key)
         self.metrics: MetricsServer | None = None
-        self._history_day = utc_day(clock())
         try:
             self.tracker = ActivityTracker(
                 self.store, settings.domains, exclude=settings.exclude, windows=settings.windows
             )
             self._load()
-            self.tracker.reset_peaks()
+            self.tracker.start_peaks(int(clock()))
             self.component = self._component(timing)
         except BaseException:
             self.store.close(int(clock()))
@@ -193,14 +192,22 @@ class Bot:
             )
 
     def record_today(self) -> None:
-        """Rewrite today's history snapshot with the current figures (UTC days)."""
-        now = self.clock()
-        day = utc_day(now)
-        if day != self._history_day:
-            self.tracker.reset_peaks()
-            self._history_day = day
-        by_domain = self.tracker.counts_by_domain(int(now))
-        self.store.put_day(day, day_snapshot(by_domain, self.tracker.peak_online))
+        """Rewrite today's history snapshot with the current figures (UTC days), and give the
+        days that ended since the last call the peak of users online that happened on them."""
+        now = int(self.clock())
+        for day_number, peaks in self.tracker.ended_day_peaks(now).items():
+            self._record_final_peaks(utc_day(day_number * DAY), peaks)
+        by_domain = self.tracker.counts_by_domain(now)
+        self.store.put_day(utc_day(now), day_snapshot(by_domain, self.tracker.peak_online))
+
+    def _record_final_peaks(self, day: str, peaks: dict[str, int]) -> None:
+        snapshot = self.store.day(day)
+        if snapshot is None:
+            return  # no count that day: its figures are unknown, it stays a gap
+        for domain, peak in peaks.items():
+            if isinstance(snapshot.get(domain), dict):
+                snapshot[domain]["peak_online"] = max(snapshot[domain].get("peak_online", 0), peak)
+        self.store.put_day(day, snapshot)
 
     async def after_count(self) -> None:
         """The hourly housekeeping: today's history snapshot, then retention."""

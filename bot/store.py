@@ -221,6 +221,21 @@ class Store:
         """Remember one UTC day's figures (primitives only), written with the next flush."""
         self._pending_days[day] = snapshot
 
+    def day(self, day: str) -> dict[str, Any] | None:
+        """One day's snapshot (pending first); None when there is none or it is damaged."""
+        if day in self._pending_days:
+            return self._pending_days[day]
+        try:
+            value = self._db[(_DAY + day).encode()]
+        except KeyError:
+            return None
+        try:
+            snapshot = load_primitives(value)
+        except pickle.UnpicklingError as exc:
+            log.error("Store snapshot of %s is damaged (%s); ignored, left in place", day, exc)
+            return None
+        return snapshot if isinstance(snapshot, dict) else None
+
     def days(self) -> dict[str, dict[str, Any]]:
         """Every stored day's snapshot, pending ones included, by date (YYYY-MM-DD)."""
         stored = {}

@@ -76,3 +76,40 @@ def test_history_command_prints_csv_from_the_store(tmp_path):
     assert lines[0].startswith("date,domain,active_1d")
     assert lines[2].startswith(f"{today},example.test,3,3,3,")
     assert lines[1].endswith(",,,,,,,")  # yesterday: a gap
+
+
+class FakeServer:
+    component_jid = "active.example.test"
+    component_secret = "s"
+    component_port = 5347
+    domain = "example.test"
+
+
+def test_the_peak_between_the_last_count_of_a_day_and_midnight_is_that_days(tmp_path):
+    """Counts at 23:10 and 00:30: the peak of 23:40 belongs to the day that ended, and the new
+    day's peak starts from who was online at midnight."""
+    from bot.daemon import Bot
+
+    from .support import bot_settings
+
+    midnight = 1_800_057_600  # 2027-01-16T00:00:00Z
+    assert utc_day(midnight) == "2027-01-16"
+    clock = [midnight - 50 * 60]
+    bot = Bot(bot_settings(FakeServer, tmp_path / "a.db"), clock=lambda: clock[0])
+    try:
+        tracker = bot.tracker
+        for n in range(3):
+            tracker.session_started(f"u{n}@example.test", "r", clock[0])
+        bot.record_today()  # the count of 23:10: 3 online
+        for n in range(3, 5):
+            tracker.session_started(f"u{n}@example.test", "r", midnight - 20 * 60)  # 23:40: 5
+        for n in range(3):
+            tracker.session_ended(f"u{n}@example.test", "r", midnight - 10 * 60)  # 23:50: 2
+        tracker.session_started("u5@example.test", "r", midnight + 10 * 60)  # 00:10: 3
+        clock[0] = midnight + 30 * 60
+        bot.record_today()  # the first count of the new day
+        days = bot.store.days()
+    finally:
+        bot.store.close(clock[0])
+    assert days["2027-01-15"]["example.test"]["peak_online"] == 5
+    assert days["2027-01-16"]["example.test"]["peak_online"] == 3
