@@ -246,7 +246,9 @@ def _import(args: argparse.Namespace) -> int:
             for file, bare_jid in tqdm(files, desc="Importing", unit=" users", delay=1)
         )
     with Store(settings.store_path, pseudonym_key=settings.pseudonym_key) as store:
-        report = importer.import_activities(store, entries, settings.domains, dry_run=args.dry_run)
+        report = importer.import_activities(
+            store, entries, settings.domains, dry_run=args.dry_run, exclude=settings.exclude
+        )
     print(report.summary(args.dry_run))
     return 0
 

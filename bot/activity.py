@@ -245,9 +245,13 @@ class ActivityTracker:
         """Close the sessions not re-announced since `begin_resync`, at `ended_at` (the time
         the connection dropped). Returns how many were closed."""
         unconfirmed, self._unconfirmed = self._unconfirmed or set(), None
+        closed = 0
         for key, session in sorted(unconfirmed):
-            self._end(key, session, ended_at)
-        return len(unconfirmed)
+            record = self._online.get(key)
+            if record is not None and session in record.sessions:  # not forgotten meanwhile
+                self._end(key, session, ended_at)
+                closed += 1
+        return closed
 
     # --- internals: by key ---------------------------------------------------------------------
 

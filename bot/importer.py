@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from .activity import exclusion_matcher
 from .luadata import LuaDataError, parse_lua_data
 from .model import UserRecord, domain_of
 from .store import Store
@@ -251,8 +252,12 @@ def import_activities(
     domains: Iterable[str],
     *,
     dry_run: bool,
+    exclude: Iterable[str] = (),
 ) -> ImportReport:
+    """Merge the entries into the store; users of other domains, and those `[counting] exclude`
+    matches (never counted nor stored), are skipped and counted in the report."""
     counted = set(domains)
+    excluded = exclusion_matcher(exclude)
     report = ImportReport()
     for entry in entries:
         if isinstance(entry, Rejected):
@@ -260,6 +265,9 @@ def import_activities(
             continue
         if domain_of(entry.bare_jid) not in counted:
             report.skipped[f"domain {domain_of(entry.bare_jid)} is not counted"] += 1
+            continue
+        if excluded(entry.bare_jid):
+            report.skipped["excluded by [counting] exclude"] += 1
             continue
         if not (entry.last_login or entry.last_logout):
             report.skipped["no login or logout recorded (never active)"] += 1

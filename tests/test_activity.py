@@ -247,3 +247,16 @@ def test_dormant_users_dropped_at_load_count_exactly_when_they_return(stored, ev
         records = [record for _, record in store.users()]
         assert (counts.dau, counts.wau, counts.mau) == seed_counts(records, later)
         assert counts.new_users[30 * DAY] == sum(later - r.first_seen < 30 * DAY for r in records)
+
+
+def test_a_user_forgotten_during_a_resync_stays_forgotten(tmp_path):
+    with Store(tmp_path / "activity.db") as store:
+        tracker = ActivityTracker(store, [DOMAIN])
+        tracker.load(T0)
+        tracker.session_started("alice@example.test", "phone", T0)
+        tracker.session_started("bob@example.test", "pc", T0)
+        tracker.begin_resync()  # the connection came back
+        assert tracker.forget("alice@example.test")  # an admin erases alice meanwhile
+        assert tracker.end_resync(T0 + 5) == 1  # bob was not re-announced: closed
+        assert store.get("alice@example.test") is None
+        assert tracker.counts(T0 + 10).known_users == 1

@@ -369,6 +369,25 @@ def test_import_twice_changes_nothing_and_other_domains_are_skipped(tmp_path):
     assert first.rejected == [Rejected("x.dat", "broken")]
 
 
+def test_excluded_users_are_neither_imported_nor_stored(tmp_path):
+    entries = [
+        Activity("alice@example.test", T, 0),
+        Activity("monitor@example.test", T, 0),
+        Activity("robot-1@example.test", T, 0),
+    ]
+    with Store(tmp_path / "activity.db") as store:
+        report = import_activities(
+            store,
+            entries,
+            ["example.test"],
+            dry_run=False,
+            exclude=["monitor@example.test", "robot-*@example.test"],
+        )
+        assert [jid for jid, _ in store.users()] == ["alice@example.test"]
+    assert report.imported == 1
+    assert report.skipped == {"excluded by [counting] exclude": 2}
+
+
 def test_dry_run_writes_nothing(tmp_path):
     with Store(tmp_path / "activity.db") as store:
         report = import_activities(
