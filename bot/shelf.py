@@ -22,6 +22,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager, suppress
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
@@ -173,11 +174,7 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         """The values of those of `keys` that exist: one statement, and one row, per chunk."""
         found: dict[bytes, bytes] = {}
         for chunk in _pieces(keys):
-            (pairs,) = self._cx.execute(
-                "SELECT group_concat(hex(key) || ':' || hex(value)) FROM Dict "
-                f"WHERE key IN ({', '.join(['CAST(? AS BLOB)'] * len(chunk))})",
-                chunk,
-            ).fetchone()
+            (pairs,) = self._cx.execute(_sql_get_many(len(chunk)), chunk).fetchone()
             for pair in pairs.split(",") if pairs else ():
                 key, _, value = pair.partition(":")
                 found[bytes.fromhex(key)] = bytes.fromhex(value)
@@ -186,20 +183,12 @@ class SqliteDict(MutableMapping[bytes, bytes]):
     def set_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         """`self[key] = value` for each pair, one statement per chunk."""
         for chunk in _pieces(items):
-            self._cx.execute(
-                "INSERT INTO Dict (key, value) VALUES "
-                f"{', '.join(['(CAST(? AS BLOB), CAST(? AS BLOB))'] * len(chunk))} "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [part for pair in chunk for part in pair],
-            )
+            self._cx.execute(_sql_set_many(len(chunk)), [part for pair in chunk for part in pair])
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
         """Delete those of `keys` that exist, one statement per chunk."""
         for chunk in _pieces(keys):
-            self._cx.execute(
-                f"DELETE FROM Dict WHERE key IN ({', '.join(['CAST(? AS BLOB)'] * len(chunk))})",
-                chunk,
-            )
+            self._cx.execute(_sql_delete_many(len(chunk)), chunk)
 
     def __iter__(self) -> Iterator[bytes]:
         for (key,) in self._cx.execute("SELECT key FROM Dict"):
@@ -265,6 +254,26 @@ class SqliteDict(MutableMapping[bytes, bytes]):
             self._keeper.close()
             self._cx.close()
         self._keeper = None
+
+
+@cache
+def _sql_get_many(count: int) -> str:
+    keys = ", ".join(["CAST(? AS BLOB)"] * count)
+    return f"SELECT group_concat(hex(key) || ':' || hex(value)) FROM Dict WHERE key IN ({keys})"
+
+
+@cache
+def _sql_set_many(count: int) -> str:
+    rows = ", ".join(["(CAST(? AS BLOB), CAST(? AS BLOB))"] * count)
+    return (
+        f"INSERT INTO Dict (key, value) VALUES {rows} "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
+
+
+@cache
+def _sql_delete_many(count: int) -> str:
+    return f"DELETE FROM Dict WHERE key IN ({', '.join(['CAST(? AS BLOB)'] * count)})"
 
 
 def _pieces(items: Sequence[T]) -> Iterator[Sequence[T]]:
