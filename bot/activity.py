@@ -7,18 +7,27 @@ JIDs themselves, or with `[privacy] pseudonymize` their pseudonyms, which is all
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import gc
 import logging
 import re
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 
 from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
 from .model import UserRecord, domain_of
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+READ_BATCH = 4096  # records read from the store per trip to a worker thread
+READ_RETRY_DELAY = 1.0  # seconds before reading again after the store failed to answer
+RETENTION_CHUNK = 1_000  # users re-checked by retention between two looks at the queue
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,15 @@ class ActivityTracker:
 
     Every change goes to the store (grouped writes) and to the index, in that order of truth:
     the store is what survives, the index is what answers.
+
+    Two ways in. The methods below (`session_started`, ...) apply a change at once, reading a
+    user's record from the store (its disk) when it is not in memory: the command line and the
+    tests. With `read_in_threads` (the running bot), changes go in through `when_loaded` (and
+    `forget_soon`, `forget_inactive_soon`): applied in the order given, each once the record
+    it needs is in memory, so that an offline user's record is read in a worker thread, never
+    on the event loop. A change whose record is in memory (an online user's, a recent one)
+    is applied at once, unless changes given before it still wait for a read: then it waits
+    too. Figures asked meanwhile simply do not include the waiting changes (milliseconds).
     """
 
     def __init__(
@@ -84,8 +102,22 @@ class ActivityTracker:
         *,
         exclude: Iterable[str] = (),
         windows: Iterable[int] = DEFAULT_WINDOWS,
+        read_in_threads: bool = False,
     ) -> None:
         self._store = store
+        self._read_in_threads = read_in_threads
+        # Changes waiting for a record, in the order given: (store key or None, change).
+        self._queue: deque[tuple[str | None, Callable[[], None]]] = deque()
+        self._waiting_for: dict[str, int] = {}  # key -> how many waiting changes need it
+        # The records that waiting changes need (read from the store, or as they were changed
+        # while changes wait); always current; dropped when no waiting change needs them.
+        self._loaded: dict[str, UserRecord | None] = {}
+        self._to_read: dict[str, None] = {}  # keys to read next (an ordered set)
+        self._reading: dict[str, bool] = {}  # key being read -> unchanged since the read began
+        # The read in the store's thread: its future and keys.
+        self._read: tuple[Future[dict[str, bytes | None]], list[str]] | None = None
+        self._read_paused = False  # after a failed read, until the retry
+        self._read_problem = ""  # the store's last read failure, logged once
         exclude = tuple(exclude)
         self._excluded = exclusion_matcher(exclude)
         self._has_exclusions = bool(exclude)
@@ -227,18 +259,177 @@ class ActivityTracker:
     def forget_inactive(self, candidates: Iterable[str], active_since: int) -> int:
         """Forget the candidates (store keys) still offline and last active before
         `active_since` (re-checked here: they may have come back since they were listed)."""
+        return sum(self._forget_if_inactive(key, active_since) for key in candidates)
+
+    def _forget_if_inactive(self, key: str, active_since: int) -> bool:
+        record = self._record(key)
+        if record is not None and not record.sessions and record.last_active < active_since:
+            return self._forget(key)
+        return False
+
+    # --- changes in order, records read in worker threads (the running bot) -------------------
+
+    def when_loaded(self, bare_jid: str | None, change: Callable[[], None]) -> None:
+        """Run `change` (which calls the methods above for `bare_jid`; None: for no user in
+        particular) after every change given before it, once the user's record is in memory.
+        At once without `read_in_threads`. `change` should not raise (it is logged)."""
+        if bare_jid is None or not self.is_counted(bare_jid):
+            self._submit(None, change)  # no record to read (an uncounted JID changes nothing)
+        else:
+            self._submit(self._store.key_of(bare_jid), change)
+
+    async def forget_soon(self, bare_jid: str) -> bool:
+        """`forget`, in turn with the other changes, the record read off the event loop."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._submit(self._store.key_of(bare_jid), _resolving(done, lambda: self.forget(bare_jid)))
+        return await done
+
+    async def forget_inactive_soon(self, candidates: Iterable[str], active_since: int) -> int:
+        """`forget_inactive`, in turn with the other changes, a chunk of users at a time (other
+        changes go between chunks), the records read off the event loop."""
         forgotten = 0
-        for key in candidates:
-            record = self._record(key)
-            if record is not None and not record.sessions and record.last_active < active_since:
-                forgotten += self._forget(key)
+        candidates = iter(candidates)
+        loop = asyncio.get_running_loop()
+        while chunk := list(islice(candidates, RETENTION_CHUNK)):
+            done: list[asyncio.Future[bool]] = []
+            for key in chunk:
+                future: asyncio.Future[bool] = loop.create_future()
+                done.append(future)
+                forget = _resolving(future, partial(self._forget_if_inactive, key, active_since))
+                self._submit(key, forget)
+            forgotten += sum(await asyncio.gather(*done))
         return forgotten
+
+    async def caught_up(self) -> None:
+        """Return once every change given before has been applied: figures asked for after a
+        presence include it, as when changes were applied on arrival."""
+        if self._queue:
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._submit(None, _resolving(done, lambda: True))
+            await done
+
+    @property
+    def waiting(self) -> int:
+        """Changes given to `when_loaded` and not applied yet."""
+        return len(self._queue)
+
+    async def until_applied(self, timeout: float) -> int:
+        """Wait (at most `timeout` seconds) until every change given has been applied; returns
+        how many still wait (the store cannot be read)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._queue and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        return len(self._queue)
+
+    def _submit(self, key: str | None, change: Callable[[], None]) -> None:
+        if self._read is not None and self._read[0].done():
+            self._read_done()  # before the loop's next turn: see `_start_read`
+        if not self._read_in_threads or (not self._queue and (key is None or self._has(key))):
+            _run(change)
+            return
+        self._queue.append((key, change))
+        if key is None:
+            return
+        self._waiting_for[key] = self._waiting_for.get(key, 0) + 1
+        if key in self._online or key in self._loaded:
+            return
+        if self._store.in_memory(key):  # kept: a flush may take it out of memory meanwhile
+            self._loaded[key] = self._store.get(key)
+        else:
+            self._read_soon(key)  # read ahead: the changes before it may still wait
+
+    def _has(self, key: str) -> bool:
+        """Whether the record of `key` is in memory (so `_record` needs no disk)."""
+        return key in self._online or key in self._loaded or self._store.in_memory(key)
+
+    def _read_soon(self, key: str) -> None:
+        if key in self._to_read or key in self._reading:
+            return
+        self._to_read[key] = None
+        if self._read is None and not self._read_paused:
+            self._start_read()
+
+    def _start_read(self) -> None:
+        """Read the records asked for so far in the store's worker thread. Their changes are
+        applied as soon as the loop sees the read done: at its next turn, or at the next change
+        given (`_submit` looks: at full load one turn of the loop may handle thousands of
+        stanzas, and the changes waiting would pile up meanwhile)."""
+        keys = list(islice(self._to_read, READ_BATCH))
+        for key in keys:
+            del self._to_read[key]
+            self._reading[key] = True
+        read = self._store.submit_in_thread(partial(self._store.read_stored, keys))
+        self._read = (read, keys)
+        asyncio.wrap_future(read).add_done_callback(self._read_noticed)
+
+    def _read_noticed(self, wrapped: asyncio.Future[dict[str, bytes | None]]) -> None:
+        if not wrapped.cancelled():
+            wrapped.exception()  # retrieved; handled by _read_done
+        self._read_done()
+
+    def _read_done(self) -> None:
+        """Apply a finished read (once: `_submit` may have seen it first)."""
+        if self._read is None or not self._read[0].done():
+            return
+        (read, keys), self._read = self._read, None
+        try:
+            values = read.result()
+        except Exception as exc:  # the store cannot be read: keep the changes, retry
+            for key in keys:
+                del self._reading[key]
+            self._to_read = dict.fromkeys(keys) | self._to_read
+            if str(exc) != self._read_problem:
+                log.error("Reading users' records failed (%s); retrying", exc)
+                self._read_problem = str(exc)
+            self._read_paused = True
+            asyncio.get_running_loop().call_later(READ_RETRY_DELAY, self._read_again)
+            return
+        if self._read_problem:
+            log.warning("Reading users' records works again")
+            self._read_problem = ""
+        for key in keys:
+            unchanged = self._reading.pop(key)
+            if unchanged and key in self._waiting_for and not self._has(key):
+                self._loaded[key] = self._store.record_from(key, values[key])
+        if self._to_read:
+            self._start_read()  # the keys asked for meanwhile
+        self._apply_waiting()
+
+    def _read_again(self) -> None:
+        self._read_paused = False
+        if self._to_read and self._read is None:
+            self._start_read()
+
+    def _apply_waiting(self) -> None:
+        """Apply the waiting changes in order, up to the first whose record is not in memory."""
+        queue, waiting_for = self._queue, self._waiting_for
+        while queue:
+            key, change = queue[0]
+            if key is None:
+                queue.popleft()
+                _run(change)
+                continue
+            if not self._has(key):
+                self._read_soon(key)  # its read was dropped: a change came before it ended
+                return
+            queue.popleft()
+            if waiting_for[key] > 1:
+                waiting_for[key] -= 1
+                _run(change)
+            else:
+                del waiting_for[key]
+                _run(change)
+                self._loaded.pop(key, None)  # no waiting change needs it any more
+        self._loaded.clear()  # nothing waits: no record is needed any more
 
     # --- reconnection ----------------------------------------------------------------------
 
     def begin_resync(self) -> None:
         """The connection came back: the server is about to re-announce every online session.
-        Sessions it does not re-announce (or end) before `end_resync` are gone."""
+        Sessions it does not re-announce (or end) before `end_resync` are gone. (The running
+        bot gives both to `when_loaded`, so that changes of the old connection still waiting
+        for a record come before them.)"""
         self._unconfirmed = self.online_sessions()
 
     def end_resync(self, ended_at: int) -> int:
@@ -289,14 +480,31 @@ class ActivityTracker:
         if index is not None and not self._excluded(key):
             index.replace(before, None)
         self._online.pop(key, None)
+        self._changed(key, None)
+        if self._unconfirmed:
+            self._unconfirmed = {s for s in self._unconfirmed if s[0] != key}  # not brought back
         self._store.delete(key)
         return True
 
     def _record(self, key: str) -> UserRecord | None:
         # Online users' records stay in memory; others are read from the store (its pending
-        # writes first, then one indexed SQLite lookup) only when they log in.
+        # writes first, then one indexed SQLite lookup) only when they log in. Running, that
+        # read was done in a worker thread (`_loaded`) before the change was applied.
         record = self._online.get(key)
-        return record if record is not None else self._store.get(key)
+        if record is not None:
+            return record
+        if key in self._loaded and not self._store.in_memory(key):
+            return self._loaded[key]
+        return self._store.get(key)
+
+    def _changed(self, key: str, record: UserRecord | None) -> None:
+        """The record of `key` is now `record`: a record read before is out of date."""
+        if key in self._waiting_for:
+            self._loaded[key] = record  # for the changes still waiting
+        elif self._loaded:
+            self._loaded.pop(key, None)
+        if self._reading and key in self._reading:
+            self._reading[key] = False
 
     def start_peaks(self, now: int) -> None:
         """Today's peak of users online starts from who is online now (after the load)."""
@@ -318,6 +526,7 @@ class ActivityTracker:
 
     def _apply(self, key: str, before: UserRecord | None, after: UserRecord, now: int) -> None:
         self._peaks.roll(now, self._online_by_domain)  # a new day starts before this change
+        self._changed(key, after)
         self._store.put(key, after)
         domain = domain_of(key)
         index = self._indexes[domain]
@@ -327,6 +536,27 @@ class ActivityTracker:
             self._online[key] = after
         else:
             self._online.pop(key, None)
+
+
+def _run(change: Callable[[], None]) -> None:
+    try:
+        change()
+    except Exception:  # the queue goes on: one change's fault is not the others'
+        log.exception("Applying a change failed")
+
+
+def _resolving(future: asyncio.Future[bool], change: Callable[[], bool]) -> Callable[[], None]:
+    """`change`, its result (or exception) given to `future`."""
+
+    def run() -> None:
+        if future.done():
+            return
+        try:
+            future.set_result(change())
+        except Exception as exc:
+            future.set_exception(exc)
+
+    return run
 
 
 class _DailyPeaks:

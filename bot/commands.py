@@ -6,7 +6,7 @@ back what it returns. Access is decided in one place, `CommandSet.allowed`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -149,18 +149,37 @@ def parse_days(text: str) -> int:
 
 @dataclass(frozen=True)
 class CommandSet:
-    """Who may ask, and the answer to each question."""
+    """Who may ask, and the answer to each question.
+
+    The figures come from memory. The history is read from the store: the running bot gives
+    `history_off_loop` (it scans the store in a worker thread), used by `chat_answer` and
+    `history_form_off_loop`; without it they call `history`."""
 
     admins: frozenset[str]
     figures: FiguresSource
     history: Callable[[int], list[Day]] = lambda _days: []
     windows: tuple[int, ...] = DEFAULT_WINDOWS
+    history_off_loop: Callable[[int], Awaitable[list[Day]]] | None = None
 
     def allowed(self, bare_jid: str) -> bool:
         return bare_jid in self.admins
 
     def chat_reply(self, bare_jid: str, text: str) -> str:
         """The reply to a chat message; figures only ever for admins."""
+        days = self._history_asked(bare_jid, text)
+        if isinstance(days, str):
+            return days
+        return chat_chart(self.history(days), self.windows)
+
+    async def chat_answer(self, bare_jid: str, text: str) -> str:
+        """`chat_reply` for the event loop: the history is read with `history_off_loop`."""
+        days = self._history_asked(bare_jid, text)
+        if isinstance(days, str):
+            return days
+        return chat_chart(await self._history_off_loop(days), self.windows)
+
+    def _history_asked(self, bare_jid: str, text: str) -> int | str:
+        """The days of history asked for, or the whole reply when it is not a history."""
         if not self.allowed(bare_jid):
             return CHAT_REFUSED
         word, _, argument = text.strip().lower().partition(" ")
@@ -168,10 +187,9 @@ class CommandSet:
             return stats_text(self.figures())
         if word == "history":
             try:
-                days = parse_days(argument)
+                return parse_days(argument)
             except ValueError as exc:
                 return f"Sorry, {exc}. Example: history 7"
-            return chat_chart(self.history(days), self.windows)
         if word in ("help", "?"):
             return CHAT_HELP
         return CHAT_UNKNOWN
@@ -181,3 +199,11 @@ class CommandSet:
 
     def history_form(self, days: int) -> Form:
         return history_form(self.history(days), self.windows)
+
+    async def history_form_off_loop(self, days: int) -> Form:
+        return history_form(await self._history_off_loop(days), self.windows)
+
+    async def _history_off_loop(self, days: int) -> list[Day]:
+        if self.history_off_loop is None:
+            return self.history(days)
+        return await self.history_off_loop(days)

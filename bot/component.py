@@ -11,11 +11,13 @@ every other use of slixmpp beyond its public API, goes through `slixmpp_internal
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from slixmpp import ComponentXMPP
@@ -266,9 +268,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             if self.liveness is not None:
                 self._spawn(self._check_sessions())  # nobody re-announces: ask each session
         elif self._dropped_at is not None:
-            # Before any stanza of the new stream is handled: the server re-announces the
-            # online sessions right after the handshake.
-            self.tracker.begin_resync()
+            # Before any stanza of the new stream is handled (and after the old stream's, if
+            # any still wait for a record): the server re-announces the online sessions right
+            # after the handshake.
+            self.tracker.when_loaded(None, self.tracker.begin_resync)
             self._spawn(self._finish_resync(self._dropped_at))
 
     def _on_disconnected(self, reason: object) -> None:
@@ -319,19 +322,34 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if kind == "subscribe":
             self._accept_subscription(sender)
             return
-        now = int(self.clock())
         if kind is None:
-            changed = self.tracker.session_started(sender.bare, sender.resource, now)
-            if self.liveness is not None and self.tracker.is_counted(sender.bare):
-                self._last_seen[(sender.bare, sender.resource)] = now  # only pings read it
+            change = self._available
         elif kind == "unavailable":
-            changed = self.tracker.session_ended(sender.bare, sender.resource, now)
-            self._last_seen.pop((sender.bare, sender.resource), None)
+            change = self._unavailable
         else:
             log.debug("Presence of unknown type %r from %s ignored", kind, sender)
             return
-        if changed:  # for observers (tests, metrics): cheap when nobody listens
-            self.event("presence_tracked", (kind or "available", sender))
+        # Now, or (an offline user's record is read off the event loop) in a moment, in order.
+        self.tracker.when_loaded(sender.bare, partial(change, sender, int(self.clock())))
+
+    def _available(self, sender: JID, now: int) -> None:
+        try:
+            changed = self.tracker.session_started(sender.bare, sender.resource, now)
+            if self.liveness is not None and self.tracker.is_counted(sender.bare):
+                self._last_seen[(sender.bare, sender.resource)] = now  # only pings read it
+            if changed:  # for observers (tests, metrics): cheap when nobody listens
+                self.event("presence_tracked", ("available", sender))
+        except Exception as exc:  # our fault: never an error stanza to the user's client
+            self._internal_error("presence", exc)
+
+    def _unavailable(self, sender: JID, now: int) -> None:
+        try:
+            changed = self.tracker.session_ended(sender.bare, sender.resource, now)
+            self._last_seen.pop((sender.bare, sender.resource), None)
+            if changed:
+                self.event("presence_tracked", ("unavailable", sender))
+        except Exception as exc:
+            self._internal_error("presence", exc)
 
     def _accept_subscription(self, sender: JID) -> None:
         """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
@@ -394,6 +412,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             or self._loaded_sessions_alive_until
             or int(self.clock())
         )
+        self.tracker.when_loaded(session[0], partial(self._close_gone_session, session, ended_at))
+
+    def _close_gone_session(self, session: tuple[str, str], ended_at: int) -> None:
         if self.tracker.is_online(*session) and self.tracker.session_ended(*session, ended_at):
             bare, resource = session
             log.info(
@@ -459,9 +480,15 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         """Sessions the server does not announce again soon after reconnecting have ended,
         at the latest when the connection dropped."""
         await asyncio.sleep(self.timing.resync_grace)
-        closed = self.tracker.end_resync(dropped_at)
-        log.info("Re-synced after reconnecting: %d sessions had ended while disconnected", closed)
-        self.event("resynced", closed)
+
+        def end_resync() -> None:  # after the changes received so far (some may wait)
+            closed = self.tracker.end_resync(dropped_at)
+            log.info(
+                "Re-synced after reconnecting: %d sessions had ended while disconnected", closed
+            )
+            self.event("resynced", closed)
+
+        self.tracker.when_loaded(None, end_resync)
 
     # --- admins: ad-hoc commands and chat ----------------------------------------------------
 
@@ -494,11 +521,14 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     def _guarded_step(self, step: Callable[[Any, dict[str, Any]], Any]) -> Callable[..., Any]:
         """A command step whose unexpected failure is logged (once) and answered with a plain
-        internal-server-error, never slixmpp's "got into trouble" or a traceback."""
+        internal-server-error, never slixmpp's "got into trouble" or a traceback. A coroutine,
+        which slixmpp awaits: a step may be one (it reads the store off the event loop)."""
 
-        def guarded(first: Any, session: dict[str, Any]) -> Any:
+        async def guarded(first: Any, session: dict[str, Any]) -> Any:
             try:
                 result = step(first, session)
+                if inspect.isawaitable(result):
+                    result = await result
             except XMPPError:
                 raise  # deliberate: bad-request, forbidden
             except Exception as exc:
@@ -512,37 +542,38 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
         return guarded
 
-    def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+    async def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+        await self.tracker.caught_up()  # the presences received before the question count
         return _answer(session, self.commands.stats_form())
 
     def _adhoc_history(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         return _ask(session, history_request_form(), self._adhoc_history_result)
 
-    def _adhoc_history_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+    async def _adhoc_history_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
         try:
             days = parse_days(_submitted(payload, "days"))
         except ValueError as exc:
             raise XMPPError("bad-request", text=str(exc)) from None
-        return _answer(session, self.commands.history_form(days))
+        return _answer(session, await self.commands.history_form_off_loop(days))
 
     def _adhoc_forget(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         return _ask(session, forget_request_form(), self._adhoc_forget_result)
 
-    def _adhoc_forget_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+    async def _adhoc_forget_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
         try:
             jid = JID(_submitted(payload, "jid"))
         except InvalidJID as exc:
             raise XMPPError("bad-request", text=f"not a valid JID: {exc}") from None
         if not jid.user or jid.resource:
             raise XMPPError("bad-request", text="give a bare JID such as alice@example.org")
-        forgotten = self.tracker.forget(jid.bare)
+        forgotten = await self.tracker.forget_soon(jid.bare)
         log.info(
             "Forget %s, asked by %s: %s", self.tracker.who(jid.bare), session["from"], forgotten
         )
         text = f"Forgot {jid.bare}." if forgotten else f"Nothing was stored about {jid.bare}."
         return _answer(session, None, note=text)
 
-    def _on_message(self, message: Any) -> None:
+    async def _on_message(self, message: Any) -> None:
         if message["type"] not in ("chat", "normal"):
             return  # never answer errors or groupchat: no loops
         sender = message["from"]
@@ -550,7 +581,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             log.debug("Chat from %s dropped: over the rate limit", sender)
             return
         try:
-            reply = self.commands.chat_reply(sender.bare, message["body"])
+            await self.tracker.caught_up()  # the presences received before the question count
+            reply = await self.commands.chat_answer(sender.bare, message["body"])
         except Exception as exc:  # our fault: a plain apology to admins, nothing to others
             self._internal_error("chat message", exc)
             if not self.commands.allowed(sender.bare):

@@ -14,6 +14,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .activity import ActivityTracker
 from .commands import CommandSet, Figures
@@ -109,10 +110,22 @@ class Bot:
         self.metrics: MetricsServer | None = None
         try:
             self.tracker = ActivityTracker(
-                self.store, settings.domains, exclude=settings.exclude, windows=settings.windows
+                self.store,
+                settings.domains,
+                exclude=settings.exclude,
+                windows=settings.windows,
+                read_in_threads=True,  # offline users' records are read off the event loop
             )
             self._load()
-            self.tracker.start_peaks(int(clock()))
+            now = int(clock())
+            self.tracker.start_peaks(now)
+            # The snapshots of the days whose final peaks are still to come (see record_today):
+            # today's as stored, then every one this run writes. No other writer runs meanwhile.
+            today = utc_day(now)
+            stored_today = self.store.day(today)
+            self._days: dict[str, dict[str, Any]] = (
+                {} if stored_today is None else {today: stored_today}
+            )
             self.component = self._component(timing)
         except BaseException:
             self.store.close(int(clock()))
@@ -141,6 +154,7 @@ class Bot:
             figures=figures_source(self.tracker, self.clock),
             history=self.history,
             windows=settings.windows,
+            history_off_loop=self.history_off_loop,
         )
         return ActiveUsersComponent(
             jid=settings.component_jid,
@@ -193,17 +207,24 @@ class Bot:
 
     def record_today(self) -> None:
         """Rewrite today's history snapshot with the current figures (UTC days), and give the
-        days that ended since the last call the peak of users online that happened on them."""
+        days that ended since the last call the peak of users online that happened on them.
+        Reads nothing from the store: the snapshots are the ones this run holds."""
         now = int(self.clock())
         for day_number, peaks in self.tracker.ended_day_peaks(now).items():
             self._record_final_peaks(utc_day(day_number * DAY), peaks)
-        by_domain = self.tracker.counts_by_domain(now)
-        self.store.put_day(utc_day(now), day_snapshot(by_domain, self.tracker.peak_online))
+        today = utc_day(now)
+        snapshot = day_snapshot(self.tracker.counts_by_domain(now), self.tracker.peak_online)
+        self.store.put_day(today, snapshot)
+        self._days[today] = snapshot
 
     def _record_final_peaks(self, day: str, peaks: dict[str, int]) -> None:
-        snapshot = self.store.day(day)
-        if snapshot is None:
+        held = self._days.pop(day, None)
+        if held is None:
             return  # no count that day: its figures are unknown, it stays a gap
+        snapshot = {  # a copy: the held one may be in a batch being written
+            domain: dict(figures) if isinstance(figures, dict) else figures
+            for domain, figures in held.items()
+        }
         for domain, peak in peaks.items():
             if isinstance(snapshot.get(domain), dict):
                 snapshot[domain]["peak_online"] = max(snapshot[domain].get("peak_online", 0), peak)
@@ -222,13 +243,17 @@ class Bot:
         candidates = await asyncio.to_thread(
             inactive_users, self.settings.store_path, active_since
         )  # the scan reads the file on another connection; the loop only forgets
-        forgotten = self.tracker.forget_inactive(candidates, active_since)
+        forgotten = await self.tracker.forget_inactive_soon(candidates, active_since)
         if forgotten:
             log.info("Retention: forgot %d users inactive for over %d days", forgotten, days)
         return forgotten
 
     def history(self, days: int) -> list[Day]:
         return last_days(self.store.days(), utc_day(self.clock()), days)
+
+    async def history_off_loop(self, days: int) -> list[Day]:
+        """`history` for the event loop: the store's scan runs in a worker thread."""
+        return last_days(await self.store.days_off_loop(), utc_day(self.clock()), days)
 
     def metrics_snapshot(self) -> Snapshot:
         started = time.perf_counter()
@@ -274,6 +299,11 @@ class Bot:
         finally:
             if metrics is not None:
                 await asyncio.to_thread(metrics.close)
+            budget = self.component.timing.shutdown_write_budget
+            if waiting := await self.tracker.until_applied(budget):
+                log.error(
+                    "Stopped before reading the records of %d changes: they are lost", waiting
+                )
             self.record_today()
             saved = await self._close_store()
         return status if saved else (status or EXIT_NOT_SAVED)
@@ -286,7 +316,7 @@ class Bot:
         store, problem = self.store, ""
         while True:
             try:
-                store.flush(int(self.clock()), heartbeat_interval=0)
+                await store.flush_off_loop(int(self.clock()), heartbeat_interval=0)
                 break
             except Exception as exc:  # StoreError, or a bug: either way, retry, then say so
                 problem = str(exc)
@@ -296,7 +326,7 @@ class Bot:
                 await asyncio.sleep(min(1.0, budget / 10))
         lost = store.discard_pending()
         with contextlib.suppress(Exception):  # nothing pending: at most the heartbeat is lost
-            store.close()
+            await asyncio.to_thread(store.close)  # its checkpoint writes
         if lost:
             log.error(
                 "Stopped without writing the changes of %d users: %s. They are lost: the "

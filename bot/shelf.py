@@ -20,13 +20,16 @@ import shelve
 import socket
 import sqlite3
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager, suppress
+from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
+T = TypeVar("T")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_CHUNK = 1024  # most keys per statement of the batch methods (a power of two, see _pieces)
 
 
 class StoreError(Exception):
@@ -73,7 +76,11 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         self._uri = f"file:{quote(str(path))}?mode={mode}"
         if not readonly:
             refuse_unwritable(path)  # before SQLite opens it (it would fall back to read-only)
-        self._cx = sqlite3.connect(self._uri, uri=True, isolation_level=None)
+        # Any thread may use the connections, one at a time: the bot reads and writes in worker
+        # threads, which its Store serializes with a lock.
+        self._cx = sqlite3.connect(
+            self._uri, uri=True, isolation_level=None, check_same_thread=False
+        )
         if readonly:
             try:
                 self._refuse_unreadable_wal_index()
@@ -121,7 +128,10 @@ class SqliteDict(MutableMapping[bytes, bytes]):
             "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
         )
         self._keeper = sqlite3.connect(
-            self._uri.replace("mode=rwc", "mode=ro"), uri=True, isolation_level=None
+            self._uri.replace("mode=rwc", "mode=ro"),
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
         )
         self._keeper.execute(_TAKE_READ_MARK).fetchone()  # holds the file's shared lock from now
 
@@ -155,6 +165,30 @@ class SqliteDict(MutableMapping[bytes, bytes]):
     def __delitem__(self, key: bytes) -> None:
         if self._cx.execute("DELETE FROM Dict WHERE key = CAST(? AS BLOB)", (key,)).rowcount == 0:
             raise KeyError(key)
+
+    # Many rows per statement: pysqlite releases the GIL while SQLite steps a statement, and
+    # takes it back after each row; a worker thread taking it back while the event loop is busy
+    # waits up to the switch interval (5 ms) each time. So a worker reads and writes in batches.
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The values of those of `keys` that exist: one statement, and one row, per chunk."""
+        found: dict[bytes, bytes] = {}
+        for chunk in _pieces(keys):
+            (pairs,) = self._cx.execute(_sql_get_many(len(chunk)), chunk).fetchone()
+            for pair in pairs.split(",") if pairs else ():
+                key, _, value = pair.partition(":")
+                found[bytes.fromhex(key)] = bytes.fromhex(value)
+        return found
+
+    def set_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """`self[key] = value` for each pair, one statement per chunk."""
+        for chunk in _pieces(items):
+            self._cx.execute(_sql_set_many(len(chunk)), [part for pair in chunk for part in pair])
+
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        """Delete those of `keys` that exist, one statement per chunk."""
+        for chunk in _pieces(keys):
+            self._cx.execute(_sql_delete_many(len(chunk)), chunk)
 
     def __iter__(self) -> Iterator[bytes]:
         for (key,) in self._cx.execute("SELECT key FROM Dict"):
@@ -220,6 +254,38 @@ class SqliteDict(MutableMapping[bytes, bytes]):
             self._keeper.close()
             self._cx.close()
         self._keeper = None
+
+
+@cache
+def _sql_get_many(count: int) -> str:
+    keys = ", ".join(["CAST(? AS BLOB)"] * count)
+    return f"SELECT group_concat(hex(key) || ':' || hex(value)) FROM Dict WHERE key IN ({keys})"
+
+
+@cache
+def _sql_set_many(count: int) -> str:
+    rows = ", ".join(["(CAST(? AS BLOB), CAST(? AS BLOB))"] * count)
+    return (
+        f"INSERT INTO Dict (key, value) VALUES {rows} "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
+
+
+@cache
+def _sql_delete_many(count: int) -> str:
+    return f"DELETE FROM Dict WHERE key IN ({', '.join(['CAST(? AS BLOB)'] * count)})"
+
+
+def _pieces(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`items` in pieces of _CHUNK, then of decreasing powers of two: statements of a few
+    lengths only, as pysqlite keeps each prepared statement (up to 128), and one for thousands
+    of rows takes megabytes."""
+    start, size = 0, _CHUNK
+    while start < len(items):
+        while start + size > len(items):
+            size //= 2
+        yield items[start : start + size]
+        start += size
 
 
 class PrimitivesUnpickler(pickle.Unpickler):

@@ -16,11 +16,15 @@ import asyncio
 import logging
 import pickle
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from .codec import DamagedRecord, decode_record, decode_records, encode_record
 from .model import UserRecord
@@ -38,6 +42,8 @@ from .shelf import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SCHEMA_VERSION = 1
 HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arrives
 _USER = "user:"
@@ -50,12 +56,32 @@ _HEARTBEAT_KEY = "meta:heartbeat"
 _PSEUDONYMIZED_KEY = "meta:pseudonymized"
 
 
+@dataclass(eq=False)
+class Batch:
+    """What one flush writes, taken from the pending writes in one step (`Store.take_batch`)."""
+
+    records: dict[str, UserRecord | None]  # None: delete
+    days: dict[str, dict[str, Any]]
+    set_aside: dict[str, bytes]
+    heartbeat: int
+    superseded: bool = field(default=False)  # a later batch took over all of it
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
 class Store:
     """Per-user activity records, daily snapshots and the writer's heartbeat, grouped writes.
 
     One writer at a time (a lock file beside the store says who); any number of readers.
     `put()` only remembers the record; `flush()` writes everything remembered in one transaction.
     Records are kept under `key_of(bare JID)`: the JID itself, or its pseudonym.
+
+    Threads: the in-memory state (pending writes, the batch being written) belongs to one thread,
+    the event loop's in the bot. The SQLite connection may be used from any thread, one at a
+    time (`_io`): the bot reads and writes in worker threads (`flush_off_loop`, `read_stored`,
+    `days_off_loop`) so that its event loop never waits on the disk; the command line uses the
+    same methods synchronously.
     """
 
     def __init__(
@@ -67,6 +93,11 @@ class Store:
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
         self._pending_days: dict[str, dict[str, Any]] = {}
         self._set_aside: dict[str, bytes] = {}  # key -> a damaged value, to keep under it
+        self._writing: Batch | None = None  # taken from the pending writes, not yet written
+        self._unsettled: asyncio.Future[None] | None = None  # `flush_off_loop`'s batch
+        self._days_written = 0  # batches with daily snapshots written (see `days_off_loop`)
+        self._io = threading.Lock()  # one user of the SQLite connection at a time
+        self._thread: ThreadPoolExecutor | None = None  # see `in_thread`
         self._lock_file: IO[str] | None = None
         self._heartbeat_written = 0
         self.writer_running = False  # readers: whether a writer holds the store right now
@@ -157,14 +188,55 @@ class Store:
         return self._pseudonyms.session(resource)
 
     def get(self, key: str) -> UserRecord | None:
-        """The record under `key`; None if there is none, or if it is damaged (then it is set
-        aside under "damaged:" with the next flush, logged once, and the user starts afresh)."""
+        """The record under `key`: the pending write, else the one being written, else the
+        stored one (read here: `in_memory` and `read_stored` split this for the event loop).
+        None if there is none, or if it is damaged (then it is set aside under "damaged:" with
+        the next flush, logged once, and the user starts afresh)."""
         if key in self._pending:
             return self._pending[key]
-        raw_key = (_USER + key).encode()
+        writing = self._writing
+        if writing is not None and key in writing.records:
+            return writing.records[key]
         try:  # not Shelf.get: it would run the same SELECT twice (`in`, then the read)
-            value = self._db[raw_key]
+            with self._io:
+                value: bytes | None = self._db[(_USER + key).encode()]
         except KeyError:
+            value = None
+        return self.record_from(key, value)
+
+    def in_thread(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `work` (which uses the connection) in the store's own worker thread, for the
+        event loop: see `submit_in_thread`."""
+        return asyncio.wrap_future(self.submit_in_thread(work))
+
+    def submit_in_thread(self, work: Callable[[], T]) -> Future[T]:
+        """Run `work` in the store's own worker thread: one thread, so the SQLite work of the
+        event loop is done one piece at a time, in order, and its memory stays in one malloc
+        arena (a thread per piece would make RSS creep)."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="store")
+        return self._thread.submit(work)
+
+    def in_memory(self, key: str) -> bool:
+        """Whether `get(key)` answers without reading the disk (a change not yet written)."""
+        if key in self._pending:
+            return True
+        writing = self._writing
+        return writing is not None and key in writing.records
+
+    def read_stored(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """The stored values of these users' records (None: no record), as on disk, ignoring
+        pending writes, in few statements (for a worker thread, see `SqliteDict.get_many`).
+        Safe in any thread: touches no in-memory state."""
+        raw_keys = {(_USER + key).encode(): key for key in keys}
+        with self._io:
+            values = self._db.get_many(list(raw_keys))
+        return {key: values.get(raw_key) for raw_key, key in raw_keys.items()}
+
+    def record_from(self, key: str, value: bytes | None) -> UserRecord | None:
+        """Decode a value from `read_stored`; a damaged one is handled as `get` says (on the
+        thread that owns the in-memory state)."""
+        if value is None:
             return None
         try:
             return decode_record(value)
@@ -198,10 +270,17 @@ class Store:
         """`users()` with the key still UTF-8 bytes: the start-up load of a million users
         decodes only the few it keeps (online ones). Damaged records are logged and skipped,
         never deleted."""
-        pending = {bare.encode(): record for bare, record in self._pending.items()}
+        unwritten = (
+            self._pending if self._writing is None else self._writing.records | self._pending
+        )
+        pending = {bare.encode(): record for bare, record in unwritten.items()}
         prefix = len(_USER_PREFIX)
         rows = self._db.items_with_prefix(_USER_PREFIX)
-        while batch := list(islice(rows, _SCAN_BATCH)):
+        while True:
+            with self._io:
+                batch = list(islice(rows, _SCAN_BATCH))
+            if not batch:
+                break
             records = decode_records([value for _key, value in batch])
             for (key, _value), record in zip(batch, records, strict=True):
                 raw_key = key[prefix:]
@@ -222,11 +301,15 @@ class Store:
         self._pending_days[day] = snapshot
 
     def day(self, day: str) -> dict[str, Any] | None:
-        """One day's snapshot (pending first); None when there is none or it is damaged."""
+        """One day's snapshot (pending first, then being written); None when there is none or it
+        is damaged."""
         if day in self._pending_days:
             return self._pending_days[day]
+        if self._writing is not None and day in self._writing.days:
+            return self._writing.days[day]
         try:
-            value = self._db[(_DAY + day).encode()]
+            with self._io:
+                value = self._db[(_DAY + day).encode()]
         except KeyError:
             return None
         try:
@@ -238,8 +321,29 @@ class Store:
 
     def days(self) -> dict[str, dict[str, Any]]:
         """Every stored day's snapshot, pending ones included, by date (YYYY-MM-DD)."""
+        return self._stored_days() | self._unwritten_days()
+
+    async def days_off_loop(self) -> dict[str, dict[str, Any]]:
+        """`days()` for the event loop: the scan (all keys of the table) runs in a thread."""
+        while True:
+            written_before = self._days_written
+            stored = await self.in_thread(self._stored_days)
+            # A batch written after the scan and already dropped from memory would be in
+            # neither: scan again (rare: snapshots change once per count).
+            if self._days_written == written_before:
+                return stored | self._unwritten_days()
+
+    def _unwritten_days(self) -> dict[str, dict[str, Any]]:
+        if self._writing is None:
+            return self._pending_days
+        return self._writing.days | self._pending_days
+
+    def _stored_days(self) -> dict[str, dict[str, Any]]:
+        """The snapshots on disk only (safe in any thread)."""
         stored = {}
-        for key, value in self._db.items_with_prefix(_DAY.encode()):
+        with self._io:
+            rows = list(self._db.items_with_prefix(_DAY.encode()))
+        for key, value in rows:
             day = key[len(_DAY) :].decode(errors="replace")
             try:
                 snapshot = load_primitives(value)
@@ -249,7 +353,7 @@ class Store:
                 )
                 continue
             stored[day] = snapshot
-        return stored | self._pending_days
+        return stored
 
     @property
     def heartbeat(self) -> int:
@@ -258,17 +362,85 @@ class Store:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Users whose changes are not on disk yet (pending, or in the batch being written)."""
+        if self._writing is None:
+            return len(self._pending)
+        return len(self._pending.keys() | self._writing.records.keys())
 
     # --- writing ---------------------------------------------------------------------------
 
-    def flush(self, now: int, *, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> int:
+    def flush(
+        self,
+        now: int,
+        *,
+        heartbeat_interval: int = HEARTBEAT_INTERVAL,
+        batch: Batch | None = None,
+    ) -> int:
         """Write all pending records and the heartbeat `now` in one transaction.
 
         Without pending records, only refreshes a heartbeat older than `heartbeat_interval`.
         Returns the number of records written. On failure (disk full, file made read-only) the
         records stay pending for the next flush and StoreError says what happened.
+
+        With `batch` (taken by `take_batch`), writes that batch only, from any thread; the owner
+        of the in-memory state then calls `settle` (this is how `flush_off_loop` works).
         """
+        if batch is not None:
+            self._write(batch)
+            return len(batch)
+        batch = self.take_batch(now, heartbeat_interval=heartbeat_interval)
+        if batch is None:
+            return 0
+        try:
+            self._write(batch)
+        except BaseException:
+            self.settle(batch, written=False)
+            raise
+        self.settle(batch, written=True)
+        return len(batch)
+
+    async def flush_off_loop(
+        self, now: int, *, heartbeat_interval: int = HEARTBEAT_INTERVAL
+    ) -> int:
+        """`flush` for the event loop: the batch is taken here, written in a worker thread, and
+        settled back here (written: dropped; failed: merged back into the pending writes, where
+        a change made meanwhile wins). One batch at a time: a second call waits until the first
+        is settled. Until then `get` answers from the batch. Cancelling the caller does not
+        cancel the write: it is settled when it ends."""
+        while self._unsettled is not None:
+            await asyncio.wait([self._unsettled])
+        batch = self.take_batch(now, heartbeat_interval=heartbeat_interval)
+        if batch is None:
+            return 0
+        # `self.flush`, looked up now: tests replace it to inject faults.
+        write = self.in_thread(partial(self.flush, batch.heartbeat, batch=batch))
+        unsettled = self._unsettled = asyncio.get_running_loop().create_future()
+
+        def settle(write: asyncio.Future[int]) -> None:
+            failed = write.cancelled() or write.exception() is not None
+            self.settle(batch, written=not failed)
+            if self._unsettled is unsettled:
+                self._unsettled = None
+            unsettled.set_result(None)
+
+        try:
+            written = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if write.done():
+                settle(write)
+            else:  # the thread goes on writing: settle when it is done
+                write.add_done_callback(settle)
+            raise
+        except BaseException:
+            settle(write)
+            raise
+        settle(write)
+        return written
+
+    def take_batch(self, now: int, *, heartbeat_interval: int = HEARTBEAT_INTERVAL) -> Batch | None:
+        """Take every pending write (and the heartbeat `now`) as the batch being written; None
+        when there is nothing to write. A batch still being written is folded into this one
+        (for a synchronous flush while a write is in flight: the newer values win)."""
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only")
         if (
@@ -276,30 +448,52 @@ class Store:
             and not self._pending_days
             and now - self._heartbeat_written < heartbeat_interval
         ):
-            return 0
+            return None
+        batch = Batch(self._pending, self._pending_days, self._set_aside, now)
+        previous = self._writing
+        if previous is not None:
+            previous.superseded = True
+            batch.records = previous.records | batch.records
+            batch.days = previous.days | batch.days
+            batch.set_aside = previous.set_aside | batch.set_aside
+        self._pending, self._pending_days, self._set_aside = {}, {}, {}
+        self._writing = batch
+        return batch
+
+    def settle(self, batch: Batch, *, written: bool) -> None:
+        """After a batch's write: drop it, or (failed) merge it back into the pending writes,
+        where changes made since it was taken win."""
+        if self._writing is batch:
+            self._writing = None
+        if batch.superseded:
+            return  # the batch that took it over settles its contents
+        if written:
+            self._heartbeat_written = batch.heartbeat
+            if batch.days:
+                self._days_written += 1
+            return
+        for key, record in batch.records.items():
+            self._pending.setdefault(key, record)
+        for day, snapshot in batch.days.items():
+            self._pending_days.setdefault(day, snapshot)
+        for key, value in batch.set_aside.items():
+            self._set_aside.setdefault(key, value)
+
+    def _write(self, batch: Batch) -> None:
+        """One transaction (any thread; the connection is taken for its duration)."""
+        db, shelf = self._db, self._shelf
         try:
-            with self._db.transaction():
-                for bare_jid, record in self._pending.items():
-                    key = (_USER + bare_jid).encode()
-                    if record is None:
-                        self._db.pop(key, None)
-                    else:
-                        self._db[key] = encode_record(record)
-                for day, snapshot in self._pending_days.items():
-                    self._shelf[_DAY + day] = snapshot
-                for key, value in self._set_aside.items():
-                    self._db[key.encode()] = value
-                self._shelf[_HEARTBEAT_KEY] = now
+            with self._io, db.transaction():
+                written = [(_USER + key, record) for key, record in batch.records.items()]
+                db.set_many([(k.encode(), encode_record(r)) for k, r in written if r is not None])
+                db.delete_many([k.encode() for k, r in written if r is None])
+                for day, snapshot in batch.days.items():
+                    shelf[_DAY + day] = snapshot
+                for key, value in batch.set_aside.items():
+                    db[key.encode()] = value
+                shelf[_HEARTBEAT_KEY] = batch.heartbeat
         except sqlite3.Error as exc:
-            raise StoreError(
-                f"{self.path}: writing {len(self._pending)} records failed ({exc})"
-            ) from exc
-        written = len(self._pending)
-        self._pending.clear()
-        self._pending_days.clear()
-        self._set_aside.clear()
-        self._heartbeat_written = now
-        return written
+            raise StoreError(f"{self.path}: writing {len(batch)} records failed ({exc})") from exc
 
     def discard_pending(self) -> int:
         """Forget what could not be written (shutdown gave up); returns how many users' changes
@@ -321,8 +515,11 @@ class Store:
             if not self.readonly and (now is not None or self._pending or self._pending_days):
                 self.flush(self._heartbeat_written if now is None else now, heartbeat_interval=0)
         finally:
-            self._shelf.close()
+            with self._io:
+                self._shelf.close()
             self._unlock()
+            if self._thread is not None:
+                self._thread.shutdown(wait=False)
 
     def _unlock(self) -> None:
         if self._lock_file is not None:
@@ -375,7 +572,7 @@ async def flush_periodically(
         next_tick = max(next_tick + interval, loop.time())  # no backlog after a stall
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
         try:
-            written = store.flush(int(clock()))
+            written = await store.flush_off_loop(int(clock()))
         except StoreError as exc:
             failures += 1
             now = loop.time()
