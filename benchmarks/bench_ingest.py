@@ -13,8 +13,9 @@ The bot runs as it does in production, in its own process (`python -m bot run --
 in a temporary folder), so that its CPU time and memory are its own (/proc/PID/stat and
 /proc/PID/status). After every 10,000 stanzas, and after the last one, the peer sends an XEP-0199
 ping: the bot handles stanzas one by one in arrival order, so its pong proves that every presence
-before it has gone through the tracker (the figures the bot answers with include it). The run
-time is from the first stanza written until the last pong. Only then are the results checked:
+before it has been received and queued for the tracker (a change waiting for a user's record to
+be read from the store is applied milliseconds later). The run time is from the first stanza
+written until the last pong. Only then are the results checked:
 the bot's metrics endpoint (on a free port, never scraped during the timed part) must count
 exactly the presence stanzas sent, and the store, read read-only like `xmpp-active-users count`,
 must show every user known and nobody online.
