@@ -13,7 +13,7 @@ import gc
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,6 +24,8 @@ from .model import UserRecord, domain_of
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+LOAD_FLOOR_MARGIN = DAY  # how far the clock may step back below the start-up load
 
 READ_BATCH = 4096  # records read from the store per trip to a worker thread
 READ_RETRY_DELAY = 1.0  # seconds before reading again after the store failed to answer
@@ -140,7 +142,9 @@ class ActivityTracker:
         """
         closed_at = self._store.heartbeat or now
         horizon = max(self.windows)
-        floor = now - horizon  # older timestamps can never count: not kept (see ActivityIndex)
+        # Older timestamps can never count (see ActivityIndex), unless the clock steps back: up
+        # to LOAD_FLOOR_MARGIN back, every user is still there.
+        floor = now - horizon - LOAD_FLOOR_MARGIN
         self._online.clear()
         gc.disable()  # a million short-lived tuples and no cycle: collecting would only cost time
         try:
@@ -506,9 +510,13 @@ class ActivityTracker:
         if self._reading and key in self._reading:
             self._reading[key] = False
 
-    def start_peaks(self, now: int) -> None:
-        """Today's peak of users online starts from who is online now (after the load)."""
+    def start_peaks(self, now: int, stored_today: Mapping[str, int] | None = None) -> None:
+        """Today's peak of users online starts from who is online now (after the load), or
+        from the peak already stored for today (a restart must not lower it)."""
         self._peaks.start(now, self._online_by_domain())
+        for domain, peak in (stored_today or {}).items():
+            if domain in self._indexes:
+                self._peaks.note(domain, peak)
 
     @property
     def peak_online(self) -> dict[str, int]:

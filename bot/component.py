@@ -114,6 +114,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.timing = timing or Timing()
         self.connected_since: float | None = None
         self._dropped_at: int | None = None  # when the last connection was lost
+        self._catching_up = False  # re-learning who is online after (re)connecting
         self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
         self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
         self.internal_errors: Counter[tuple[str, str]] = Counter()  # (where, error type)
@@ -261,6 +262,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if connection is not None and not connection.started.done():
             connection.started.set_result(None)
         self.connected_since = self.clock()
+        self._catching_up = self._dropped_at is not None
         self.privileges = {}
         log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
         self._spawn(self._check_privileges(self.connected_since))
@@ -273,6 +275,17 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             # after the handshake.
             self.tracker.when_loaded(None, self.tracker.begin_resync)
             self._spawn(self._finish_resync(self._dropped_at))
+
+    def sessions_known_until(self, now: int, before_connecting: int) -> int:
+        """Up to when the bot knows who is online: `now` while connected and caught up; the
+        time of the drop while disconnected or re-learning who is online after it;
+        `before_connecting` (the store's heartbeat) until the first connection. The store's
+        heartbeat is this time, so that sessions left open by a stop or crash end there."""
+        if self._dropped_at is None:
+            return now if self.connected_since is not None else before_connecting
+        if self.connected_since is not None and not self._catching_up:
+            return now
+        return self._dropped_at
 
     def _on_disconnected(self, reason: object) -> None:
         connection = self._connection
@@ -391,6 +404,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     async def _check_sessions(self) -> None:
         assert self.liveness is not None
         closed = await self.liveness.check_now()
+        self._catching_up = False
         log.info("Checked the sessions believed online: %d had ended", closed)
         self.event("liveness_checked", closed)
 
@@ -486,6 +500,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             log.info(
                 "Re-synced after reconnecting: %d sessions had ended while disconnected", closed
             )
+            self._catching_up = False
             self.event("resynced", closed)
 
         self.tracker.when_loaded(None, end_resync)

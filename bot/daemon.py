@@ -32,6 +32,15 @@ EXIT_NOT_SAVED = 2  # the store could not be written at shutdown: changes were l
 log = logging.getLogger(__name__)
 
 
+def stored_peaks(snapshot: dict[str, Any] | None) -> dict[str, int]:
+    """The peak of users online per domain in a stored day snapshot."""
+    peaks = {}
+    for domain, data in (snapshot or {}).items():
+        if isinstance(data, dict) and type(data.get("peak_online")) is int:
+            peaks[domain] = data["peak_online"]
+    return peaks
+
+
 def figures_source(tracker: ActivityTracker, clock: Callable[[], float]) -> Callable[[], Figures]:
     """Fresh figures on every call: the index answers in microseconds."""
 
@@ -116,26 +125,34 @@ class Bot:
                 windows=settings.windows,
                 read_in_threads=True,  # offline users' records are read off the event loop
             )
+            self._loaded_heartbeat = self.store.heartbeat
             self._load()
             now = int(clock())
-            self.tracker.start_peaks(now)
             # The snapshots of the days whose final peaks are still to come (see record_today):
             # today's as stored, then every one this run writes. No other writer runs meanwhile.
             today = utc_day(now)
             stored_today = self.store.day(today)
+            self.tracker.start_peaks(now, stored_peaks(stored_today))
             self._days: dict[str, dict[str, Any]] = (
                 {} if stored_today is None else {today: stored_today}
             )
             self.component = self._component(timing)
         except BaseException:
-            self.store.close(int(clock()))
+            self.store.close()  # never connected: the heartbeat stays what it was
             raise
+
+    def heartbeat_clock(self) -> float:
+        """The time the store's heartbeat records: the last time the bot knew who was online
+        (not during an outage: sessions left open must end when the connection dropped)."""
+        return self.component.sessions_known_until(int(self.clock()), self._loaded_heartbeat)
 
     def _duties(self) -> dict[str, Awaitable[None]]:
         """The background duties, each supervised (see `supervisor`)."""
         settings, component = self.settings, self.component
         duties: dict[str, Callable[[], Awaitable[None]]] = {
-            "flush": lambda: flush_periodically(self.store, settings.flush_interval, self.clock),
+            "flush": lambda: flush_periodically(
+                self.store, settings.flush_interval, self.heartbeat_clock
+            ),
             "count": lambda: count_periodically(
                 self.tracker, settings, self.clock, after_count=self.after_count
             ),
@@ -316,7 +333,7 @@ class Bot:
         store, problem = self.store, ""
         while True:
             try:
-                await store.flush_off_loop(int(self.clock()), heartbeat_interval=0)
+                await store.flush_off_loop(int(self.heartbeat_clock()), heartbeat_interval=0)
                 break
             except Exception as exc:  # StoreError, or a bug: either way, retry, then say so
                 problem = str(exc)

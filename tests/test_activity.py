@@ -260,3 +260,18 @@ def test_a_user_forgotten_during_a_resync_stays_forgotten(tmp_path):
         assert tracker.end_resync(T0 + 5) == 1  # bob was not re-announced: closed
         assert store.get("alice@example.test") is None
         assert tracker.counts(T0 + 10).known_users == 1
+
+
+def test_a_clock_stepping_back_a_few_hours_after_the_load_still_counts_everyone(tmp_path):
+    with Store(tmp_path / "activity.db") as store:
+        # Last active 30 days and 1 hour before the load: outside every window at load time,
+        # inside the 30-day window once the clock has stepped back 12 hours.
+        store.put("alice@example.test", UserRecord(T0 - 40 * DAY, T0 - 30 * DAY - 3600, 0))
+        tracker = ActivityTracker(store, [DOMAIN])
+        tracker.load(T0)
+        back = T0 - 12 * 3600
+        assert tracker.counts(back).mau == seed_counts([store.get("alice@example.test")], back)[2]
+        assert tracker.counts(back).mau == 1
+        tracker.session_started("alice@example.test", "phone", back)  # and she comes and goes
+        tracker.session_ended("alice@example.test", "phone", back + 5)
+        assert tracker.counts(back + 10).dau == 1

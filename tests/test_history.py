@@ -113,3 +113,27 @@ def test_the_peak_between_the_last_count_of_a_day_and_midnight_is_that_days(tmp_
         bot.store.close(clock[0])
     assert days["2027-01-15"]["example.test"]["peak_online"] == 5
     assert days["2027-01-16"]["example.test"]["peak_online"] == 3
+
+
+def test_a_restart_never_lowers_the_peak_already_stored_for_today(tmp_path):
+    from bot.daemon import Bot
+
+    from .support import bot_settings
+
+    now = [NOW]
+    settings = bot_settings(FakeServer, tmp_path / "a.db")
+    bot = Bot(settings, clock=lambda: now[0])
+    try:
+        for n in range(4):
+            bot.tracker.session_started(f"u{n}@example.test", "r", NOW)
+        bot.record_today()  # peak 4 stored for today
+    finally:
+        bot.store.close(NOW)  # a stop: the sessions end at the next start
+    now[0] = NOW + 60
+    bot = Bot(settings, clock=lambda: now[0])
+    try:
+        bot.record_today()  # nobody online after the restart
+        days = bot.store.days()
+    finally:
+        bot.store.close(now[0])
+    assert days[utc_day(NOW)]["example.test"]["peak_online"] == 4

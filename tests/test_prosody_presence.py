@@ -12,6 +12,10 @@ import time
 
 import pytest
 
+from bot.activity import ActivityTracker
+from bot.store import Store
+from bot.testbed.sandbox import free_ports
+
 from .support import ask_adhoc
 
 pytestmark = pytest.mark.asyncio
@@ -134,3 +138,29 @@ async def test_presence_of_other_domains_and_the_component_itself_is_ignored(sta
     await clients.login("bob@example.test/pc")
     await bot.expect("available", "bob@example.test/pc")  # nothing was tracked in between
     assert bot.figures().online_sessions == 2
+
+
+async def test_stopped_during_an_outage_sessions_end_when_the_connection_dropped(
+    start_bot, clients, tmp_path
+):
+    """The heartbeat is the last time the bot knew who was online: during an outage it stays at
+    the drop, so the sessions a stop leaves open end there, not at the stop."""
+    bot = await start_bot()
+    await clients.login("alice@example.test/phone")
+    await bot.expect("available", "alice@example.test/phone")
+    bot.component.server_port = free_ports(1)[0]  # the server is unreachable from now on
+    bot.component.abort()  # the connection drops
+    while bot.component.connected_since is not None:
+        await asyncio.sleep(0.01)
+    dropped_at = bot.component._dropped_at
+    await asyncio.sleep(2.5)  # the outage lasts; flushes go on
+    assert await bot.stop() == 0
+    stopped_at = int(time.time())
+    assert stopped_at - dropped_at >= 2
+    with Store(tmp_path / "activity.db", readonly=True) as store:
+        assert store.heartbeat == dropped_at
+        assert store.get("alice@example.test").sessions == ("phone",)  # left open by the stop
+    with Store(tmp_path / "activity.db") as store:  # the next start closes it
+        ActivityTracker(store, ["example.test"]).load(stopped_at)
+    with Store(tmp_path / "activity.db", readonly=True) as store:
+        assert store.get("alice@example.test").last_logout == dropped_at
