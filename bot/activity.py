@@ -320,11 +320,11 @@ class ActivityTracker:
     async def until_applied(self, timeout: float) -> int:
         """Wait (at most `timeout` seconds) until every change given has been applied; returns
         how many still wait (the store cannot be read)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._queue and loop.time() < deadline:
-            await asyncio.sleep(0.005)
-        return len(self._queue)
+        try:
+            await asyncio.wait_for(self.caught_up(), timeout)
+        except TimeoutError:
+            return len(self._queue) - 1  # not counting caught_up's own marker
+        return 0
 
     def _submit(self, key: str | None, change: Callable[[], None]) -> None:
         if self._read is not None and self._read[0].done():

@@ -118,42 +118,34 @@ async def test_admin_asks_by_adhoc_and_chat_and_others_are_refused(start_bot, lo
 
 
 async def test_pseudonymized_bot_restarted_keeps_one_record_per_user_and_no_address(
-    ejabberd, tmp_path, login, caplog
+    start_bot, tmp_path, login, caplog
 ):
     """With pseudonymize the store has no address to ping: sessions open at a restart end at
     the bot's last sign of life, and a user is never counted twice nor below zero."""
-    async with bot_starter(
-        ejabberd,
-        tmp_path / "activity.db",
-        server_software="ejabberd",
-        liveness_interval=LIVENESS,
-        liveness_timeout=5,
-        pseudonymize=True,
-        pseudonym_secret="a test secret of enough length",
-    ) as start_bot:
-        first = await start_bot()
-        alice = await login("alice@example.test/alice-thinkpad")
-        await first.expect("available", "alice@example.test/alice-thinkpad")
-        carol = await login("carol@example.test/pc")
-        await first.expect("available", "carol@example.test/pc")
-        carol.abort()
-        await first.expect("gone", "carol@example.test/pc", timeout=LIVENESS + 10)
-        assert await first.stop() == 0
-        stopped_at = first.bot.store.heartbeat
+    pseudonymized = {"pseudonymize": True, "pseudonym_secret": "a test secret of enough length"}
+    first = await start_bot(**pseudonymized)
+    alice = await login("alice@example.test/alice-thinkpad")
+    await first.expect("available", "alice@example.test/alice-thinkpad")
+    carol = await login("carol@example.test/pc")
+    await first.expect("available", "carol@example.test/pc")
+    carol.abort()
+    await first.expect("gone", "carol@example.test/pc", timeout=LIVENESS + 10)
+    assert await first.stop() == 0
+    stopped_at = first.bot.store.heartbeat
 
-        second = await start_bot()
-        figures = second.figures()
-        assert (figures.online_users, figures.online_sessions, figures.known_users) == (0, 0, 2)
-        assert figures.dau == 2
-        await asyncio.sleep(LIVENESS * 2)  # liveness rounds: nothing to ping, nothing closed
-        assert second.figures().online_users == 0
-        key = second.bot.store.key_of("alice@example.test")
-        assert second.bot.store.get(key).last_logout == stopped_at
-        alice.send_presence(pshow="away")  # alice is still there and says so
-        await second.expect("available", "alice@example.test/alice-thinkpad")
-        figures = second.figures()
-        assert (figures.online_users, figures.known_users) == (1, 2)
-        assert await second.stop() == 0
+    second = await start_bot(**pseudonymized)
+    figures = second.figures()
+    assert (figures.online_users, figures.online_sessions, figures.known_users) == (0, 0, 2)
+    assert figures.dau == 2
+    await asyncio.sleep(LIVENESS * 2)  # liveness rounds: nothing to ping, nothing closed
+    assert second.figures().online_users == 0
+    key = second.bot.store.key_of("alice@example.test")
+    assert second.bot.store.get(key).last_logout == stopped_at
+    alice.send_presence(pshow="away")  # alice is still there and says so
+    await second.expect("available", "alice@example.test/alice-thinkpad")
+    figures = second.figures()
+    assert (figures.online_users, figures.known_users) == (1, 2)
+    assert await second.stop() == 0
     store_files = [tmp_path / f"activity.db{suffix}" for suffix in ("", "-wal", "-shm")]
     raw = b"".join(f.read_bytes() for f in store_files if f.exists())
     for secret in (b"alice", b"carol", b"thinkpad", b"/pc"):
