@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -38,7 +38,7 @@ from .commands import (
     history_request_form,
     parse_days,
 )
-from .liveness import GONE_CONDITIONS, LivenessChecker, LivenessSettings
+from .liveness import LivenessChecker, LivenessSettings, Session, Verdict, verdict_of_error
 from .ratelimit import RateLimiter
 from .slixmpp_internals import (
     NS_COMPONENT,
@@ -62,6 +62,9 @@ PRESENCE_KINDS = frozenset(
 
 RECONNECT_FIRST_DELAY = 1.0
 RECONNECT_MAX_DELAY = 60.0
+# Unavailable presences whose session is being asked by a ping whether it is really gone; beyond
+# this many (a server slow to answer), the presence is taken as it is, without asking.
+MAX_PENDING_CONFIRMATIONS = 100
 
 
 class ConnectionFatal(Exception):
@@ -76,6 +79,9 @@ class Timing:
     resync_grace: float = 5.0  # after a reconnection, for the server to re-announce sessions
     handshake_timeout: float = 20.0
     shutdown_write_budget: float = 10.0  # at shutdown, how long to retry a failing store write
+    # With liveness pings off: how often a session that said unavailable but still answered a
+    # ping is pinged again (it ends when the server says it is gone).
+    unavailable_recheck: float = 300.0
 
 
 @dataclass
@@ -85,6 +91,15 @@ class _Connection:
     started: asyncio.Future[None]
     ended: asyncio.Future[str]
     stream_error: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _SaidUnavailable:
+    """An unavailable presence whose session is being pinged: it ends at `at` unless the session
+    answers (eq=False: each one is itself, so that a newer presence can supersede it)."""
+
+    sender: JID
+    at: int
 
 
 class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is untyped
@@ -115,6 +130,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.connected_since: float | None = None
         self._dropped_at: int | None = None  # when the last connection was lost
         self._catching_up = False  # re-learning who is online after (re)connecting
+        # Connections so far: a task of an earlier connection (a resync's timer, the pings after
+        # connecting) never acts on a later one.
+        self._generation = 0
         self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
         self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
         self.internal_errors: Counter[tuple[str, str]] = Counter()  # (where, error type)
@@ -123,16 +141,28 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self._background: set[asyncio.Task[Any]] = set()
         self.announces_sessions = announces_sessions
         self._loaded_sessions_alive_until = loaded_sessions_alive_until
+        settings = liveness or LivenessSettings(interval=0)
+        self.pings_every_session = settings.interval > 0
+        self.ping_timeout = settings.timeout
         # Sessions as real (bare JID, resource) -> last sign of life: what liveness pings. The
         # tracker knows sessions only by their store keys (pseudonyms, with pseudonymize).
-        self._last_seen: dict[tuple[str, str], int] = {}
-        if liveness is not None and liveness.interval > 0 and not tracker.pseudonymized:
+        self._last_seen: dict[Session, int] = {}
+        if self.pings_every_session and not tracker.pseudonymized:
             for session in tracker.online_sessions():  # loaded from the store: keys are JIDs
                 self._last_seen[session] = loaded_sessions_alive_until
-        self.liveness = (
-            LivenessChecker(liveness, self._pingable_sessions, self._ping, self._session_gone)
-            if liveness is not None and liveness.interval > 0
-            else None
+        # An unavailable presence may be sent to the bot alone by a client that stays connected:
+        # it looks exactly like a broadcast one (Prosody, ejabberd). So a ping asks first.
+        self._said_unavailable: dict[Session, _SaidUnavailable] = {}
+        # Sessions that said unavailable but answered: online until the server says they are
+        # gone (pinged with the others, or on their own when liveness pings are off).
+        self._doubted: set[Session] = set()
+        self.liveness = LivenessChecker(
+            settings
+            if self.pings_every_session
+            else replace(settings, interval=self.timing.unavailable_recheck),
+            self._pingable_sessions,
+            self._ping,
+            self._session_gone,
         )
 
         self._register_plugins()
@@ -262,30 +292,45 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if connection is not None and not connection.started.done():
             connection.started.set_result(None)
         self.connected_since = self.clock()
+        self._generation += 1
         self._catching_up = self._dropped_at is not None
         self.privileges = {}
         log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
         self._spawn(self._check_privileges(self.connected_since))
         if not self.announces_sessions:
-            if self.liveness is not None:
-                self._spawn(self._check_sessions())  # nobody re-announces: ask each session
+            if self.pings_every_session:  # nobody re-announces: ask each session
+                self._spawn(self._check_sessions(self._generation))
         elif self._dropped_at is not None:
             # Before any stanza of the new stream is handled (and after the old stream's, if
             # any still wait for a record): the server re-announces the online sessions right
-            # after the handshake.
-            self.tracker.when_loaded(None, self.tracker.begin_resync)
-            self._spawn(self._finish_resync(self._dropped_at))
+            # after the handshake. Those it does not ended at the drop, or earlier, if an
+            # earlier connection dropped before they were re-announced.
+            self.tracker.when_loaded(None, partial(self.tracker.begin_resync, self._dropped_at))
+            self._spawn(self._finish_resync(self._generation))
 
     def sessions_known_until(self, now: int, before_connecting: int) -> int:
-        """Up to when the bot knows who is online: `now` while connected and caught up; the
-        time of the drop while disconnected or re-learning who is online after it;
-        `before_connecting` (the store's heartbeat) until the first connection. The store's
-        heartbeat is this time, so that sessions left open by a stop or crash end there."""
+        """Up to when the bot knows who is online: `now` while connected and caught up; while
+        disconnected or re-learning who is online, the drop, or the earlier time the sessions
+        not re-announced since were last known; `before_connecting` (the store's heartbeat)
+        until the first connection. The store's heartbeat is this time, so that sessions left
+        open by a stop or crash end there."""
         if self._dropped_at is None:
             return now if self.connected_since is not None else before_connecting
         if self.connected_since is not None and not self._catching_up:
             return now
-        return self._dropped_at
+        unconfirmed_since = self.tracker.unconfirmed_since()
+        if unconfirmed_since is None:
+            return self._dropped_at
+        return min(unconfirmed_since, self._dropped_at)
+
+    def _is_current(self, generation: int) -> bool:
+        """Whether the connection of this generation is the one up now."""
+        return generation == self._generation and self._link_up()
+
+    def _link_up(self) -> bool:
+        connection = self._connection
+        ended = connection is not None and connection.ended.done()
+        return self.connected_since is not None and not ended
 
     def _on_disconnected(self, reason: object) -> None:
         connection = self._connection
@@ -347,19 +392,64 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     def _available(self, sender: JID, now: int) -> None:
         try:
+            session = (sender.bare, sender.resource)
+            self._said_unavailable.pop(session, None)  # this newer presence decides
+            self._doubted.discard(session)
             changed = self.tracker.session_started(sender.bare, sender.resource, now)
-            if self.liveness is not None and self.tracker.is_counted(sender.bare):
-                self._last_seen[(sender.bare, sender.resource)] = now  # only pings read it
+            if self.pings_every_session and self.tracker.is_counted(sender.bare):
+                self._last_seen[session] = now  # only pings read it
+            else:
+                self._last_seen.pop(session, None)  # pinged only while doubted
             if changed:  # for observers (tests, metrics): cheap when nobody listens
                 self.event("presence_tracked", ("available", sender))
         except Exception as exc:  # our fault: never an error stanza to the user's client
             self._internal_error("presence", exc)
 
     def _unavailable(self, sender: JID, now: int) -> None:
+        """An unavailable presence ends a session online only once a ping says the server has
+        no such session: a client may send one to the bot alone (directed presence) and stay
+        connected, and the server forwards it exactly like a broadcast one."""
+        session = (sender.bare, sender.resource)
         try:
-            changed = self.tracker.session_ended(sender.bare, sender.resource, now)
-            self._last_seen.pop((sender.bare, sender.resource), None)
-            if changed:
+            confirm = (
+                self.tracker.is_online(*session)
+                and self._link_up()
+                and len(self._said_unavailable) < MAX_PENDING_CONFIRMATIONS
+            )
+        except Exception as exc:
+            self._internal_error("presence", exc)
+            return
+        if not confirm:  # not online (nothing to end but the time), or nobody to ask now
+            self._end_session(sender, now)
+            return
+        said = _SaidUnavailable(sender, now)
+        self._said_unavailable[session] = said
+        self._spawn(self._confirm_unavailable(said))
+
+    async def _confirm_unavailable(self, said: _SaidUnavailable) -> None:
+        sender = said.sender
+        session = (sender.bare, sender.resource)
+        try:
+            verdict = await self._ping(str(sender))
+        except Exception as exc:
+            self._internal_error("unavailable presence", exc)
+            verdict = Verdict.UNKNOWN
+        if self._said_unavailable.get(session) is not said:
+            return  # a newer presence of this session decided
+        del self._said_unavailable[session]
+        if verdict is Verdict.ALIVE:  # still connected: kept online, asked again later
+            log.debug("%s said unavailable but answers pings: online", sender.resource)
+            self._doubted.add(session)
+            return
+        # Gone, or nobody can tell (our link dropped, no answer): the presence stands.
+        self.tracker.when_loaded(sender.bare, partial(self._end_session, sender, said.at))
+
+    def _end_session(self, sender: JID, now: int) -> None:
+        try:
+            session = (sender.bare, sender.resource)
+            self._doubted.discard(session)
+            self._last_seen.pop(session, None)
+            if self.tracker.session_ended(sender.bare, sender.resource, now):
                 self.event("presence_tracked", ("unavailable", sender))
         except Exception as exc:
             self._internal_error("presence", exc)
@@ -385,42 +475,57 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     # --- liveness -------------------------------------------------------------------------
 
-    async def _ping(self, full_jid: str) -> bool | None:
-        """True: the session answered; False: it is gone; None: cannot tell (not connected)."""
-        if self.connected_since is None or self.liveness is None:
-            return None
-        try:
-            await self.plugin["xep_0199"].send_ping(
-                JID(full_jid), ifrom=self.boundjid, timeout=self.liveness.settings.timeout
+    async def _ping(self, full_jid: str) -> Verdict:
+        """Ask the session whether it is there (see `liveness` for the three verdicts)."""
+        connection = self._connection
+        if not self._link_up():
+            return Verdict.UNKNOWN  # sent now, it would wait for the next connection
+        answer = asyncio.ensure_future(
+            self.plugin["xep_0199"].send_ping(
+                JID(full_jid), ifrom=self.boundjid, timeout=self.ping_timeout
             )
+        )
+        link_lost = [] if connection is None else [connection.ended]
+        await asyncio.wait([answer, *link_lost], return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done():
+            answer.cancel()
+            return Verdict.UNKNOWN  # our link dropped: the answer, if any, is lost
+        try:
+            answer.result()
         except IqError as error:
-            if error_condition(error.iq.xml) not in GONE_CONDITIONS:
-                return self._seen_alive(full_jid)  # the client itself answered
-            return False
+            verdict = verdict_of_error(error_condition(error.iq.xml))
         except IqTimeout:
-            return False if self.connected_since is not None else None
-        return self._seen_alive(full_jid)
+            verdict = Verdict.UNKNOWN  # a silent link, ours or the client's
+        else:
+            verdict = Verdict.ALIVE
+        if verdict is Verdict.ALIVE:
+            self._seen_alive(full_jid)
+        return verdict
 
-    async def _check_sessions(self) -> None:
-        assert self.liveness is not None
+    async def _check_sessions(self, generation: int) -> None:
         closed = await self.liveness.check_now()
+        if not self._is_current(generation):
+            return  # that connection dropped meanwhile: the next one checks again
         self._catching_up = False
         log.info("Checked the sessions believed online: %d had ended", closed)
         self.event("liveness_checked", closed)
 
-    def _seen_alive(self, full_jid: str) -> bool:
+    def _seen_alive(self, full_jid: str) -> None:
         bare, _, resource = full_jid.partition("/")
         self._last_seen[(bare, resource)] = int(self.clock())
-        return True
 
-    def _pingable_sessions(self) -> set[tuple[str, str]]:
-        """The sessions seen in this run (or loaded with their JIDs) that are still online."""
+    def _pingable_sessions(self) -> set[Session]:
+        """The sessions to ping that are still online: every one seen in this run (or loaded
+        with its JID) when liveness pings are on, else the doubted ones."""
         gone = [s for s in self._last_seen if not self.tracker.is_online(*s)]
         for session in gone:  # ended some other way (presence, resync, forget)
             del self._last_seen[session]
-        return set(self._last_seen)
+            self._doubted.discard(session)
+        self._doubted.intersection_update(self._last_seen)
+        return set(self._last_seen) if self.pings_every_session else set(self._doubted)
 
-    def _session_gone(self, session: tuple[str, str]) -> None:
+    def _session_gone(self, session: Session) -> None:
+        self._doubted.discard(session)
         ended_at = (
             self._last_seen.pop(session, None)
             or self._loaded_sessions_alive_until
@@ -428,11 +533,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         )
         self.tracker.when_loaded(session[0], partial(self._close_gone_session, session, ended_at))
 
-    def _close_gone_session(self, session: tuple[str, str], ended_at: int) -> None:
+    def _close_gone_session(self, session: Session, ended_at: int) -> None:
         if self.tracker.is_online(*session) and self.tracker.session_ended(*session, ended_at):
             bare, resource = session
             log.info(
-                "Session %s/%s did not answer a ping: closed",
+                "Session %s/%s is gone, says the server: closed",
                 self.tracker.who(bare),
                 self.tracker.who_session(resource),
             )
@@ -490,13 +595,16 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     # --- after a reconnection --------------------------------------------------------------
 
-    async def _finish_resync(self, dropped_at: int) -> None:
+    async def _finish_resync(self, generation: int) -> None:
         """Sessions the server does not announce again soon after reconnecting have ended,
-        at the latest when the connection dropped."""
+        when the bot last knew them (the drop, or an earlier one). Only for the connection
+        that began it: if it dropped meanwhile, the next connection's resync takes over."""
         await asyncio.sleep(self.timing.resync_grace)
 
         def end_resync() -> None:  # after the changes received so far (some may wait)
-            closed = self.tracker.end_resync(dropped_at)
+            if not self._is_current(generation):
+                return
+            closed = self.tracker.end_resync()
             log.info(
                 "Re-synced after reconnecting: %d sessions had ended while disconnected", closed
             )

@@ -156,9 +156,10 @@ class Bot:
             "count": lambda: count_periodically(
                 self.tracker, settings, self.clock, after_count=self.after_count
             ),
+            # Every session's pings, or (liveness off) those of sessions that said unavailable
+            # but still answered.
+            "liveness": component.liveness.run_forever,
         }
-        if component.liveness is not None:
-            duties["liveness"] = component.liveness.run_forever
         return {
             name: supervise(name, duty, self.duty_restarts, self.backoff)
             for name, duty in duties.items()
