@@ -161,7 +161,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             if self.pings_every_session
             else replace(settings, interval=self.timing.unavailable_recheck),
             self._pingable_sessions,
-            self._ping,
+            self.ask_session,
             self._session_gone,
         )
 
@@ -430,7 +430,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         sender = said.sender
         session = (sender.bare, sender.resource)
         try:
-            verdict = await self._ping(str(sender))
+            verdict = await self.ask_session(str(sender))
         except Exception as exc:
             self._internal_error("unavailable presence", exc)
             verdict = Verdict.UNKNOWN
@@ -475,8 +475,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     # --- liveness -------------------------------------------------------------------------
 
-    async def _ping(self, full_jid: str) -> Verdict:
-        """Ask the session whether it is there (see `liveness` for the three verdicts)."""
+    async def ask_session(self, full_jid: str) -> Verdict:
+        """Ask a session whether it is there: a XEP-0199 ping to its full JID (`liveness` says
+        what each verdict means). An answer is the session's latest sign of life."""
         connection = self._connection
         if not self._link_up():
             return Verdict.UNKNOWN  # sent now, it would wait for the next connection
@@ -603,6 +604,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
         def end_resync() -> None:  # after the changes received so far (some may wait)
             if not self._is_current(generation):
+                log.debug("The resync of a connection that dropped since: left to the next one")
+                self.event("resync_abandoned", generation)
                 return
             closed = self.tracker.end_resync()
             log.info(
