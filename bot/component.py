@@ -380,6 +380,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if kind == "subscribe":
             self._accept_subscription(sender)
             return
+        if not sender.resource:  # from the account, not a session: Prosody answers the
+            return  # subscription handshake of the fallback with an unavailable from the bare JID
         if kind is None:
             change = self._available
         elif kind == "unavailable":
@@ -438,8 +440,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             return  # a newer presence of this session decided
         del self._said_unavailable[session]
         if verdict is Verdict.ALIVE:  # still connected: kept online, asked again later
-            log.debug("%s said unavailable but answers pings: online", sender.resource)
+            log.debug("A session said unavailable but answers pings: online")
             self._doubted.add(session)
+            self.event("unavailable_refuted", sender)  # for observers (tests)
             return
         # Gone, or nobody can tell (our link dropped, no answer): the presence stands.
         self.tracker.when_loaded(sender.bare, partial(self._end_session, sender, said.at))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +57,11 @@ def write(tmp_path: Path, text: str) -> Path:
 # --- a real bot in the test's event loop --------------------------------------------------------
 
 FAST = Timing(
-    privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10, shutdown_write_budget=1.0
+    privileges_grace=0.5,
+    resync_grace=1.0,
+    handshake_timeout=10,
+    shutdown_write_budget=1.0,
+    unavailable_recheck=1.0,
 )
 
 
@@ -98,15 +103,25 @@ def listen_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class ManualClock:
+    """A bot's wall clock that only the test moves: `clock.now = ...`."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return float(self.now)
+
+
 @contextlib.asynccontextmanager
 async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
-    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`);
-    every bot started is stopped on the way out."""
+    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`; the
+    keywords `clock` and `timing` go to the Bot); every bot started is stopped on the way out."""
     running: list[RunningBot] = []
 
-    async def start(**changes) -> RunningBot:
+    async def start(*, clock=time.time, timing: Timing = FAST, **changes) -> RunningBot:
         settings = bot_settings(server, store_path, **(defaults | changes))
-        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        bot = await RunningBot(Bot(settings, clock=clock, timing=timing)).start()
         running.append(bot)
         return bot
 

@@ -12,11 +12,10 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from bot.daemon import Bot
 from bot.liveness import Verdict
 from bot.testbed.linkproxy import LinkProxy
 
-from .support import FAST, RunningBot, bot_settings
+from .support import bot_starter
 
 pytestmark = pytest.mark.asyncio
 
@@ -28,27 +27,17 @@ PINGED = (b"alice@example.test/phone", b"bob@example.test/pc", b"urn:xmpp:ping")
 async def proxied(prosody, tmp_path):
     """(proxy, start): `start(**settings)` runs a bot that pings every session (as on a server
     that does not re-announce them) and reaches Prosody through `proxy`."""
-    running: list[RunningBot] = []
-    async with LinkProxy(prosody.component_port) as proxy:
-
-        async def start(**changes) -> RunningBot:
-            options = {"server_software": "generic", "liveness_interval": 3600} | changes
-            settings = bot_settings(
-                prosody, tmp_path / "activity.db", server_port=proxy.port, **options
-            )
-            checked = None
-            bot = RunningBot(Bot(settings, timing=FAST))
-            checked = asyncio.ensure_future(bot.component.wait_until("liveness_checked", 15))
-            await bot.start()
-            await checked  # the check after connecting (nothing stored yet): out of the way
-            running.append(bot)
-            return bot
-
-        try:
-            yield proxy, start
-        finally:
-            for bot in running:
-                await bot.stop_quietly()
+    async with (
+        LinkProxy(prosody.component_port) as proxy,
+        bot_starter(
+            prosody,
+            tmp_path / "activity.db",
+            server_port=proxy.port,
+            server_software="generic",
+            liveness_interval=3600,
+        ) as start,
+    ):
+        yield proxy, start  # the check after the first connection has nothing to ping
 
 
 async def test_prosody_says_a_gone_session_is_gone_and_a_client_without_ping_is_there(

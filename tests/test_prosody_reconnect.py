@@ -17,43 +17,24 @@ import pytest
 import pytest_asyncio
 
 from bot import component as component_module
-from bot.daemon import Bot
 from bot.testbed.linkproxy import LinkProxy
 
-from .support import FAST, RunningBot, bot_settings
+from .support import FAST, ManualClock, RunningBot, bot_starter
 
 pytestmark = pytest.mark.asyncio
 
 ALICE, BOB = "alice@example.test/phone", "bob@example.test/pc"
 
 
-class Clock:
-    """The bot's wall clock, moved by the test only."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return float(self.now)
-
-
 @pytest_asyncio.fixture
 async def proxied(prosody, tmp_path):
-    """(proxy, start): `start(clock, timing)` runs a bot that reaches Prosody through `proxy`."""
-    running: list[RunningBot] = []
-    async with LinkProxy(prosody.component_port) as proxy:
-
-        async def start(clock: Clock, timing=FAST) -> RunningBot:
-            settings = bot_settings(prosody, tmp_path / "activity.db", server_port=proxy.port)
-            bot = await RunningBot(Bot(settings, clock=clock, timing=timing)).start()
-            running.append(bot)
-            return bot
-
-        try:
-            yield proxy, start
-        finally:
-            for bot in running:
-                await bot.stop_quietly()
+    """(proxy, start): `start(clock=..., timing=...)` runs a bot that reaches Prosody through
+    `proxy`."""
+    async with (
+        LinkProxy(prosody.component_port) as proxy,
+        bot_starter(prosody, tmp_path / "activity.db", server_port=proxy.port) as start,
+    ):
+        yield proxy, start
 
 
 async def drop_and_hold(proxy: LinkProxy, connection: int) -> None:
@@ -75,8 +56,8 @@ async def test_a_session_that_ended_unseen_is_closed_at_the_drop_not_at_the_resy
 ):
     proxy, start = proxied
     t0 = int(time.time())
-    clock = Clock(t0)
-    bot = await start(clock)
+    clock = ManualClock(t0)
+    bot = await start(clock=clock)
     alice = await clients.login(ALICE)
     await clients.login(BOB)
     await bot.expect_set({("available", ALICE), ("available", BOB)})
@@ -110,8 +91,8 @@ async def test_a_second_drop_within_the_resync_grace_leaves_the_resync_to_the_ne
     monkeypatch.setattr(component_module, "RECONNECT_FIRST_DELAY", 0.05)  # reconnect at once
     proxy, start = proxied
     t0 = int(time.time())
-    clock = Clock(t0)
-    bot = await start(clock, timing=replace(FAST, resync_grace=2.0))
+    clock = ManualClock(t0)
+    bot = await start(clock=clock, timing=replace(FAST, resync_grace=2.0))
     events: asyncio.Queue[tuple[str, int, int, bool]] = asyncio.Queue()
 
     def note(kind: str) -> None:  # what the bot knew at that moment
