@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from slixmpp import ComponentXMPP
-from slixmpp.exceptions import IqError, IqTimeout, XMPPError
+from slixmpp.exceptions import XMPPError
 from slixmpp.jid import JID, InvalidJID
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
@@ -39,10 +39,10 @@ from .commands import (
     parse_days,
 )
 from .liveness import LivenessChecker, LivenessSettings, Session, Verdict, verdict_of_error
+from .pinger import Pinger
 from .ratelimit import RateLimiter
 from .slixmpp_internals import (
     NS_COMPONENT,
-    error_condition,
     guard_adhoc_commands,
     registered_disco_items,
     take_over_presence,
@@ -64,7 +64,7 @@ RECONNECT_FIRST_DELAY = 1.0
 RECONNECT_MAX_DELAY = 60.0
 # Unavailable presences whose session is being asked by a ping whether it is really gone; beyond
 # this many (a server slow to answer), the presence is taken as it is, without asking.
-MAX_PENDING_CONFIRMATIONS = 100
+MAX_PENDING_CONFIRMATIONS = 1000
 
 
 class ConnectionFatal(Exception):
@@ -167,6 +167,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
         self._register_plugins()
         self._register_handlers()
+        self.pinger = Pinger(self)
 
     def _register_plugins(self) -> None:
         for plugin in ("xep_0030", "xep_0004", "xep_0050"):
@@ -484,24 +485,18 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         connection = self._connection
         if not self._link_up():
             return Verdict.UNKNOWN  # sent now, it would wait for the next connection
-        answer = asyncio.ensure_future(
-            self.plugin["xep_0199"].send_ping(
-                JID(full_jid), ifrom=self.boundjid, timeout=self.ping_timeout
-            )
-        )
+        answer = asyncio.ensure_future(self.pinger.ping(full_jid, self.ping_timeout))
         link_lost = [] if connection is None else [connection.ended]
         await asyncio.wait([answer, *link_lost], return_when=asyncio.FIRST_COMPLETED)
         if not answer.done():
             answer.cancel()
             return Verdict.UNKNOWN  # our link dropped: the answer, if any, is lost
         try:
-            answer.result()
-        except IqError as error:
-            verdict = verdict_of_error(error_condition(error.iq.xml))
-        except IqTimeout:
+            condition = answer.result()
+        except TimeoutError:
             verdict = Verdict.UNKNOWN  # a silent link, ours or the client's
         else:
-            verdict = Verdict.ALIVE
+            verdict = Verdict.ALIVE if condition is None else verdict_of_error(condition)
         if verdict is Verdict.ALIVE:
             self._seen_alive(full_jid)
         return verdict
