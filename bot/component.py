@@ -262,7 +262,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if connection is not None and not connection.started.done():
             connection.started.set_result(None)
         self.connected_since = self.clock()
-        self._catching_up = self._dropped_at is not None
+        # Nothing to re-learn where neither the server nor pings will tell who left meanwhile.
+        self._catching_up = self._dropped_at is not None and (
+            self.announces_sessions or self.liveness is not None
+        )
         self.privileges = {}
         log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
         self._spawn(self._check_privileges(self.connected_since))

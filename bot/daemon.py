@@ -128,14 +128,14 @@ class Bot:
             self._loaded_heartbeat = self.store.heartbeat
             self._load()
             now = int(clock())
-            # The snapshots of the days whose final peaks are still to come (see record_today):
-            # today's as stored, then every one this run writes. No other writer runs meanwhile.
-            today = utc_day(now)
-            stored_today = self.store.day(today)
-            self.tracker.start_peaks(now, stored_peaks(stored_today))
-            self._days: dict[str, dict[str, Any]] = (
-                {} if stored_today is None else {today: stored_today}
-            )
+            # The snapshots of the days whose peaks may still rise (see record_today): as stored,
+            # from yesterday on (the clock may step back a day, or have been ahead before), then
+            # every one this run writes. No other writer runs meanwhile.
+            since = utc_day(now - DAY)
+            self._days: dict[str, dict[str, Any]] = {
+                day: snapshot for day, snapshot in self.store.days().items() if day >= since
+            }
+            self.tracker.start_peaks(now, stored_peaks(self._days.get(utc_day(now))))
             self.component = self._component(timing)
         except BaseException:
             self.store.close()  # never connected: the heartbeat stays what it was
@@ -151,7 +151,10 @@ class Bot:
         settings, component = self.settings, self.component
         duties: dict[str, Callable[[], Awaitable[None]]] = {
             "flush": lambda: flush_periodically(
-                self.store, settings.flush_interval, self.heartbeat_clock
+                self.store,
+                settings.flush_interval,
+                self.heartbeat_clock,
+                before_flush=self.record_peak_if_risen,
             ),
             "count": lambda: count_periodically(
                 self.tracker, settings, self.clock, after_count=self.after_count
@@ -225,17 +228,28 @@ class Bot:
     def record_today(self) -> None:
         """Rewrite today's history snapshot with the current figures (UTC days), and give the
         days that ended since the last call the peak of users online that happened on them.
-        Reads nothing from the store: the snapshots are the ones this run holds."""
+        A day the clock stepped back into keeps the higher of its two peaks. Reads nothing
+        from the store: the snapshots are the ones this run holds."""
         now = int(self.clock())
+        self.tracker.take_peak_rose()  # written now
         for day_number, peaks in self.tracker.ended_day_peaks(now).items():
             self._record_final_peaks(utc_day(day_number * DAY), peaks)
         today = utc_day(now)
-        snapshot = day_snapshot(self.tracker.counts_by_domain(now), self.tracker.peak_online)
+        peaks = dict(self.tracker.peak_online)
+        for domain, peak in stored_peaks(self._days.get(today)).items():
+            peaks[domain] = max(peaks.get(domain, 0), peak)
+        snapshot = day_snapshot(self.tracker.counts_by_domain(now), peaks)
         self.store.put_day(today, snapshot)
-        self._days[today] = snapshot
+        self._days[today] = snapshot  # one per day of this run: a step back may reach it
+
+    def record_peak_if_risen(self) -> None:
+        """Before each flush: today's snapshot again if its peak rose (or a day began), so
+        that the peak is on disk as soon as the records that made it."""
+        if self.tracker.take_peak_rose():
+            self.record_today()
 
     def _record_final_peaks(self, day: str, peaks: dict[str, int]) -> None:
-        held = self._days.pop(day, None)
+        held = self._days.get(day)
         if held is None:
             return  # no count that day: its figures are unknown, it stays a gap
         snapshot = {  # a copy: the held one may be in a batch being written
@@ -246,6 +260,7 @@ class Bot:
             if isinstance(snapshot.get(domain), dict):
                 snapshot[domain]["peak_online"] = max(snapshot[domain].get("peak_online", 0), peak)
         self.store.put_day(day, snapshot)
+        self._days[day] = snapshot
 
     async def after_count(self) -> None:
         """The hourly housekeeping: today's history snapshot, then retention."""

@@ -275,7 +275,7 @@ class Store:
         )
         pending = {bare.encode(): record for bare, record in unwritten.items()}
         prefix = len(_USER_PREFIX)
-        rows = self._db.items_with_prefix(_USER_PREFIX)
+        rows = self._db.items_with_prefix(_USER_PREFIX, most_keys_match=True)
         while True:
             with self._io:
                 batch = list(islice(rows, _SCAN_BATCH))
@@ -557,6 +557,7 @@ async def flush_periodically(
     interval: float,
     clock: Callable[[], float] = time.time,
     repeat_error_after: float = 600.0,
+    before_flush: Callable[[], None] = lambda: None,
 ) -> None:
     """Flush every `interval` seconds, on fixed ticks so that the gap between flushes never
     grows: an event is on disk at most `interval` (plus one flush's own time) after it happened.
@@ -571,6 +572,7 @@ async def flush_periodically(
     while True:
         next_tick = max(next_tick + interval, loop.time())  # no backlog after a stall
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
+        before_flush()
         try:
             written = await store.flush_off_loop(int(clock()))
         except StoreError as exc:
