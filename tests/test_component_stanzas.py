@@ -165,6 +165,14 @@ class ComponentStanzaTest(ComponentHarness):
         while self.xmpp.socket.next_sent() is not None:
             replies += 1
         assert replies == 5  # the burst; the clock stands still, so no token comes back
+        self.monotonic_now += 1.9
+        self.recv('<message type="chat" from="eve@example.test/x"><body>stats</body></message>')
+        self.wait_for_send_queue()
+        assert self.xmpp.socket.next_sent() is None
+        self.monotonic_now += 0.1  # 2 seconds: one more reply
+        self.recv('<message type="chat" from="eve@example.test/x"><body>stats</body></message>')
+        self.wait_for_send_queue()
+        assert self.xmpp.socket.next_sent() is not None
         self.recv('<message type="chat" from="admin@example.test/desk"><body>help</body></message>')
         self.wait_for_send_queue()
         reply = self.xmpp.socket.next_sent()
