@@ -2,10 +2,10 @@
 
 slixmpp (1.17) offers no public way to replace its presence handling, to check access on every
 step of an ad-hoc command, or to forget completed and abandoned command sessions. What we do
-instead uses names
-slixmpp does not promise to keep. They are all here; each is checked when the component is built
-(`SlixmppChanged` names what is missing, so an upgrade fails at start, never silently), and
-tests/test_slixmpp_internals.py pins the behaviour we rely on for the installed version.
+instead uses names slixmpp does not promise to keep. They are all here; each is checked when the
+component is built (`SlixmppChanged` names what is missing, so an upgrade fails at start, never
+silently), and tests/test_slixmpp_internals.py pins the behaviour we rely on for the installed
+version.
 """
 
 from __future__ import annotations

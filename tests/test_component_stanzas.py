@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from bot.commands import ADHOC_FORGET_NODE, ADHOC_HISTORY_NODE, ADHOC_STATS_NODE, CHAT_REFUSED
+from bot.commands import (
+    ADHOC_FORGET_NODE,
+    ADHOC_HISTORY_NODE,
+    ADHOC_STATS_NODE,
+    CHAT_REFUSED,
+    CommandSet,
+)
 from bot.component import COMMAND_SESSION_TTL, MAX_COMMAND_SESSIONS
 
 from .support import COMPONENT, T0, ComponentHarness
@@ -233,6 +239,19 @@ class AdhocSessionsTest(ComponentHarness):
             assert "<bad-request" in reply
             assert "the number of days must be 1 to 366" in reply
             assert len(self.sessions()) == 0, action
+
+    def test_a_step_that_fails_on_our_side_ends_its_session(self):
+        def broken(_days):
+            raise RuntimeError("a bug of ours")
+
+        self.xmpp.commands = CommandSet(
+            admins=self.xmpp.commands.admins, figures=self.xmpp.commands.figures, history=broken
+        )
+        sessionid = self.open_history()
+        with self.assertLogs("bot.component", logging.ERROR):
+            self.recv(command(ADMIN_DESK, ADHOC_HISTORY_NODE, "complete", sessionid, {"days": "3"}))
+            assert "<internal-server-error" in self.reply()
+        assert len(self.sessions()) == 0
 
     def test_a_forget_step_with_a_bad_jid_ends_its_session(self):
         self.recv(command(ADMIN_DESK, ADHOC_FORGET_NODE))

@@ -16,6 +16,7 @@ from bot.slixmpp_internals import (
     SlixmppChanged,
     error_condition,
     guard_adhoc_commands,
+    registered_disco_info,
     registered_disco_items,
     take_over_presence,
 )
@@ -171,6 +172,13 @@ class InternalsTest(SlixTest):
         self.add_two_step_command()
         items = registered_disco_items(self.xmpp, self.xmpp.boundjid, COMMANDS, None, None)
         assert {node for _jid, node, _name in items["items"]} == {"two-steps", "one-step"}
+
+    def test_disco_info_of_a_registered_command_is_readable(self):
+        self.xmpp.event("session_bind", self.xmpp.boundjid)
+        self.wait_()
+        self.add_two_step_command()
+        info = registered_disco_info(self.xmpp, self.xmpp.boundjid, "two-steps", None, None)
+        assert info["identities"] == {("automation", "command-node", None, "Two steps")}
 
     # --- keepalive ----------------------------------------------------------------------------
 
