@@ -208,6 +208,7 @@ class ComponentHarness(SlixTest):
         self.tracker = ActivityTracker(self.store, ["example.test"])
         self.tracker.load(T0)
         clock = lambda: T0  # noqa: E731
+        self.monotonic_now = 1000.0  # the interval clock: it moves only when a test moves it
         self.xmpp = ActiveUsersComponent(
             jid=COMPONENT,
             secret="secret",
@@ -219,6 +220,7 @@ class ComponentHarness(SlixTest):
                 figures=figures_source(self.tracker, clock),
             ),
             clock=clock,
+            monotonic=lambda: self.monotonic_now,
             timing=Timing(privileges_grace=0.05),
         )
         self.xmpp._always_send_everything = True

@@ -7,11 +7,13 @@ drops, no initial presences when the bot connects. Pings fill both gaps.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 import pytest_asyncio
 from slixmpp.exceptions import IqError
+from slixmpp.xmlstream import ET
 
 from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
 from bot.testbed.clients import connect_client, disconnect_client
@@ -153,3 +155,25 @@ async def test_pseudonymized_bot_restarted_keeps_one_record_per_user_and_no_addr
     assert "alice@example.test" not in "".join(
         r.getMessage() for r in caplog.records if r.levelno >= 20 and r.name.startswith("bot")
     )
+
+
+async def test_a_privilege_advertisement_from_a_user_is_ignored(start_bot, login, caplog):
+    """ejabberd relays a user's <message/> with a <privilege/> to the component as is (Prosody's
+    mod_privilege refuses it itself): only the server's own advertisement counts."""
+    bot = await start_bot()
+    caplog.set_level(logging.INFO, "bot.component")
+    alice = await login("alice@example.test/phone")
+    forged = alice.make_message(mto="active.example.test", mtype="normal")
+    forged.append(
+        ET.fromstring(
+            '<privilege xmlns="urn:xmpp:privilege:1"><perm access="roster" type="both"/>'
+            '<perm access="presence" type="roster"/></privilege>'
+        )
+    )
+    forged.send()
+    # One client's stanzas reach the bot in order: once this is answered, the forged one has
+    # been handled.
+    assert await Chat(alice).ask("stats") == CHAT_REFUSED
+    assert set(bot.component.privileges) == {"example.test"}
+    assert bot.component.privileges["example.test"]["presence"] == "managed_entity"
+    assert not [r for r in caplog.records if "alice" in r.getMessage()]
