@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -191,6 +192,23 @@ class Chat:
     async def ask(self, text: str, mtype: str = "chat") -> str:
         self.client.send_message(mto="active.example.test", mbody=text, mtype=mtype)
         return await asyncio.wait_for(self.replies.get(), 5)
+
+
+# --- what Prosody's own mod_measure_active_users says -----------------------------------------
+
+GAUGE = re.compile(
+    r'^prosody_mod_measure_active_users__active_users_(1d|7d|30d)\{host="example\.test"\} (\d+)$',
+    re.M,
+)
+
+
+def reference_figures(prosody) -> dict[str, int]:
+    """The reference module's three gauges, computed now (it runs over its host's lastlog2)."""
+    prosody.shell(
+        '> prosody.hosts["example.test"].modules.measure_active_users.update_calculations()'
+    )
+    gauges = dict(GAUGE.findall(prosody.metrics()))
+    return {"dau": int(gauges["1d"]), "wau": int(gauges["7d"]), "mau": int(gauges["30d"])}
 
 
 # --- the component on slixmpp's fake stream -----------------------------------------------------

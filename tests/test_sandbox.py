@@ -104,3 +104,14 @@ def test_missing_mod_privilege_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox_module, "MODULES_DIR", tmp_path)
     with pytest.raises(ProsodyNotInstalled, match="make prosody"):
         ProsodySandbox(tmp_path / "prosody").start()
+
+
+def test_sql_storage_without_its_sqlite_driver_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox_module, "SQLITE_DRIVER", str(tmp_path / "no-such" / "sqlite3.so"))
+    with pytest.raises(ProsodyNotInstalled, match="lua-dbi-sqlite3"):
+        ProsodySandbox(tmp_path / "prosody", storage="sql").start()
+
+
+def test_an_unknown_storage_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="storage must be one of"):
+        ProsodySandbox(tmp_path / "prosody", storage="sqll").start()

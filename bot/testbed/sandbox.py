@@ -6,6 +6,7 @@ Used by the test suite (a real server to log in to) and by the one-command demo.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import secrets
@@ -24,6 +25,10 @@ from typing import IO, ClassVar, Self
 
 MODULES_DIR = Path("/usr/lib/prosody/modules")
 INSTALL_HINT = "run `make prosody` or `apt-get install -y prosody prosody-modules`"
+# mod_storage_sql's SQLite driver, for storage = "sql": LuaDBI for the Lua that runs Prosody.
+SQLITE_DRIVER = "/usr/lib/*/lua/5.4/dbd/sqlite3.so"  # Debian's path, under the arch triplet
+SQLITE_DRIVER_HINT = "run `make prosody` or `apt-get install -y lua-dbi-sqlite3`"
+STORAGES = ("internal", "sql")
 POLL = 0.05  # seconds between readiness probes: short, so start() returns soon after ready
 LOG_TAIL_LINES = 40
 PORT_IN_USE = re.compile("Failed to open server port")  # Prosody's log, for a port it cannot bind
@@ -38,8 +43,9 @@ class PortInUse(RuntimeError):
     """Prosody could not bind a port it was given (it logs that and keeps running without)."""
 
 
-def check_installed() -> None:
-    """Raise ProsodyNotInstalled, with the fix, unless prosody and mod_privilege are present."""
+def check_installed(storage: str = "internal") -> None:
+    """Raise ProsodyNotInstalled, with the fix, unless prosody and mod_privilege are present
+    (and, for `storage` "sql", the SQLite driver of mod_storage_sql)."""
     missing = [tool for tool in ("prosody", "prosodyctl") if shutil.which(tool) is None]
     # prosody-modules installs one folder per module; a hand-copied module may be a flat file.
     privilege = (
@@ -50,6 +56,8 @@ def check_installed() -> None:
         missing.append(str(privilege[0]))
     if missing:
         raise ProsodyNotInstalled(f"missing {', '.join(missing)}: {INSTALL_HINT}")
+    if storage == "sql" and not glob.glob(SQLITE_DRIVER):
+        raise ProsodyNotInstalled(f"missing {SQLITE_DRIVER}: {SQLITE_DRIVER_HINT}")
 
 
 def free_ports(count: int) -> list[int]:
@@ -309,10 +317,13 @@ class ServerSandbox(ABC):
 class ProsodySandbox(ServerSandbox):
     """One Prosody process with its own config, data and free ports, all on 127.0.0.1.
 
-    Ports left at 0 are chosen by the first start() and kept by restart().
+    Ports left at 0 are chosen by the first start() and kept by restart(). `storage`:
+    "internal" (one file per user and store under data/) or "sql" (mod_storage_sql with
+    SQLite, in `sql_database_path`).
     """
 
     http_port: int = 0
+    storage: str = "internal"
 
     server_name: ClassVar[str] = "Prosody"
     port_names: ClassVar[tuple[str, ...]] = ("c2s_port", "component_port", "http_port")
@@ -327,6 +338,11 @@ class ProsodySandbox(ServerSandbox):
     @property
     def data_path(self) -> Path:
         return self.root / "data"
+
+    @property
+    def sql_database_path(self) -> Path:
+        """The SQLite database of storage = "sql" (Prosody names it relative to data_path)."""
+        return self.data_path / "prosody.sqlite"
 
     @property
     def certs_path(self) -> Path:
@@ -354,7 +370,9 @@ class ProsodySandbox(ServerSandbox):
 
     def start(self, timeout: float = 15) -> None:
         """Write the config, start Prosody and return once it really serves c2s and components."""
-        check_installed()
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+        check_installed(self.storage)
         self._start((self.data_path, self.certs_path), lambda: self._launch(timeout))
 
     def _spawn_server(self, deadline: float, timeout: float) -> subprocess.Popen[bytes]:
@@ -380,7 +398,7 @@ class ProsodySandbox(ServerSandbox):
 
     def prosodyctl(self, *args: str, timeout: float = 15) -> str:
         """Run prosodyctl against this instance's config; its output, or RuntimeError."""
-        check_installed()
+        check_installed(self.storage)
         argv = ["prosodyctl", "--config", str(self.config_path), *args]
         return self._run_tool(argv, f"prosodyctl {args[0] if args else ''}", timeout)
 
@@ -409,6 +427,12 @@ class ProsodySandbox(ServerSandbox):
             if self.grant_presence
             else ""
         )
+        storage = (
+            f'storage = "sql"\n'
+            f'sql = {{ driver = "SQLite3", database = {lua_string(self.sql_database_path)} }}\n'
+            if self.storage == "sql"
+            else 'storage = "internal"\n'
+        )
         log_file = lua_string(self.log_path)
         log_sink = f'{{ levels = {{ min = "info" }}, to = "file", filename = {log_file} }}'
         return f"""\
@@ -422,7 +446,7 @@ certificates = {lua_string(self.certs_path)} -- empty on purpose: no TLS on loop
 admin_socket = {lua_string(self.admin_socket)}
 plugin_paths = {{ {lua_string(MODULES_DIR)} }}
 log = {{ {log_sink} }}
-
+{storage}
 interfaces = {{ "127.0.0.1" }}
 component_interfaces = {{ "127.0.0.1" }}
 http_interfaces = {{ "127.0.0.1" }}
