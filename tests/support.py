@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import tempfile
 from collections.abc import AsyncIterator
@@ -166,6 +167,40 @@ class RunningBot:
             self._stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.task, 10)
+
+
+class LogWatch(logging.Handler):
+    """The records of one logger as they are emitted, to wait for one (an event, not a sleep).
+
+    `with LogWatch("bot.component") as watch: ... await watch.next(lambda text: ...)`.
+    """
+
+    def __init__(self, logger: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(logger)
+        self.loop = asyncio.get_running_loop()
+        self.records: asyncio.Queue[logging.LogRecord] = asyncio.Queue()
+
+    def emit(self, record: logging.LogRecord) -> None:  # from any thread (the store's worker)
+        self.loop.call_soon_threadsafe(self.records.put_nowait, record)
+
+    def __enter__(self) -> LogWatch:
+        self.logger.addHandler(self)
+        self._level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._level)
+
+    async def next(self, wanted, timeout: float = 10) -> logging.LogRecord:
+        """The first record (from now on in the queue) whose message `wanted(message)` accepts."""
+        while True:
+            record = await asyncio.wait_for(self.records.get(), timeout)
+            if wanted(record.getMessage()):
+                return record
 
 
 # --- what an admin's client does ----------------------------------------------------------------
