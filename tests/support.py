@@ -203,6 +203,17 @@ class LogWatch(logging.Handler):
                 return record
 
 
+def cpu_wait(pid: int) -> float:
+    """Seconds the threads of process `pid` have spent runnable but waiting for a CPU (the
+    kernel's run-queue time, field 2 of /proc/PID/task/TID/schedstat, in ns): how much later
+    than planned a loaded machine let that process act. Threads that ended are not counted."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that just ended
+            total += int(stat.read_text().split()[1])
+    return total / 1e9
+
+
 # --- what an admin's client does ----------------------------------------------------------------
 
 
