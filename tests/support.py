@@ -12,7 +12,8 @@ import contextlib
 import logging
 import re
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,13 +103,13 @@ def listen_text(host: str, port: int) -> str:
 
 @contextlib.asynccontextmanager
 async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
-    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`);
-    every bot started is stopped on the way out."""
+    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`; a
+    `clock=` keyword is the bot's wall clock); every bot started is stopped on the way out."""
     running: list[RunningBot] = []
 
-    async def start(**changes) -> RunningBot:
+    async def start(*, clock: Callable[[], float] = time.time, **changes) -> RunningBot:
         settings = bot_settings(server, store_path, **(defaults | changes))
-        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        bot = await RunningBot(Bot(settings, clock=clock, timing=FAST)).start()
         running.append(bot)
         return bot
 
@@ -117,6 +118,17 @@ async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
     finally:
         for bot in running:
             await bot.stop_quietly()
+
+
+class Clock:
+    """A wall clock the test moves (`clock.now += 1000`): give it to Bot(clock=...), and the
+    times the bot records are known exactly."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class RunningBot:

@@ -21,21 +21,11 @@ import pytest
 from bot.daemon import Bot
 from bot.luadata import parse_lua_data
 
-from .support import FAST, RunningBot, bot_settings
+from .support import FAST, Clock, RunningBot, bot_settings
 
 pytestmark = pytest.mark.asyncio
 
 LATENCY_LIMIT = 5.0  # s; "at once" on loopback is milliseconds, a timeout would be minutes
-
-
-class Clock:
-    """The bot's wall clock, moved by the test."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def drop(client, how: str) -> None:

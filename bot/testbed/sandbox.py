@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +68,15 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
         # Closed before Prosody binds them: a tiny race, accepted for loopback tests.
         return [sock.getsockname()[1] for sock in sockets]
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that refuses connections while the block runs: bound, so that no
+    other program can take it, but not listening. For "nothing listens there" without guessing."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 def lua_string(value: str | Path) -> str:
