@@ -30,6 +30,7 @@ SQLITE_DRIVER = "/usr/lib/*/lua/5.4/dbd/sqlite3.so"  # Debian's path, under the 
 SQLITE_DRIVER_HINT = "run `make prosody` or `apt-get install -y lua-dbi-sqlite3`"
 STORAGES = ("internal", "sql")
 POLL = 0.05  # seconds between readiness probes: short, so start() returns soon after ready
+PORT_RETRY_DELAY = 0.2  # seconds between two starts of restart() on a port that was in use
 LOG_TAIL_LINES = 40
 PORT_IN_USE = re.compile("Failed to open server port")  # Prosody's log, for a port it cannot bind
 STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
@@ -160,16 +161,28 @@ class ServerSandbox(ABC):
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def restart(self, timeout: float | None = None) -> None:
+    def restart(self, timeout: float | None = None, *, port_wait: float = 10) -> None:
         """Stop and start again on the same ports and the same data (accounts, stores).
 
-        `timeout` as for start(), whose default it takes when None.
+        `timeout` as for start(), whose default it takes when None. The ports are kept (the
+        clients and the bot know them); another program may take one in the moment between the
+        stop and the start (an outgoing connection can get it as its local port), so a start
+        that finds a port in use is tried again, on the same ports, for up to `port_wait` s.
         """
         self.stop()
-        if timeout is None:
-            self.start()
-        else:
-            self.start(timeout)
+        deadline = time.monotonic() + port_wait
+        while True:
+            try:
+                if timeout is None:
+                    self.start()
+                else:
+                    self.start(timeout)
+                return
+            except PortInUse:
+                if time.monotonic() >= deadline:
+                    raise
+            # Nothing tells when another program lets go of a port: try again shortly.
+            time.sleep(PORT_RETRY_DELAY)
 
     def __enter__(self) -> Self:
         self.start()
