@@ -120,6 +120,12 @@ async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
             await bot.stop_quietly()
 
 
+# Events of ActiveUsersComponent that RunningBot queues from the start (so none is missed):
+# "resynced" (sessions closed after a reconnection), "liveness_checked" (closed by the pings
+# after connecting).
+MILESTONES = ("resynced", "liveness_checked")
+
+
 class Clock:
     """A wall clock the test moves (`clock.now += 1000`): give it to Bot(clock=...), and the
     times the bot records are known exactly."""
@@ -141,6 +147,11 @@ class RunningBot:
         self.component.add_event_handler(
             "presence_tracked", lambda event: self.tracked.put_nowait((event[0], str(event[1])))
         )
+        # The component's own milestones, from the first connection on (one queue each).
+        self.milestones: dict[str, asyncio.Queue[object]] = {}
+        for name in MILESTONES:
+            queue = self.milestones[name] = asyncio.Queue()
+            self.component.add_event_handler(name, queue.put_nowait)
         self._stop = asyncio.Event()
         self.task: asyncio.Task[int] | None = None
 
@@ -153,6 +164,10 @@ class RunningBot:
             raise AssertionError(f"the bot stopped before connecting: exit {self.task.result()}")
         await connected
         return self
+
+    async def milestone(self, name: str, timeout: float = 20) -> object:
+        """The next `name` event of the component (one of MILESTONES), with its value."""
+        return await asyncio.wait_for(self.milestones[name].get(), timeout)
 
     async def expect(self, kind: str, full_jid: str, timeout: float = 5) -> None:
         """Wait until the bot has tracked this presence change (failing on any other first)."""

@@ -137,7 +137,8 @@ async def test_pseudonymized_bot_restarted_keeps_one_record_per_user_and_no_addr
     figures = second.figures()
     assert (figures.online_users, figures.online_sessions, figures.known_users) == (0, 0, 2)
     assert figures.dau == 2
-    await asyncio.sleep(LIVENESS * 2)  # liveness rounds: nothing to ping, nothing closed
+    assert await second.milestone("liveness_checked") == 0  # after connecting: nothing closed
+    assert second.component.liveness.pings_sent == 0  # ... and nothing to ping (no address)
     assert second.figures().online_users == 0
     key = second.bot.store.key_of("alice@example.test")
     assert second.bot.store.get(key).last_logout == stopped_at
