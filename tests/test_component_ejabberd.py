@@ -6,7 +6,6 @@ drops, no initial presences when the bot connects. Pings fill both gaps.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from slixmpp.exceptions import IqError
 from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
 from bot.testbed.clients import connect_client, disconnect_client
 
-from .support import Chat, ask_adhoc, bot_starter
+from .support import Chat, Clock, LogWatch, ask_adhoc, bot_starter
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,7 +53,16 @@ async def login(ejabberd):
 
 
 async def test_logins_explicit_logouts_and_figures(start_bot, login):
-    bot = await start_bot()
+    with LogWatch("bot.component") as watch:
+        bot = await start_bot()
+        granted = await watch.next(lambda text: text.startswith("Privileges granted"))
+        older = await watch.next(lambda text: "speaks the older" in text)
+    assert granted.getMessage() == (
+        "Privileges granted by example.test (urn:xmpp:privilege:1): "
+        "message=none, presence=managed_entity, roster=none"
+    )
+    assert older.levelname == "WARNING"
+    assert "older urn:xmpp:privilege:1" in older.getMessage()
     admin = await login("admin@example.test/desk")
     await bot.expect("available", "admin@example.test/desk")
     await login("alice@example.test/phone")
@@ -93,13 +101,15 @@ async def test_bot_restarted_while_users_stay_online_relearns_them_by_pings(star
     carol = await login("carol@example.test/pc")
     await first.expect("available", "carol@example.test/pc")
     assert await first.stop() == 0
+    stopped_at = first.bot.store.heartbeat  # the last time the bot knew carol was there
     carol.abort()  # carol leaves while the bot is down
 
-    second = await start_bot()  # ejabberd announces nobody: the stored sessions are pinged
-    checked = asyncio.ensure_future(second.component.wait_until("liveness_checked", 20))
+    # Back 1000 s later (on its clock): ejabberd announces nobody, the stored sessions are pinged.
+    second = await start_bot(clock=Clock(int(time.time()) + 1000))
     await second.expect("gone", "carol@example.test/pc", timeout=20)
-    await checked
+    assert await second.milestone("liveness_checked") == 1
     assert second.bot.tracker.online_sessions() == {("alice@example.test", "phone")}
+    assert second.bot.store.get("carol@example.test").last_logout == stopped_at
 
 
 async def test_admin_asks_by_adhoc_and_chat_and_others_are_refused(start_bot, login):
