@@ -95,8 +95,8 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
     clock = [T0]
     bot = Bot(bot_settings(FakeServer, path), clock=lambda: clock[0])
     component = bot.component
-    sent: list[Any] = []
-    component.send = lambda stanza, *args, **kwargs: sent.append(stanza)
+    sent: asyncio.Queue[Any] = asyncio.Queue()
+    component.send = lambda stanza, *args, **kwargs: sent.put_nowait(stanza)
     tracked: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     component.add_event_handler(
         "presence_tracked", lambda event: tracked.put_nowait((event[0], str(event[1])))
@@ -120,11 +120,8 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
         chat = component.make_message(mto=component.boundjid, mbody="history 3", mtype="chat")
         chat["from"] = f"{ADMIN}/desk"
         await maybe_await(component._on_message(chat))
-        for _ in range(200):  # a coroutine handler may answer a moment later
-            if sent:
-                break
-            await asyncio.sleep(0.01)
-        chart = str(sent[-1]["body"])
+        reply = await asyncio.wait_for(sent.get(), 10)  # a coroutine may answer a moment later
+        chart = str(reply["body"])
         assert chart.startswith("Active users over the last 3 days")
         assert "24 hours  █▁▃  (now 1, max 3)" in chart  # 3: the 14th, as stored
 
