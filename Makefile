@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The XMPP servers the integration tests run (privately, on loopback), from Debian, when missing:
-# Prosody with mod_privilege (prosody-modules), and ejabberd.
+# Prosody with mod_privilege (prosody-modules) and SQLite storage (lua-dbi-sqlite3), and ejabberd.
 servers: prosody
 	@if ! command -v ejabberdctl >/dev/null; then \
 		echo "Installing Debian package ejabberd..."; \
@@ -37,6 +37,11 @@ prosody:
 		&& [ ! -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ]; }; then \
 		echo "Installing Debian packages prosody and prosody-modules..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody prosody-modules; \
+	fi
+	@# mod_storage_sql's SQLite driver: the tests run a Prosody with storage = "sql" (import).
+	@if ! ls /usr/lib/*/lua/5.4/dbd/sqlite3.so >/dev/null 2>&1; then \
+		echo "Installing Debian package lua-dbi-sqlite3..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua-dbi-sqlite3; \
 	fi
 
 clean:

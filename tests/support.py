@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,13 +103,13 @@ def listen_text(host: str, port: int) -> str:
 
 @contextlib.asynccontextmanager
 async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
-    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`);
-    every bot started is stopped on the way out."""
+    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`; a
+    `clock=` keyword is the bot's wall clock); every bot started is stopped on the way out."""
     running: list[RunningBot] = []
 
-    async def start(**changes) -> RunningBot:
+    async def start(*, clock: Callable[[], float] = time.time, **changes) -> RunningBot:
         settings = bot_settings(server, store_path, **(defaults | changes))
-        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        bot = await RunningBot(Bot(settings, clock=clock, timing=FAST)).start()
         running.append(bot)
         return bot
 
@@ -115,6 +118,23 @@ async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
     finally:
         for bot in running:
             await bot.stop_quietly()
+
+
+# Events of ActiveUsersComponent that RunningBot queues from the start (so none is missed):
+# "resynced" (sessions closed after a reconnection), "liveness_checked" (closed by the pings
+# after connecting).
+MILESTONES = ("resynced", "liveness_checked")
+
+
+class Clock:
+    """A wall clock the test moves (`clock.now += 1000`): give it to Bot(clock=...), and the
+    times the bot records are known exactly."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class RunningBot:
@@ -127,6 +147,11 @@ class RunningBot:
         self.component.add_event_handler(
             "presence_tracked", lambda event: self.tracked.put_nowait((event[0], str(event[1])))
         )
+        # The component's own milestones, from the first connection on (one queue each).
+        self.milestones: dict[str, asyncio.Queue[object]] = {}
+        for name in MILESTONES:
+            queue = self.milestones[name] = asyncio.Queue()
+            self.component.add_event_handler(name, queue.put_nowait)
         self._stop = asyncio.Event()
         self.task: asyncio.Task[int] | None = None
 
@@ -139,6 +164,10 @@ class RunningBot:
             raise AssertionError(f"the bot stopped before connecting: exit {self.task.result()}")
         await connected
         return self
+
+    async def milestone(self, name: str, timeout: float = 20) -> object:
+        """The next `name` event of the component (one of MILESTONES), with its value."""
+        return await asyncio.wait_for(self.milestones[name].get(), timeout)
 
     async def expect(self, kind: str, full_jid: str, timeout: float = 5) -> None:
         """Wait until the bot has tracked this presence change (failing on any other first)."""
@@ -167,6 +196,51 @@ class RunningBot:
                 await asyncio.wait_for(self.task, 10)
 
 
+class LogWatch(logging.Handler):
+    """The records of one logger as they are emitted, to wait for one (an event, not a sleep).
+
+    `with LogWatch("bot.component") as watch: ... await watch.next(lambda text: ...)`.
+    """
+
+    def __init__(self, logger: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(logger)
+        self.loop = asyncio.get_running_loop()
+        self.records: asyncio.Queue[logging.LogRecord] = asyncio.Queue()
+
+    def emit(self, record: logging.LogRecord) -> None:  # from any thread (the store's worker)
+        self.loop.call_soon_threadsafe(self.records.put_nowait, record)
+
+    def __enter__(self) -> LogWatch:
+        self.logger.addHandler(self)
+        self._level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._level)
+
+    async def next(self, wanted, timeout: float = 10) -> logging.LogRecord:
+        """The first record (from now on in the queue) whose message `wanted(message)` accepts."""
+        while True:
+            record = await asyncio.wait_for(self.records.get(), timeout)
+            if wanted(record.getMessage()):
+                return record
+
+
+def cpu_wait(pid: int) -> float:
+    """Seconds the threads of process `pid` have spent runnable but waiting for a CPU (the
+    kernel's run-queue time, field 2 of /proc/PID/task/TID/schedstat, in ns): how much later
+    than planned a loaded machine let that process act. Threads that ended are not counted."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that just ended
+            total += int(stat.read_text().split()[1])
+    return total / 1e9
+
+
 # --- what an admin's client does ----------------------------------------------------------------
 
 
@@ -191,6 +265,23 @@ class Chat:
     async def ask(self, text: str, mtype: str = "chat") -> str:
         self.client.send_message(mto="active.example.test", mbody=text, mtype=mtype)
         return await asyncio.wait_for(self.replies.get(), 5)
+
+
+# --- what Prosody's own mod_measure_active_users says -----------------------------------------
+
+GAUGE = re.compile(
+    r'^prosody_mod_measure_active_users__active_users_(1d|7d|30d)\{host="example\.test"\} (\d+)$',
+    re.M,
+)
+
+
+def reference_figures(prosody) -> dict[str, int]:
+    """The reference module's three gauges, computed now (it runs over its host's lastlog2)."""
+    prosody.shell(
+        '> prosody.hosts["example.test"].modules.measure_active_users.update_calculations()'
+    )
+    gauges = dict(GAUGE.findall(prosody.metrics()))
+    return {"dau": int(gauges["1d"]), "wau": int(gauges["7d"]), "mau": int(gauges["30d"])}
 
 
 # --- the component on slixmpp's fake stream -----------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 
 from bot.daemon import Bot
+from bot.testbed.sandbox import refused_port
 
 from .support import FAST, RunningBot, bot_settings
 
@@ -30,10 +31,11 @@ async def test_wrong_secret_is_a_clear_error_and_exit_1(prosody, tmp_path, caplo
 
 
 async def test_nothing_listening_is_a_clear_error_and_exit_1(prosody, tmp_path, caplog):
-    settings = bot_settings(prosody, tmp_path / "activity.db", server_port=prosody.c2s_port + 7)
-    caplog.set_level(logging.ERROR)
-    bot = Bot(settings, timing=FAST)
-    assert await asyncio.wait_for(bot.serve(asyncio.Event()), 15) == 1
+    with refused_port() as port:
+        settings = bot_settings(prosody, tmp_path / "activity.db", server_port=port)
+        caplog.set_level(logging.ERROR)
+        bot = Bot(settings, timing=FAST)
+        assert await asyncio.wait_for(bot.serve(asyncio.Event()), 15) == 1
     assert "nothing accepts components there" in caplog.text
 
 
