@@ -6,7 +6,6 @@ drops, no initial presences when the bot connects. Pings fill both gaps.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
