@@ -85,10 +85,20 @@ class Store:
     """
 
     def __init__(
-        self, path: Path, *, readonly: bool = False, pseudonym_key: bytes | None = None
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        pseudonym_key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.readonly = readonly
+        self._clock = clock
+        # For the bot's health (metrics, status page): when a batch was last written, and how
+        # many batches failed since the store was opened.
+        self.last_write_at: float | None = None
+        self.failed_writes = 0
         self._pseudonyms = Pseudonyms(pseudonym_key)
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
         self._pending_days: dict[str, dict[str, Any]] = {}
@@ -465,6 +475,10 @@ class Store:
         where changes made since it was taken win."""
         if self._writing is batch:
             self._writing = None
+        if written:
+            self.last_write_at = self._clock()
+        else:
+            self.failed_writes += 1
         if batch.superseded:
             return  # the batch that took it over settles its contents
         if written:
