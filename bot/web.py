@@ -70,8 +70,7 @@ class WebServer:
         self.host = host
         self.port = port
         self._token = token
-        self.served: Counter[str] = Counter()  # path -> responses sent (of the known paths)
-        self.observers: list[Callable[[str], None]] = []  # called with the path of each one
+        self.observers: list[Callable[[str, int], None]] = []  # told (path, status) of answers
         self._internal_errors: Counter[tuple[str, str]] = Counter()
         app = web.Application(middlewares=[self._guard])
         for path, handler in routes.items():
@@ -102,8 +101,19 @@ class WebServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authentication first (before a path is even looked up), then the handler; a fault of
-        a handler is logged once per path and kind, and answered with a plain 500."""
+        """Authentication first (before a path is even looked up), then the handler; observers
+        hear of every answer (path, status)."""
+        try:
+            response = await self._answer(request, handler)
+        except web.HTTPException as exc:  # 404, 405: aiohttp's own answers
+            self._notify(request.path, exc.status)
+            raise
+        self._notify(request.path, response.status)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The handler's answer; a fault of a handler is logged once per path and kind, and
+        answered with a plain 500."""
         if self._token is not None and not authorized(
             request.headers.get(hdrs.AUTHORIZATION), self._token
         ):
@@ -111,7 +121,7 @@ class WebServer:
         try:
             response = await handler(request)
         except web.HTTPException:
-            raise  # 404, 405: aiohttp's own answers
+            raise
         except Exception as exc:  # our fault: one log line with the traceback, not one per hit
             signature = (request.path, type(exc).__name__)
             self._internal_errors[signature] += 1
@@ -120,7 +130,8 @@ class WebServer:
             return web.Response(status=500, text="500 Internal Server Error: see the bot's log.\n")
         if isinstance(response, web.Response) and (response.content_length or 0) > 1024:
             response.enable_compression()  # only when the client accepts it (gzip, deflate)
-        self.served[request.path] += 1
-        for observer in self.observers:
-            observer(request.path)
         return response
+
+    def _notify(self, path: str, status: int) -> None:
+        for observer in self.observers:
+            observer(path, status)
