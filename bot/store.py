@@ -352,7 +352,7 @@ class Store:
         """The snapshots on disk only (safe in any thread)."""
         stored = {}
         with self._io:
-            rows = list(self._db.items_with_prefix(_DAY.encode()))
+            rows = self._db.items_with_rare_prefix(_DAY.encode())
         for key, value in rows:
             day = key[len(_DAY) :].decode(errors="replace")
             try:
