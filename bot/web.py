@@ -101,8 +101,8 @@ class WebServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authentication first (before a path is even looked up), then the handler; observers
-        hear of every answer (path, status)."""
+        """Authentication first, before any handler runs (aiohttp's 404 and 405 included), then
+        the handler; observers hear of every answer (path, status)."""
         try:
             response = await self._answer(request, handler)
         except web.HTTPException as exc:  # 404, 405: aiohttp's own answers

@@ -186,6 +186,7 @@ def test_the_page_is_self_contained_and_escapes_what_it_shows():
     assert page.urls == []
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert '<meta name="viewport" content="width=device-width,initial-scale=1">' in html
+    assert '<meta http-equiv="refresh" content="300">' in html  # a wall display, without script
 
 
 @pytest.mark.parametrize(
