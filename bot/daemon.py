@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
@@ -341,9 +342,10 @@ class Bot:
         server = WebServer(host, port, self.http_routes(), token=self.settings.metrics_token)
         try:
             await server.start()
-        except OSError as exc:
+        except OSError as exc:  # asyncio words it at length; the errno says it in a few words
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConnectionFatal(
-                f"cannot listen for HTTP on {host}:{port} ({exc.strerror}): change [metrics] "
+                f"cannot listen for HTTP on {host}:{port} ({why}): change [metrics] "
                 'listen, or set it to "" to turn the metrics and the status page off'
             ) from None
         log.info(

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib" / "prometheus"
 SCRAPE = CONTRIB / "scrape.yml"
 ALERTS = CONTRIB / "alerts.yml"
-DASHBOARD = ROOT / "contrib" / "grafana" / "xmpp-active-users.json"
+DASHBOARDS = sorted((ROOT / "contrib" / "grafana").glob("*.json"))
 JOB = "xmpp-active-users"
 DOMAIN_REGEX = "example\\\\.test"  # what Grafana puts for $domain = example.test in a =~ matcher
 
@@ -94,8 +94,9 @@ async def query(scraped: Scraped, expr: str) -> dict[frozenset[tuple[str, str]],
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL with $domain as Grafana fills it in) of every panel's target."""
-    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    """(panel title, PromQL with $domain as Grafana fills it in) of every panel's target, in
+    every dashboard of contrib/grafana."""
+    assert DASHBOARDS, "no dashboard in contrib/grafana"
     queries = []
 
     def walk(node: Any) -> None:
@@ -109,7 +110,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
             for value in node:
                 walk(value)
 
-    walk(dashboard["panels"])
+    for dashboard in DASHBOARDS:
+        walk(json.loads(dashboard.read_text(encoding="utf-8"))["panels"])
     return queries
 
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,13 @@ import pytest_asyncio
 import yaml
 from aiohttp import web
 
+from bot.daemon import Bot
 from bot.testbed.botconfig import write_config
 from bot.testbed.prometheus import PrometheusSandbox
 from bot.testbed.sandbox import free_ports
 from bot.web import UNAUTHORIZED_TEXT, WebServer
+
+from .support import bot_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -225,3 +229,18 @@ async def test_the_readme_scrape_config_scrapes_a_bot_with_a_token(guarded, tmp_
         assert "401" in errors["wrong"], errors
     finally:
         await asyncio.to_thread(prometheus.stop)
+
+
+async def test_a_port_already_taken_stops_the_bot_with_one_line(prosody, tmp_path, caplog):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        bot = Bot(bot_settings(prosody, tmp_path / "a.db", metrics_listen=("127.0.0.1", port)))
+        assert await asyncio.wait_for(bot.serve(asyncio.Event()), 10) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"cannot listen for HTTP on 127.0.0.1:{port} (Address already in use): change [metrics] "
+        'listen, or set it to "" to turn the metrics and the status page off'
+    ]
+    assert not bot.component.is_connected()  # it stopped before connecting
