@@ -85,10 +85,20 @@ class Store:
     """
 
     def __init__(
-        self, path: Path, *, readonly: bool = False, pseudonym_key: bytes | None = None
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        pseudonym_key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.readonly = readonly
+        self._clock = clock
+        # For the bot's health (metrics, status page): when a batch was last written, and how
+        # many batches failed since the store was opened.
+        self.last_write_at: float | None = None
+        self.failed_writes = 0
         self._pseudonyms = Pseudonyms(pseudonym_key)
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
         self._pending_days: dict[str, dict[str, Any]] = {}
@@ -275,7 +285,7 @@ class Store:
         )
         pending = {bare.encode(): record for bare, record in unwritten.items()}
         prefix = len(_USER_PREFIX)
-        rows = self._db.items_with_prefix(_USER_PREFIX, most_keys_match=True)
+        rows = self._db.items_with_prefix(_USER_PREFIX)
         while True:
             with self._io:
                 batch = list(islice(rows, _SCAN_BATCH))
@@ -342,7 +352,7 @@ class Store:
         """The snapshots on disk only (safe in any thread)."""
         stored = {}
         with self._io:
-            rows = list(self._db.items_with_prefix(_DAY.encode()))
+            rows = self._db.items_with_rare_prefix(_DAY.encode())
         for key, value in rows:
             day = key[len(_DAY) :].decode(errors="replace")
             try:
@@ -465,6 +475,10 @@ class Store:
         where changes made since it was taken win."""
         if self._writing is batch:
             self._writing = None
+        if written:
+            self.last_write_at = self._clock()
+        else:
+            self.failed_writes += 1
         if batch.superseded:
             return  # the batch that took it over settles its contents
         if written:

@@ -14,7 +14,7 @@ import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slixmpp.test import SlixTest
@@ -24,9 +24,13 @@ from bot.activity import ActivityTracker
 from bot.commands import ADHOC_STATS_NODE, CommandSet
 from bot.component import ActiveUsersComponent, Timing
 from bot.config import Settings, load_settings
+from bot.counter import DAY
 from bot.daemon import Bot, figures_source
+from bot.history import utc_day
+from bot.model import UserRecord
 from bot.store import Store
 from bot.testbed.botconfig import write_config
+from bot.testbed.clients import connect_client, disconnect_client
 
 # --- accounts -----------------------------------------------------------------------------------
 
@@ -282,6 +286,72 @@ def reference_figures(prosody) -> dict[str, int]:
     )
     gauges = dict(GAUGE.findall(prosody.metrics()))
     return {"dau": int(gauges["1d"]), "wau": int(gauges["7d"]), "mau": int(gauges["30d"])}
+
+
+# --- a bot with a past, as an admin's browser or Prometheus sees it -------------------------------
+
+# Days before today with a stored daily snapshot; the other days of the last 90 are gaps (the bot
+# was not running). Each snapshot's figures are made from the day's distance, so that a value
+# tells which day it came from.
+HISTORY_DAYS_BACK = (30, 6, 5, 2, 1)
+
+
+def history_figures(days_back: int) -> dict[str, object]:
+    return {
+        "active": {"1d": 10 + days_back, "7d": 20 + days_back, "30d": 40 + days_back},
+        "new": {"1d": days_back, "7d": 2 * days_back, "30d": 3 * days_back},
+        "peak_online": days_back,
+    }
+
+
+def seed_store(store_path: Path, domain: str, now: int) -> None:
+    """Users of earlier days, so that DAU, WAU and MAU differ once alice, bob and carol log in
+    (3, 5, 6; new: 3, 4, 4; 7 known), and the snapshots of HISTORY_DAYS_BACK."""
+    with Store(store_path) as store:
+        store.put(f"week@{domain}", UserRecord(now - 40 * DAY, now - 3 * DAY, now - 3 * DAY + 600))
+        store.put(f"newcomer@{domain}", UserRecord(now - 5 * DAY, now - 2 * DAY, now - 2 * DAY + 9))
+        store.put(f"month@{domain}", UserRecord(now - 50 * DAY, now - 20 * DAY, now - 20 * DAY + 9))
+        store.put(f"dormant@{domain}", UserRecord(now - 90 * DAY, now - 60 * DAY, now - 60 * DAY))
+        for back in HISTORY_DAYS_BACK:
+            store.put_day(utc_day(now - back * DAY), {domain: history_figures(back)})
+        store.flush(now)
+
+
+@dataclass
+class World:
+    """A running bot with a seeded store, users online, and the admin's ad-hoc answer."""
+
+    bot: RunningBot
+    adhoc: dict[str, str]
+    admin: object  # the admin's slixmpp client, logged in without presence (never counted)
+
+
+@contextlib.asynccontextmanager
+async def seeded_world(server, folder: Path, **bot_changes) -> AsyncIterator[World]:
+    """`seed_store`, then a real bot (`bot_changes` as for `bot_settings`), then alice (two
+    sessions) and bob online, carol in and out; the admin asks the ad-hoc command last."""
+    store_path = folder / "activity.db"
+    seed_store(store_path, server.domain, int(time.time()))
+    async with bot_starter(server, store_path) as start:
+        running = await start(**bot_changes)
+        clients = []
+        try:
+            for user, resource in (("alice", "phone"), ("alice", "laptop"), ("bob", "phone")):
+                bare = f"{user}@{server.domain}"
+                clients.append(await connect_client(server, bare, USERS[user], resource))
+                await running.expect("available", f"{bare}/{resource}")
+            carol = await connect_client(server, f"carol@{server.domain}", USERS["carol"], "pc")
+            await running.expect("available", f"carol@{server.domain}/pc")
+            await disconnect_client(carol)
+            await running.expect("unavailable", f"carol@{server.domain}/pc")
+            admin = await connect_client(server, ADMIN, USERS["admin"], "desk", presence=False)
+            clients.append(admin)
+            adhoc = await ask_adhoc(admin)
+            yield World(running, adhoc, admin)
+        finally:
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await disconnect_client(client)
 
 
 # --- the component on slixmpp's fake stream -----------------------------------------------------

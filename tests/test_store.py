@@ -279,3 +279,26 @@ def test_pseudonymized_store_holds_no_address(tmp_path):
     Store(tmp_path / "plain.db").close()
     with pytest.raises(StoreError, match="keyed by plain JIDs"):
         Store(tmp_path / "plain.db", pseudonym_key=b"k" * 32)
+
+
+def test_the_days_are_read_through_the_key_index_not_by_reading_every_user(tmp_path):
+    # The status page reads the days at every load: beside a million users, a scan of the table
+    # took 170 ms (benchmarks/bench_status_page.py); a range of the key index takes none of that.
+    with Store(tmp_path / "a.db") as store:
+        store.put("alice@example.test", UserRecord(1, 2, 3))
+        store.put_day("2027-01-14", {"example.test": {"active": {}, "new": {}, "peak_online": 1}})
+        store.put_day("2027-01-15", {"example.test": {"active": {}, "new": {}, "peak_online": 2}})
+        store.flush(10)
+        db = store._db
+        with db.transaction():  # keys just outside the range, on either side
+            for key in (b"day", b"day9", b"day;", b"day;x", b"dax:"):
+                db[key] = b"\x00"
+        statements: list[str] = []
+        db._cx.set_trace_callback(statements.append)  # the SQL run, with its values
+        rows = db.items_with_rare_prefix(b"day:")
+        db._cx.set_trace_callback(None)
+        assert [key for key, _ in rows] == [b"day:2027-01-14", b"day:2027-01-15"]
+        (statement,) = statements
+        plan = db._cx.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
+        assert "SEARCH" in plan[0][-1], plan  # not "SCAN": the key index finds the range
+        assert set(store.days()) == {"2027-01-14", "2027-01-15"}
