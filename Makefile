@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint demo prosody servers clean
+.PHONY: test lint demo screenshot prosody servers tools clean
 
-test: $(VENV)/.installed servers lint
+test: $(VENV)/.installed servers tools lint
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed
@@ -17,6 +17,11 @@ lint: $(VENV)/.installed
 demo: $(VENV)/.installed prosody
 	$(BIN)/xmpp-active-users demo
 
+# The README's picture of the status page: a private Prosody, the bot with a made-up history, and
+# headless Chromium taking the picture.
+screenshot: $(VENV)/.installed prosody tools
+	$(BIN)/python -m bot.testbed.screenshot docs/status-page.png
+
 # The Python environment, rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +30,26 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The XMPP servers the integration tests run (privately, on loopback), from Debian, when missing:
-# Prosody with mod_privilege (prosody-modules), and ejabberd.
+# Prosody with mod_privilege (prosody-modules) and SQLite storage (lua-dbi-sqlite3), and ejabberd.
 servers: prosody
 	@if ! command -v ejabberdctl >/dev/null; then \
 		echo "Installing Debian package ejabberd..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd; \
+	fi
+
+# The admin's other programs the tests run for real (privately, on loopback), from Debian, when
+# missing: Prometheus with promtool (never its system service: the tests start their own), and
+# Chromium for the status page.
+tools:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+		echo "Installing Debian package prometheus..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus; \
+	fi
+	@if ! command -v chromium >/dev/null; then \
+		echo "Installing Debian package chromium..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium; \
 	fi
 
 prosody:
@@ -37,6 +57,11 @@ prosody:
 		&& [ ! -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ]; }; then \
 		echo "Installing Debian packages prosody and prosody-modules..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody prosody-modules; \
+	fi
+	@# mod_storage_sql's SQLite driver: the tests run a Prosody with storage = "sql" (import).
+	@if ! ls /usr/lib/*/lua/5.4/dbd/sqlite3.so >/dev/null 2>&1; then \
+		echo "Installing Debian package lua-dbi-sqlite3..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua-dbi-sqlite3; \
 	fi
 
 clean:

@@ -131,6 +131,8 @@ class ActivityTracker:
         # was known online; and how many sessions have each such time.
         self._unconfirmed: dict[tuple[str, str], int] | None = None
         self._unconfirmed_times: Counter[int] = Counter()
+        self._exact_since = 0  # the figures are exact for clocks from then on (see load)
+        self._clock_warned = False
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -148,6 +150,7 @@ class ActivityTracker:
         # Older timestamps can never count (see ActivityIndex), unless the clock steps back: up
         # to LOAD_FLOOR_MARGIN back, every user is still there.
         floor = now - horizon - LOAD_FLOOR_MARGIN
+        self._exact_since = now - LOAD_FLOOR_MARGIN
         self._online.clear()
         gc.disable()  # a million short-lived tuples and no cycle: collecting would only cost time
         try:
@@ -198,8 +201,21 @@ class ActivityTracker:
                 part.offline.append(last_active)
         return scan
 
+    def _check_clock(self, now: int) -> None:
+        """Figures are exact down to LOAD_FLOOR_MARGIN before the start-up load; a clock that
+        stepped back further may miss users until the next start (logged once per run)."""
+        if now < self._exact_since and not self._clock_warned:
+            self._clock_warned = True
+            log.warning(
+                "The clock stepped back %d s before this run's start-up: users last active more "
+                "than %d days before it may be missing from the figures until the bot restarts",
+                self._exact_since + LOAD_FLOOR_MARGIN - now,
+                max(self.windows) // DAY,
+            )
+
     def counts(self, now: int, windows: Iterable[int] | None = None) -> Counts:
         """All counted domains together (domains never share a user, so the sums are exact)."""
+        self._check_clock(now)
         windows = self.windows if windows is None else tuple(windows)
         parts = [index.counts(now, windows) for index in self._indexes.values()]
         return Counts(
@@ -212,6 +228,7 @@ class ActivityTracker:
         )
 
     def counts_by_domain(self, now: int, windows: Iterable[int] | None = None) -> dict[str, Counts]:
+        self._check_clock(now)
         windows = self.windows if windows is None else tuple(windows)
         return {domain: index.counts(now, windows) for domain, index in self._indexes.items()}
 
@@ -458,6 +475,11 @@ class ActivityTracker:
                 closed += 1
         return closed
 
+    def session_announced(self, bare_jid: str, resource: str) -> None:
+        """The server spoke of this session (an unavailable presence whose ping is pending):
+        the resync must leave it to that presence."""
+        self._confirm(self._store.key_of(bare_jid), self._store.session_key(resource))
+
     def unconfirmed_since(self) -> int | None:
         """During a resync, the earliest time a session not re-announced yet was known online
         (None: every session is confirmed, or no resync)."""
@@ -545,10 +567,16 @@ class ActivityTracker:
         """Per domain, the most users online at once so far today (UTC)."""
         return self._peaks.today
 
+    def take_peak_rose(self) -> bool:
+        """Whether today's peak (or the day) changed since the last call: then it is due on
+        disk, so that a crash loses no more of it than of the records."""
+        rose, self._peaks.rose = self._peaks.rose, False
+        return rose
+
     def ended_day_peaks(self, now: int) -> dict[int, dict[str, int]]:
         """The final peaks of the UTC days (numbers since the epoch) that ended before `now`
         and were not asked for yet: each day gets the peak that happened on it."""
-        self._peaks.roll(now, self._online_by_domain)
+        self._peaks.roll(now, self._online_by_domain, back=True)  # `now` is the clock's
         return self._peaks.take_ended()
 
     def _online_by_domain(self) -> dict[str, int]:
@@ -596,21 +624,28 @@ class _DailyPeaks:
         self._day: int | None = None  # days since the epoch (UTC)
         self.today: dict[str, int] = {}
         self._ended: dict[int, dict[str, int]] = {}
+        self.rose = False  # today's peak changed since the bot last wrote it
 
     def start(self, now: int, online: dict[str, int]) -> None:
         self._day, self.today = now // DAY, dict(online)
 
-    def roll(self, now: int, online: Callable[[], dict[str, int]]) -> None:
-        """At the first moment seen of a later day: close today, start from who is online."""
+    def roll(self, now: int, online: Callable[[], dict[str, int]], *, back: bool = False) -> None:
+        """At the first moment seen of a later day (or, with `back`, of an earlier one the clock
+        stepped back into): close the day, start the new one from who is online. Events may
+        carry earlier times (a session closed at its last sign of life): they never roll back."""
         day = now // DAY
-        if self._day is None or day > self._day:  # a clock stepping back changes no day
+        if self._day is None or day > self._day or (back and day < self._day):
             if self._day is not None:
-                self._ended[self._day] = self.today
+                ended = self._ended.setdefault(self._day, {})  # a day may be left twice
+                for domain, peak in self.today.items():
+                    ended[domain] = max(ended.get(domain, 0), peak)
             self.start(now, online())
+            self.rose = True
 
     def note(self, domain: str, online_users: int) -> None:
         if online_users > self.today.get(domain, 0):
             self.today[domain] = online_users
+            self.rose = True
 
     def take_ended(self) -> dict[int, dict[str, int]]:
         ended, self._ended = self._ended, {}

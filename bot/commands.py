@@ -6,6 +6,7 @@ back what it returns. Access is decided in one place, `CommandSet.allowed`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -139,11 +140,22 @@ CHAT_REFUSED = (
 )
 
 
+# ASCII digits only: str.isdigit() (and int()) also take digits such as '٣' or '³', and int()
+# of over 4,300 digits fails with Python's own message. Leading zeros are allowed ("007").
+_DAYS = re.compile(r"[0-9]{1,6}")
+_SHOWN_CHARS = 20  # of a refused value, quoted back in the error
+
+
 def parse_days(text: str) -> int:
     """The N of 'history N': a whole number of days, 1 to HISTORY_MAX_DAYS."""
     text = text.strip() or str(HISTORY_DEFAULT_DAYS)
-    if not text.isdigit() or not 1 <= int(text) <= HISTORY_MAX_DAYS:
-        raise ValueError(f"the number of days must be 1 to {HISTORY_MAX_DAYS}, not {text!r}")
+    if not _DAYS.fullmatch(text) or not 1 <= int(text) <= HISTORY_MAX_DAYS:
+        shown = repr(text[:_SHOWN_CHARS])
+        if len(text) > _SHOWN_CHARS:
+            shown += f"... ({len(text)} characters)"
+        raise ValueError(
+            f"the number of days must be 1 to {HISTORY_MAX_DAYS}, in digits 0-9, not {shown}"
+        )
     return int(text)
 
 

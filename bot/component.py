@@ -40,10 +40,12 @@ from .commands import (
 )
 from .liveness import LivenessChecker, LivenessSettings, Session, Verdict, verdict_of_error
 from .pinger import Pinger
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RefusalLog
 from .slixmpp_internals import (
     NS_COMPONENT,
+    end_command_session,
     guard_adhoc_commands,
+    registered_disco_info,
     registered_disco_items,
     take_over_presence,
 )
@@ -65,6 +67,11 @@ RECONNECT_MAX_DELAY = 60.0
 # Unavailable presences whose session is being asked by a ping whether it is really gone; beyond
 # this many (a server slow to answer), the presence is taken as it is, without asking.
 MAX_PENDING_CONFIRMATIONS = 1000
+
+# An ad-hoc command left half-way (an admin closed the form) is forgotten this long after its
+# last step; at most this many are kept (the oldest go first). Only admins can open one.
+COMMAND_SESSION_TTL = 300.0
+MAX_COMMAND_SESSIONS = 100
 
 
 class ConnectionFatal(Exception):
@@ -91,6 +98,7 @@ class _Connection:
     started: asyncio.Future[None]
     ended: asyncio.Future[str]
     stream_error: str | None = None
+    handshake_timed_out: bool = False  # connected, but the server did not answer in time
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,6 +121,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         tracker: ActivityTracker,
         commands: CommandSet,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         timing: Timing | None = None,
         liveness: LivenessSettings | None = None,
         announces_sessions: bool = True,
@@ -121,7 +130,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         """`announces_sessions`: the server re-sends every online user's presence when we
         connect (Prosody); otherwise (ejabberd) sessions are re-checked by pings instead.
         `loaded_sessions_alive_until`: the store's heartbeat, the last time sessions loaded
-        from it were known to be alive (when a ping finds one gone, it ended then)."""
+        from it were known to be alive (when a ping finds one gone, it ended then).
+        `clock` gives the time of events (wall clock); `monotonic` measures intervals (rate
+        limits, expiry of command sessions): wall-clock steps do not move it."""
         super().__init__(jid, secret, host, port)
         self.tracker = tracker
         self.commands = commands
@@ -136,7 +147,21 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.privileges: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
         self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
         self.internal_errors: Counter[tuple[str, str]] = Counter()  # (where, error type)
-        self.chat_limiter = RateLimiter()  # on the monotonic clock: wall-clock steps don't matter
+        self.monotonic = monotonic
+        self.chat_limiter = RateLimiter(monotonic)
+        # Refusals of outsiders' requests: logged, at a rate nobody outside can raise.
+        self.refusals = RefusalLog(log, "refused requests", monotonic, schedule=self._call_later)
+        # XEP-0356: only the server grants privileges: its counted domains (each VirtualHost
+        # grants its own) and the domain the component is a subdomain of.
+        parent_domain = JID(jid).domain.partition(".")[2]
+        self._privilege_servers = frozenset(tracker.domains) | ({parent_domain} - {""})
+        self._ignored_privileges = RefusalLog(
+            log,
+            "privilege advertisements ignored",
+            monotonic,
+            level=logging.DEBUG,
+            schedule=self._call_later,
+        )
         self._connection: _Connection | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.announces_sessions = announces_sessions
@@ -177,7 +202,13 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     def _register_handlers(self) -> None:
         take_over_presence(self, self._on_presence)  # see the module docstring
-        guard_adhoc_commands(self, self._check_command_access)
+        guard_adhoc_commands(
+            self,
+            self._check_command_access,
+            session_ttl=COMMAND_SESSION_TTL,
+            max_sessions=MAX_COMMAND_SESSIONS,
+            clock=self.monotonic,
+        )
         for namespace in PRIVILEGE_NAMESPACES:
             self.register_handler(
                 Callback(
@@ -198,7 +229,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         """Stay connected until cancelled: reconnect with backoff after a drop.
 
         Raises ConnectionFatal when retrying cannot help: the secret is refused, or nothing
-        accepts the first connection (a wrong host or port is more likely than an outage).
+        accepts the first connection, or the server refuses it (a wrong host, port or component
+        JID is more likely than an outage). A server too busy to finish the handshake in time
+        is tried again, even the first time.
         """
         delay = RECONNECT_FIRST_DELAY
         ever_connected = False
@@ -213,7 +246,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                     )
                 log.warning("Reconnecting to %s failed; next try in %.0f s", self._address(), delay)
             elif not connection.started.done():
-                if not ever_connected or connection.stream_error == "not-authorized":
+                fatal = not ever_connected and not connection.handshake_timed_out
+                if fatal or connection.stream_error == "not-authorized":
                     raise ConnectionFatal(self._handshake_failure(connection))
                 log.warning("%s; next try in %.0f s", self._handshake_failure(connection), delay)
             else:
@@ -254,6 +288,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             self.cancel_connection_attempt()  # our backoff, not slixmpp's own retry loop
             return None
         if not done:  # connected, but no handshake answer: treat as a drop
+            connection.handshake_timed_out = True
             self.abort()
             await connection.ended
         return connection
@@ -282,6 +317,12 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                 f"{self.boundjid.bare}: make [component] secret equal the server's "
                 "component_secret for that component"
             )
+        if connection.handshake_timed_out:
+            return (
+                f"the server at {self._address()} accepted the connection but did not finish "
+                f"the handshake within {self.timing.handshake_timeout:g} s: it may be too busy, "
+                "or this may not be its component port"
+            )
         return (
             f"the server at {self._address()} closed the stream before the handshake "
             f"({connection.stream_error or 'no reason given'}): is {self.boundjid.bare} "
@@ -294,7 +335,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             connection.started.set_result(None)
         self.connected_since = self.clock()
         self._generation += 1
-        self._catching_up = self._dropped_at is not None
+        # Nothing to re-learn where neither the server nor pings will tell who left meanwhile.
+        self._catching_up = self._dropped_at is not None and (
+            self.announces_sessions or self.pings_every_session
+        )
         self.privileges = {}
         log.info("Connected to %s as %s", self._address(), self.boundjid.bare)
         self._spawn(self._check_privileges(self.connected_since))
@@ -427,6 +471,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             return
         said = _SaidUnavailable(sender, now)
         self._said_unavailable[session] = said
+        self.tracker.session_announced(*session)  # known until now: a resync must not end it
         self._spawn(self._confirm_unavailable(said))
 
     async def _confirm_unavailable(self, said: _SaidUnavailable) -> None:
@@ -446,7 +491,17 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             self.event("unavailable_refuted", sender)  # for observers (tests)
             return
         # Gone, or nobody can tell (our link dropped, no answer): the presence stands.
-        self.tracker.when_loaded(sender.bare, partial(self._end_session, sender, said.at))
+        self.tracker.when_loaded(sender.bare, partial(self._end_said_unavailable, said))
+
+    def _end_said_unavailable(self, said: _SaidUnavailable) -> None:
+        sender = said.sender
+        try:
+            online = self.tracker.is_online(sender.bare, sender.resource)
+        except Exception as exc:
+            self._internal_error("presence", exc)
+            return
+        if online:  # else ended meanwhile (a resync, or the user was forgotten): nothing to add
+            self._end_session(sender, said.at)
 
     def _end_session(self, sender: JID, now: int) -> None:
         try:
@@ -461,7 +516,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def _accept_subscription(self, sender: JID) -> None:
         """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
         if not self.tracker.is_counted(sender.bare):
-            log.info("Subscription from %s refused: not a counted domain", sender.bare)  # no user
+            self.refusals.refused(  # not a user of ours, so the JID may be logged
+                sender.bare, "Subscription from %s refused: not a counted domain", sender.bare
+            )
             self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="unsubscribed")
             return
         log.info("Subscription from %s accepted; subscribing back", self.tracker.who(sender.bare))
@@ -545,6 +602,15 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     # --- privileges ---------------------------------------------------------------------
 
     def _on_privileges(self, message: Any) -> None:
+        server = message.xml.get("from", "")
+        if server not in self._privilege_servers:  # anyone can send a message: not a grant
+            self._ignored_privileges.refused(
+                server,
+                "Privilege advertisement from %r ignored: only %s grant privileges",
+                server,
+                ", ".join(sorted(self._privilege_servers)),
+            )
+            return
         for namespace in PRIVILEGE_NAMESPACES:
             element = message.xml.find(f"{{{namespace}}}privilege")
             if element is None:
@@ -553,7 +619,6 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                 perm.get("access", "?"): perm.get("type", "?")
                 for perm in element.iter(f"{{{namespace}}}perm")
             }
-            server = message.xml.get("from", "?")
             self.privileges[server] = perms
             granted = ", ".join(f"{a}={t}" for a, t in sorted(perms.items())) or "nothing"
             log.info("Privileges granted by %s (%s): %s", server, namespace, granted)
@@ -625,10 +690,12 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             self.plugin["xep_0050"].add_command(
                 node=node, name=name, handler=self._guarded_step(first_step)
             )
-        # Only admins see the command list.
-        self.plugin["xep_0030"].set_node_handler(
-            "get_items", self.boundjid, COMMANDS_NODE, self._command_items
-        )
+        # Only admins see the command list; to anyone else a command's node is unknown.
+        disco = self.plugin["xep_0030"]
+        disco.set_node_handler("get_items", self.boundjid, COMMANDS_NODE, self._command_items)
+        for node in (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
+            disco.set_node_handler("get_info", self.boundjid, node, self._command_node_info)
+            disco.set_node_handler("get_items", self.boundjid, node, self._command_node_items)
 
     def _command_items(self, jid: JID, node: str, ifrom: JID | None, data: Any) -> DiscoItems:
         if ifrom is not None and self.commands.allowed(ifrom.bare):
@@ -637,10 +704,28 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         items["node"] = node
         return items
 
+    def _command_node_info(self, jid: JID, node: str, ifrom: JID | None, data: Any) -> Any:
+        self._admins_only_node(ifrom)
+        return registered_disco_info(self, jid, node, ifrom, data)
+
+    def _command_node_items(self, jid: JID, node: str, ifrom: JID | None, data: Any) -> Any:
+        self._admins_only_node(ifrom)
+        return registered_disco_items(self, jid, node, ifrom, data)
+
+    def _admins_only_node(self, ifrom: JID | None) -> None:
+        """To a non-admin, a command's node answers exactly as a node that does not exist."""
+        if ifrom is None or not self.commands.allowed(ifrom.bare):
+            raise XMPPError("item-not-found")
+
     def _check_command_access(self, iq: Any) -> None:
         """Every command stanza, whatever its step: admins only."""
         if not self.commands.allowed(iq["from"].bare):
-            log.info("Ad-hoc command %r refused to %s", iq["command"]["node"], iq["from"])
+            self.refusals.refused(
+                iq["from"].bare,
+                "Ad-hoc command %r refused to %s",
+                iq["command"]["node"],
+                iq["from"],
+            )
             raise XMPPError("forbidden", text="Only the administrators of this service may ask.")
 
     def _guarded_step(self, step: Callable[[Any, dict[str, Any]], Any]) -> Callable[..., Any]:
@@ -654,8 +739,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                 if inspect.isawaitable(result):
                     result = await result
             except XMPPError:
+                end_command_session(self, session["id"])  # an error answer ends the command
                 raise  # deliberate: bad-request, forbidden
             except Exception as exc:
+                end_command_session(self, session["id"])
                 self._internal_error("command", exc)
                 raise XMPPError(
                     "internal-server-error", text="The bot failed to answer; its log says why."
@@ -725,6 +812,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("Background task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return self.loop.call_later(delay, callback)
 
     def cancel_background(self) -> None:
         for task in self._background:

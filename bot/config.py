@@ -5,6 +5,7 @@ Every problem is reported as one line that names the file, the key and how to fi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -18,6 +19,8 @@ from slixmpp.jid import JID, InvalidJID
 from .pseudonym import MIN_SECRET_LENGTH
 
 SECRET_ENV = "XMPP_ACTIVE_USERS_SECRET"
+TOKEN_ENV = "XMPP_ACTIVE_USERS_METRICS_TOKEN"
+MIN_TOKEN_LENGTH = 16
 
 T = TypeVar("T")
 
@@ -44,7 +47,8 @@ class Settings:
     count_jitter: float
     windows: tuple[int, ...] = (86_400, 7 * 86_400, 30 * 86_400)
     exclude: tuple[str, ...] = ()  # bare JIDs and glob patterns never counted nor stored
-    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9470)  # None: no endpoint
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9470)  # None: no HTTP listener
+    metrics_token: str | None = None  # set: every HTTP request needs it (bearer or basic auth)
     server_software: str = "prosody"  # what the server does on connect (see `announces_sessions`)
     liveness_interval: float = 0.0  # seconds between pings of one session; 0: off
     liveness_timeout: float = 30.0
@@ -155,6 +159,26 @@ def _listen(value: Any) -> tuple[str, int] | None:
     return host.strip("[]"), _port(int(port))
 
 
+def _token(value: Any) -> str:
+    text = _text(value)
+    if not re.fullmatch(r"[\x21-\x7e]+", text) or len(text) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"must be at least {MIN_TOKEN_LENGTH} visible ASCII characters without spaces "
+            f"(e.g. the output of `openssl rand -hex 32`), got {len(text)} characters"
+        )  # never the value itself: it is a secret
+    return text
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (an IP address, or "localhost")."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+
+
 def _list_of(
     item: Callable[[Any], T], *, may_be_empty: bool = False
 ) -> Callable[[Any], tuple[T, ...]]:
@@ -201,6 +225,8 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
     },
     "metrics": {
         "listen": (False, _listen, ("127.0.0.1", 9470), 'listen = "127.0.0.1:9470"'),
+        "token": (False, _token, None, 'token = "output of: openssl rand -hex 32"'),
+        "token_file": (False, _text, None, 'token_file = "/etc/xmpp-active-users/metrics-token"'),
     },
     "privacy": {
         "retention_days": (False, _non_negative_int, 0, "retention_days = 400"),
@@ -230,6 +256,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     values = _validate(path, _read_toml(path))
     secret = _resolve_secret(path, values, environ) if need_secret else ""
+    token = _resolve_token(path, values, environ) if need_secret else None
     windows = values["counting.windows"] or Settings.windows
     _check_retention(path, values["privacy.retention_days"], windows)
     return Settings(
@@ -247,6 +274,7 @@ def load_settings(
         windows=windows,
         exclude=values["counting.exclude"],
         metrics_listen=values["metrics.listen"],
+        metrics_token=token,
         retention_days=values["privacy.retention_days"],
         pseudonym_key=_pseudonym_key(path, values),
         server_software=values["server.software"],
@@ -342,12 +370,50 @@ def _validate(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 def _resolve_secret(path: Path, values: dict[str, Any], environ: Mapping[str, str]) -> str:
     """The environment variable wins (containers); else exactly one of secret / secret_file."""
-    if environ.get(SECRET_ENV, "").strip():
-        return environ[SECRET_ENV].strip()
-    secret, secret_file = values["component.secret"], values["component.secret_file"]
+    secret = _read_secret(path, "component", "secret", values, environ.get(SECRET_ENV))
+    if secret is None:
+        raise ConfigError(
+            f'{path}: [component] secret is missing; add secret = "..." or '
+            f'secret_file = "...", or set the environment variable {SECRET_ENV}'
+        )
+    return secret
+
+
+def _resolve_token(path: Path, values: dict[str, Any], environ: Mapping[str, str]) -> str | None:
+    """The HTTP listener's token, read like the component secret. Required when the listener is
+    reachable from other machines: the figures are not for everyone."""
+    token = _read_secret(path, "metrics", "token", values, environ.get(TOKEN_ENV))
+    if token is not None:
+        try:
+            return _token(token)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [metrics] token {exc}") from None
+    listen = values["metrics.listen"]
+    if listen is not None and not is_loopback(listen[0]):
+        raise ConfigError(
+            f'{path}: [metrics] listen = "{_listen_text(*listen)}" is reachable from other '
+            "machines, so it needs a token: add token_file = "
+            '"/etc/xmpp-active-users/metrics-token" (a file holding the output of `openssl '
+            f"rand -hex 32`) or set {TOKEN_ENV}; or listen on 127.0.0.1"
+        )
+    return None
+
+
+def _listen_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read_secret(
+    path: Path, section: str, key: str, values: dict[str, Any], from_environment: str | None
+) -> str | None:
+    """A secret from the environment (wins), or from exactly one of KEY / KEY_file; None when
+    none is given. Its value never appears in an error."""
+    if from_environment and from_environment.strip():
+        return from_environment.strip()
+    secret, secret_file = values[f"{section}.{key}"], values[f"{section}.{key}_file"]
     if secret and secret_file:
         raise ConfigError(
-            f"{path}: [component] has both secret and secret_file; keep only one of them"
+            f"{path}: [{section}] has both {key} and {key}_file; keep only one of them"
         )
     if secret_file:
         file = _beside(path, secret_file)
@@ -355,13 +421,8 @@ def _resolve_secret(path: Path, values: dict[str, Any], environ: Mapping[str, st
             secret = file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
-                f"{path}: [component] secret_file {str(file)!r} cannot be read ({exc.strerror})"
+                f"{path}: [{section}] {key}_file {str(file)!r} cannot be read ({exc.strerror})"
             ) from None
         if not secret:
-            raise ConfigError(f"{path}: [component] secret_file {str(file)!r} is empty")
-    if not secret:
-        raise ConfigError(
-            f'{path}: [component] secret is missing; add secret = "..." or '
-            f'secret_file = "...", or set the environment variable {SECRET_ENV}'
-        )
-    return secret
+            raise ConfigError(f"{path}: [{section}] {key}_file {str(file)!r} is empty")
+    return secret or None

@@ -1,7 +1,8 @@
 """`xmpp-active-users run`: wires store, tracker, commands and component, and owns their lifecycle.
 
 Start-up: open the store (refusing a second writer), load the index, close sessions a previous
-crash left open, connect. Shutdown on SIGTERM/SIGINT: disconnect, flush, release the store, exit 0.
+crash left open, open the HTTP listener (/metrics, the status page), connect. Shutdown on
+SIGTERM/SIGINT: close the listener, disconnect, flush, release the store, exit 0.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from .activity import ActivityTracker
@@ -23,9 +26,12 @@ from .config import Settings
 from .counter import DAY, window_label
 from .history import Day, day_snapshot, last_days, utc_day
 from .liveness import LivenessSettings
-from .metrics import ActivityCollector, MetricsServer, Snapshot, snapshot_from_loop
+from .metrics import ActivityCollector, MetricsPage, Snapshot
+from .shelf import store_files
+from .statuspage import HISTORY_DAYS, Health, StatusView, status_page
 from .store import Store, flush_periodically, inactive_users
 from .supervisor import DEFAULT_BACKOFF, EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
+from .web import Handler, WebServer
 
 EXIT_NOT_SAVED = 2  # the store could not be written at shutdown: changes were lost
 
@@ -115,8 +121,10 @@ class Bot:
         self.clock = clock
         self.backoff = backoff
         self.duty_restarts: Counter[str] = Counter()  # duty -> restarts, for the metrics
-        self.store = Store(settings.store_path, pseudonym_key=settings.pseudonym_key)
-        self.metrics: MetricsServer | None = None
+        self.store = Store(settings.store_path, pseudonym_key=settings.pseudonym_key, clock=clock)
+        self.started_at = clock()
+        self.last_presence_at = self.started_at  # the last login or logout tracked
+        self.web: WebServer | None = None
         try:
             self.tracker = ActivityTracker(
                 self.store,
@@ -128,15 +136,16 @@ class Bot:
             self._loaded_heartbeat = self.store.heartbeat
             self._load()
             now = int(clock())
-            # The snapshots of the days whose final peaks are still to come (see record_today):
-            # today's as stored, then every one this run writes. No other writer runs meanwhile.
-            today = utc_day(now)
-            stored_today = self.store.day(today)
-            self.tracker.start_peaks(now, stored_peaks(stored_today))
-            self._days: dict[str, dict[str, Any]] = (
-                {} if stored_today is None else {today: stored_today}
-            )
+            # The snapshots of the days whose peaks may still rise (see record_today): as stored,
+            # from yesterday on (the clock may step back a day, or have been ahead before), then
+            # every one this run writes. No other writer runs meanwhile.
+            since = utc_day(now - DAY)
+            self._days: dict[str, dict[str, Any]] = {
+                day: snapshot for day, snapshot in self.store.days().items() if day >= since
+            }
+            self.tracker.start_peaks(now, stored_peaks(self._days.get(utc_day(now))))
             self.component = self._component(timing)
+            self.component.add_event_handler("presence_tracked", self._presence_tracked)
         except BaseException:
             self.store.close()  # never connected: the heartbeat stays what it was
             raise
@@ -146,12 +155,18 @@ class Bot:
         (not during an outage: sessions left open must end when the connection dropped)."""
         return self.component.sessions_known_until(int(self.clock()), self._loaded_heartbeat)
 
+    def _presence_tracked(self, _change: object) -> None:
+        self.last_presence_at = self.clock()
+
     def _duties(self) -> dict[str, Awaitable[None]]:
         """The background duties, each supervised (see `supervisor`)."""
         settings, component = self.settings, self.component
         duties: dict[str, Callable[[], Awaitable[None]]] = {
             "flush": lambda: flush_periodically(
-                self.store, settings.flush_interval, self.heartbeat_clock
+                self.store,
+                settings.flush_interval,
+                self.heartbeat_clock,
+                before_flush=self.record_peak_if_risen,
             ),
             "count": lambda: count_periodically(
                 self.tracker, settings, self.clock, after_count=self.after_count
@@ -226,17 +241,28 @@ class Bot:
     def record_today(self) -> None:
         """Rewrite today's history snapshot with the current figures (UTC days), and give the
         days that ended since the last call the peak of users online that happened on them.
-        Reads nothing from the store: the snapshots are the ones this run holds."""
+        A day the clock stepped back into keeps the higher of its two peaks. Reads nothing
+        from the store: the snapshots are the ones this run holds."""
         now = int(self.clock())
+        self.tracker.take_peak_rose()  # written now
         for day_number, peaks in self.tracker.ended_day_peaks(now).items():
             self._record_final_peaks(utc_day(day_number * DAY), peaks)
         today = utc_day(now)
-        snapshot = day_snapshot(self.tracker.counts_by_domain(now), self.tracker.peak_online)
+        peaks = dict(self.tracker.peak_online)
+        for domain, peak in stored_peaks(self._days.get(today)).items():
+            peaks[domain] = max(peaks.get(domain, 0), peak)
+        snapshot = day_snapshot(self.tracker.counts_by_domain(now), peaks)
         self.store.put_day(today, snapshot)
-        self._days[today] = snapshot
+        self._days[today] = snapshot  # one per day of this run: a step back may reach it
+
+    def record_peak_if_risen(self) -> None:
+        """Before each flush: today's snapshot again if its peak rose (or a day began), so
+        that the peak is on disk as soon as the records that made it."""
+        if self.tracker.take_peak_rose():
+            self.record_today()
 
     def _record_final_peaks(self, day: str, peaks: dict[str, int]) -> None:
-        held = self._days.pop(day, None)
+        held = self._days.get(day)
         if held is None:
             return  # no count that day: its figures are unknown, it stays a gap
         snapshot = {  # a copy: the held one may be in a batch being written
@@ -247,6 +273,7 @@ class Bot:
             if isinstance(snapshot.get(domain), dict):
                 snapshot[domain]["peak_online"] = max(snapshot[domain].get("peak_online", 0), peak)
         self.store.put_day(day, snapshot)
+        self._days[day] = snapshot
 
     async def after_count(self) -> None:
         """The hourly housekeeping: today's history snapshot, then retention."""
@@ -281,23 +308,68 @@ class Bot:
             presence_events=dict(self.component.presence_events),
             connected=self.component.connected_since is not None,
             duty_restarts=dict(self.duty_restarts),
+            duties=self.duty_names(),
+            last_presence_at=self.last_presence_at,
+            store_last_write_at=self.store.last_write_at or self.started_at,
+            store_failed_writes=self.store.failed_writes,
             count_seconds=time.perf_counter() - started,
         )
 
-    def _start_metrics(self) -> MetricsServer | None:
+    def duty_names(self) -> tuple[str, ...]:
+        return ("flush", "count", "liveness")
+
+    async def status_view(self) -> StatusView:
+        """What the status page shows: the figures as the ad-hoc command gives them (after the
+        changes received so far), the stored history with today live, and the bot's health.
+        The disk is read in worker threads."""
+        await self.tracker.caught_up()
+        stored = await self.store.days_off_loop()
+        store_bytes = await asyncio.to_thread(file_bytes, self.settings.store_path)
+        now = self.clock()
+        by_domain = self.tracker.counts_by_domain(int(now))
+        days = last_days(stored, utc_day(now), HISTORY_DAYS)
+        days[-1] = Day(days[-1].date, day_snapshot(by_domain, self.tracker.peak_online))
+        return StatusView(
+            service=self.settings.component_jid,
+            now=now,
+            by_domain=by_domain,
+            days=days,
+            windows=self.settings.windows,
+            health=Health(
+                connected_since=self.component.connected_since,
+                last_write_at=self.store.last_write_at,
+                failed_writes=self.store.failed_writes,
+                store_bytes=store_bytes,
+            ),
+        )
+
+    def http_routes(self) -> dict[str, Handler]:
+        """The documents of the HTTP listener, by path: a new document is one more entry."""
+        return {
+            "/": status_page(self.status_view),
+            "/metrics": MetricsPage(ActivityCollector(self.metrics_snapshot)).handle,
+        }
+
+    async def _start_web(self) -> WebServer | None:
         if self.settings.metrics_listen is None:
             return None
         host, port = self.settings.metrics_listen
-        collector = ActivityCollector(
-            snapshot_from_loop(asyncio.get_running_loop(), self.metrics_snapshot)
-        )
+        server = WebServer(host, port, self.http_routes(), token=self.settings.metrics_token)
         try:
-            return MetricsServer(host, port, collector)
-        except OSError as exc:
+            await server.start()
+        except OSError as exc:  # asyncio words it at length; the errno says it in a few words
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConnectionFatal(
-                f"cannot serve metrics on {host}:{port} ({exc.strerror}): change [metrics] "
-                'listen, or set it to "" to turn the metrics off'
+                f"cannot listen for HTTP on {host}:{port} ({why}): change [metrics] "
+                'listen, or set it to "" to turn the metrics and the status page off'
             ) from None
+        log.info(
+            "Status page on %s/ and Prometheus metrics on %s/metrics%s",
+            server.url,
+            server.url,
+            " (token required)" if self.settings.metrics_token else "",
+        )
+        return server
 
     async def serve(self, stop: asyncio.Event) -> int:
         """Stay connected until `stop` is set; then disconnect, write and close the store.
@@ -305,18 +377,18 @@ class Bot:
         Returns the exit status: 0 after `stop`; 1 when retrying cannot help; 70 when a duty
         kept failing; 2 when the last changes could not be written (the log says what is lost).
         """
-        metrics: MetricsServer | None = None
+        web: WebServer | None = None
         status = 1
         try:
             try:
-                metrics = self.metrics = self._start_metrics()
+                web = self.web = await self._start_web()
             except ConnectionFatal as exc:
                 log.error("%s", exc)
                 return status
             status = await _serve_until_stopped(self.component, self._duties(), stop)
         finally:
-            if metrics is not None:
-                await asyncio.to_thread(metrics.close)
+            if web is not None:
+                await web.close()
             budget = self.component.timing.shutdown_write_budget
             if waiting := await self.tracker.until_applied(budget):
                 log.error(
@@ -388,3 +460,12 @@ async def _serve_until_stopped(
         if component.is_connected():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(component.disconnect(wait=1), 3)
+
+
+def file_bytes(store_path: Path) -> int | None:
+    """The size of the store on disk: its file and its write-ahead log (None: unreadable)."""
+    database, wal, _index = store_files(store_path)
+    try:
+        return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    except OSError:
+        return None

@@ -1,28 +1,22 @@
 """Prometheus metrics, computed at scrape time from the live index (prometheus_client).
 
-prometheus_client serves HTTP from its own thread; the figures are computed in the event loop's
-thread (`asyncio.run_coroutine_threadsafe`), never read from the index while the loop changes it.
+The collector runs in the event loop, inside the HTTP handler of /metrics (`MetricsPage`): the
+figures are read while nothing else changes the index, and the index answers in microseconds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .counter import Counts, window_short
-
-log = logging.getLogger(__name__)
-
-SCRAPE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -32,10 +26,14 @@ class Snapshot:
     connected: bool
     count_seconds: float  # how long computing these figures took
     duty_restarts: Mapping[str, int] = field(default_factory=dict)  # background duty -> restarts
+    duties: tuple[str, ...] = ()  # every duty, exported with 0 restarts until it has some
+    last_presence_at: float | None = None  # the last login or logout tracked (Unix time)
+    store_last_write_at: float | None = None  # the last successful write of the store
+    store_failed_writes: int = 0
 
 
 class ActivityCollector(Collector):
-    """Turns a Snapshot into metric families; `take_snapshot` runs in any thread."""
+    """Turns a Snapshot into metric families."""
 
     def __init__(self, take_snapshot: Callable[[], Snapshot]) -> None:
         self._take_snapshot = take_snapshot
@@ -84,7 +82,7 @@ def _figures(by_domain: Mapping[str, Counts]) -> Iterator[Metric]:
 
 
 def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
-    """How the bot itself is doing."""
+    """How the bot itself is doing (contrib/prometheus/alerts.yml alerts on these)."""
     events = CounterMetricFamily(
         "xmpp_presence_events", "Presence stanzas received, by kind", labels=["kind"]
     )
@@ -96,14 +94,31 @@ def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
         "1 while the component is connected to the XMPP server",
         value=int(snapshot.connected),
     )
+    if snapshot.last_presence_at is not None:
+        yield GaugeMetricFamily(
+            "xmpp_last_presence_timestamp_seconds",
+            "Unix time of the last login or logout tracked (the bot's start until the first)",
+            value=snapshot.last_presence_at,
+        )
     restarts = CounterMetricFamily(
         "xmpp_duty_restarts",
         "Restarts of a background duty (flush, count, liveness) after it failed",
         labels=["duty"],
     )
-    for duty, value in sorted(snapshot.duty_restarts.items()):
-        restarts.add_metric([duty], value)
+    for duty in sorted({*snapshot.duties, *snapshot.duty_restarts}):
+        restarts.add_metric([duty], snapshot.duty_restarts.get(duty, 0))
     yield restarts
+    if snapshot.store_last_write_at is not None:
+        yield GaugeMetricFamily(
+            "xmpp_store_last_write_timestamp_seconds",
+            "Unix time of the last successful write of the store (its opening, until the first)",
+            value=snapshot.store_last_write_at,
+        )
+    yield CounterMetricFamily(
+        "xmpp_store_write_failures",
+        "Writes of the store that failed (disk full, read-only); their records are retried",
+        value=snapshot.store_failed_writes,
+    )
     yield GaugeMetricFamily(
         "xmpp_count_duration_seconds",
         "Time taken to compute the figures of this scrape",
@@ -111,33 +126,14 @@ def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
     )
 
 
-def snapshot_from_loop(
-    loop: asyncio.AbstractEventLoop, take_snapshot: Callable[[], Snapshot]
-) -> Callable[[], Snapshot]:
-    """A snapshot function safe to call from another thread: it runs `take_snapshot` in `loop`."""
+class MetricsPage:
+    """The /metrics document over its own registry (so that tests and several bots in one
+    process never collide), in the format the scraper asks for; `handle` is the handler."""
 
-    async def in_loop() -> Snapshot:
-        return take_snapshot()
-
-    def from_any_thread() -> Snapshot:
-        return asyncio.run_coroutine_threadsafe(in_loop(), loop).result(SCRAPE_TIMEOUT)
-
-    return from_any_thread
-
-
-class MetricsServer:
-    """The /metrics endpoint on its own registry (so tests and several bots never collide)."""
-
-    def __init__(self, host: str, port: int, collector: Collector) -> None:
+    def __init__(self, collector: Collector) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
-        self._httpd: WSGIServer
-        self._thread: threading.Thread
-        self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        self.host, self.port = host, self._httpd.server_port
-        log.info("Prometheus metrics on http://%s:%d/metrics", host, self.port)
 
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(SCRAPE_TIMEOUT)
+    async def handle(self, request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(self.registry), headers={"Content-Type": content_type})

@@ -85,10 +85,20 @@ class Store:
     """
 
     def __init__(
-        self, path: Path, *, readonly: bool = False, pseudonym_key: bytes | None = None
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        pseudonym_key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.readonly = readonly
+        self._clock = clock
+        # For the bot's health (metrics, status page): when a batch was last written, and how
+        # many batches failed since the store was opened.
+        self.last_write_at: float | None = None
+        self.failed_writes = 0
         self._pseudonyms = Pseudonyms(pseudonym_key)
         self._pending: dict[str, UserRecord | None] = {}  # None: delete on flush
         self._pending_days: dict[str, dict[str, Any]] = {}
@@ -342,7 +352,7 @@ class Store:
         """The snapshots on disk only (safe in any thread)."""
         stored = {}
         with self._io:
-            rows = list(self._db.items_with_prefix(_DAY.encode()))
+            rows = self._db.items_with_rare_prefix(_DAY.encode())
         for key, value in rows:
             day = key[len(_DAY) :].decode(errors="replace")
             try:
@@ -465,6 +475,10 @@ class Store:
         where changes made since it was taken win."""
         if self._writing is batch:
             self._writing = None
+        if written:
+            self.last_write_at = self._clock()
+        else:
+            self.failed_writes += 1
         if batch.superseded:
             return  # the batch that took it over settles its contents
         if written:
@@ -557,6 +571,7 @@ async def flush_periodically(
     interval: float,
     clock: Callable[[], float] = time.time,
     repeat_error_after: float = 600.0,
+    before_flush: Callable[[], None] = lambda: None,
 ) -> None:
     """Flush every `interval` seconds, on fixed ticks so that the gap between flushes never
     grows: an event is on disk at most `interval` (plus one flush's own time) after it happened.
@@ -571,6 +586,7 @@ async def flush_periodically(
     while True:
         next_tick = max(next_tick + interval, loop.time())  # no backlog after a stall
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
+        before_flush()
         try:
             written = await store.flush_off_loop(int(clock()))
         except StoreError as exc:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slixmpp.test import SlixTest
@@ -22,9 +24,13 @@ from bot.activity import ActivityTracker
 from bot.commands import ADHOC_STATS_NODE, CommandSet
 from bot.component import ActiveUsersComponent, Timing
 from bot.config import Settings, load_settings
+from bot.counter import DAY
 from bot.daemon import Bot, figures_source
+from bot.history import utc_day
+from bot.model import UserRecord
 from bot.store import Store
 from bot.testbed.botconfig import write_config
+from bot.testbed.clients import connect_client, disconnect_client
 
 # --- accounts -----------------------------------------------------------------------------------
 
@@ -103,23 +109,16 @@ def listen_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class ManualClock:
-    """A bot's wall clock that only the test moves: `clock.now = ...`."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return float(self.now)
-
-
 @contextlib.asynccontextmanager
 async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
     """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`; the
-    keywords `clock` and `timing` go to the Bot); every bot started is stopped on the way out."""
+    keywords `clock` (the bot's wall clock) and `timing` go to the Bot); every bot started is
+    stopped on the way out."""
     running: list[RunningBot] = []
 
-    async def start(*, clock=time.time, timing: Timing = FAST, **changes) -> RunningBot:
+    async def start(
+        *, clock: Callable[[], float] = time.time, timing: Timing = FAST, **changes
+    ) -> RunningBot:
         settings = bot_settings(server, store_path, **(defaults | changes))
         bot = await RunningBot(Bot(settings, clock=clock, timing=timing)).start()
         running.append(bot)
@@ -132,6 +131,23 @@ async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
             await bot.stop_quietly()
 
 
+# Events of ActiveUsersComponent that RunningBot queues from the start (so none is missed):
+# "resynced" (sessions closed after a reconnection), "liveness_checked" (closed by the pings
+# after connecting).
+MILESTONES = ("resynced", "liveness_checked")
+
+
+class Clock:
+    """A wall clock the test moves (`clock.now += 1000`): give it to Bot(clock=...), and the
+    times the bot records are known exactly."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class RunningBot:
     """A started Bot, the presence changes it tracked (in order), and a way to stop it."""
 
@@ -142,6 +158,11 @@ class RunningBot:
         self.component.add_event_handler(
             "presence_tracked", lambda event: self.tracked.put_nowait((event[0], str(event[1])))
         )
+        # The component's own milestones, from the first connection on (one queue each).
+        self.milestones: dict[str, asyncio.Queue[object]] = {}
+        for name in MILESTONES:
+            queue = self.milestones[name] = asyncio.Queue()
+            self.component.add_event_handler(name, queue.put_nowait)
         self._stop = asyncio.Event()
         self.task: asyncio.Task[int] | None = None
 
@@ -154,6 +175,10 @@ class RunningBot:
             raise AssertionError(f"the bot stopped before connecting: exit {self.task.result()}")
         await connected
         return self
+
+    async def milestone(self, name: str, timeout: float = 20) -> object:
+        """The next `name` event of the component (one of MILESTONES), with its value."""
+        return await asyncio.wait_for(self.milestones[name].get(), timeout)
 
     async def expect(self, kind: str, full_jid: str, timeout: float = 5) -> None:
         """Wait until the bot has tracked this presence change (failing on any other first)."""
@@ -182,6 +207,51 @@ class RunningBot:
                 await asyncio.wait_for(self.task, 10)
 
 
+class LogWatch(logging.Handler):
+    """The records of one logger as they are emitted, to wait for one (an event, not a sleep).
+
+    `with LogWatch("bot.component") as watch: ... await watch.next(lambda text: ...)`.
+    """
+
+    def __init__(self, logger: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(logger)
+        self.loop = asyncio.get_running_loop()
+        self.records: asyncio.Queue[logging.LogRecord] = asyncio.Queue()
+
+    def emit(self, record: logging.LogRecord) -> None:  # from any thread (the store's worker)
+        self.loop.call_soon_threadsafe(self.records.put_nowait, record)
+
+    def __enter__(self) -> LogWatch:
+        self.logger.addHandler(self)
+        self._level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._level)
+
+    async def next(self, wanted, timeout: float = 10) -> logging.LogRecord:
+        """The first record (from now on in the queue) whose message `wanted(message)` accepts."""
+        while True:
+            record = await asyncio.wait_for(self.records.get(), timeout)
+            if wanted(record.getMessage()):
+                return record
+
+
+def cpu_wait(pid: int) -> float:
+    """Seconds the threads of process `pid` have spent runnable but waiting for a CPU (the
+    kernel's run-queue time, field 2 of /proc/PID/task/TID/schedstat, in ns): how much later
+    than planned a loaded machine let that process act. Threads that ended are not counted."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that just ended
+            total += int(stat.read_text().split()[1])
+    return total / 1e9
+
+
 # --- what an admin's client does ----------------------------------------------------------------
 
 
@@ -208,6 +278,89 @@ class Chat:
         return await asyncio.wait_for(self.replies.get(), 5)
 
 
+# --- what Prosody's own mod_measure_active_users says -----------------------------------------
+
+GAUGE = re.compile(
+    r'^prosody_mod_measure_active_users__active_users_(1d|7d|30d)\{host="example\.test"\} (\d+)$',
+    re.M,
+)
+
+
+def reference_figures(prosody) -> dict[str, int]:
+    """The reference module's three gauges, computed now (it runs over its host's lastlog2)."""
+    prosody.shell(
+        '> prosody.hosts["example.test"].modules.measure_active_users.update_calculations()'
+    )
+    gauges = dict(GAUGE.findall(prosody.metrics()))
+    return {"dau": int(gauges["1d"]), "wau": int(gauges["7d"]), "mau": int(gauges["30d"])}
+
+
+# --- a bot with a past, as an admin's browser or Prometheus sees it -------------------------------
+
+# Days before today with a stored daily snapshot; the other days of the last 90 are gaps (the bot
+# was not running). Each snapshot's figures are made from the day's distance, so that a value
+# tells which day it came from.
+HISTORY_DAYS_BACK = (30, 6, 5, 2, 1)
+
+
+def history_figures(days_back: int) -> dict[str, object]:
+    return {
+        "active": {"1d": 10 + days_back, "7d": 20 + days_back, "30d": 40 + days_back},
+        "new": {"1d": days_back, "7d": 2 * days_back, "30d": 3 * days_back},
+        "peak_online": days_back,
+    }
+
+
+def seed_store(store_path: Path, domain: str, now: int) -> None:
+    """Users of earlier days, so that DAU, WAU and MAU differ once alice, bob and carol log in
+    (3, 5, 6; new: 3, 4, 4; 7 known), and the snapshots of HISTORY_DAYS_BACK."""
+    with Store(store_path) as store:
+        store.put(f"week@{domain}", UserRecord(now - 40 * DAY, now - 3 * DAY, now - 3 * DAY + 600))
+        store.put(f"newcomer@{domain}", UserRecord(now - 5 * DAY, now - 2 * DAY, now - 2 * DAY + 9))
+        store.put(f"month@{domain}", UserRecord(now - 50 * DAY, now - 20 * DAY, now - 20 * DAY + 9))
+        store.put(f"dormant@{domain}", UserRecord(now - 90 * DAY, now - 60 * DAY, now - 60 * DAY))
+        for back in HISTORY_DAYS_BACK:
+            store.put_day(utc_day(now - back * DAY), {domain: history_figures(back)})
+        store.flush(now)
+
+
+@dataclass
+class World:
+    """A running bot with a seeded store, users online, and the admin's ad-hoc answer."""
+
+    bot: RunningBot
+    adhoc: dict[str, str]
+    admin: object  # the admin's slixmpp client, logged in without presence (never counted)
+
+
+@contextlib.asynccontextmanager
+async def seeded_world(server, folder: Path, **bot_changes) -> AsyncIterator[World]:
+    """`seed_store`, then a real bot (`bot_changes` as for `bot_settings`), then alice (two
+    sessions) and bob online, carol in and out; the admin asks the ad-hoc command last."""
+    store_path = folder / "activity.db"
+    seed_store(store_path, server.domain, int(time.time()))
+    async with bot_starter(server, store_path) as start:
+        running = await start(**bot_changes)
+        clients = []
+        try:
+            for user, resource in (("alice", "phone"), ("alice", "laptop"), ("bob", "phone")):
+                bare = f"{user}@{server.domain}"
+                clients.append(await connect_client(server, bare, USERS[user], resource))
+                await running.expect("available", f"{bare}/{resource}")
+            carol = await connect_client(server, f"carol@{server.domain}", USERS["carol"], "pc")
+            await running.expect("available", f"carol@{server.domain}/pc")
+            await disconnect_client(carol)
+            await running.expect("unavailable", f"carol@{server.domain}/pc")
+            admin = await connect_client(server, ADMIN, USERS["admin"], "desk", presence=False)
+            clients.append(admin)
+            adhoc = await ask_adhoc(admin)
+            yield World(running, adhoc, admin)
+        finally:
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await disconnect_client(client)
+
+
 # --- the component on slixmpp's fake stream -----------------------------------------------------
 
 T0 = 1_800_000_000  # the harness's clock
@@ -223,6 +376,7 @@ class ComponentHarness(SlixTest):
         self.tracker = ActivityTracker(self.store, ["example.test"])
         self.tracker.load(T0)
         clock = lambda: T0  # noqa: E731
+        self.monotonic_now = 1000.0  # the interval clock: it moves only when a test moves it
         self.xmpp = ActiveUsersComponent(
             jid=COMPONENT,
             secret="secret",
@@ -234,6 +388,7 @@ class ComponentHarness(SlixTest):
                 figures=figures_source(self.tracker, clock),
             ),
             clock=clock,
+            monotonic=lambda: self.monotonic_now,
             timing=Timing(privileges_grace=0.05),
         )
         self.xmpp._always_send_everything = True

@@ -57,3 +57,21 @@ def test_history_days_are_validated():
             parse_days(bad)
     commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
     assert commands.chat_reply("admin@a.test", "history lots").startswith("Sorry, the number")
+
+
+def test_history_days_are_ascii_digits_of_a_sane_length():
+    assert parse_days("007") == 7
+    for other_digits in ("\u0663", "\u00b3", "\uff17", "\u0967"):  # Arabic-Indic, ³, full-width, ७
+        with pytest.raises(ValueError, match="in digits 0-9, not"):
+            parse_days(other_digits)
+    with pytest.raises(ValueError, match="5000 characters") as huge:
+        parse_days("5" * 5000)
+    assert str(huge.value) == (
+        "the number of days must be 1 to 366, in digits 0-9, "
+        "not '55555555555555555555'... (5000 characters)"
+    )
+    commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
+    reply = commands.chat_reply("admin@a.test", "history " + "9" * 5000)
+    assert reply.startswith("Sorry, the number of days must be 1 to 366")
+    assert "Exceeds the limit" not in reply
+    assert len(reply) < 200

@@ -7,16 +7,18 @@ drops, no initial presences when the bot connects. Pings fill both gaps.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 import pytest_asyncio
 from slixmpp.exceptions import IqError
+from slixmpp.xmlstream import ET
 
 from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
 from bot.testbed.clients import connect_client, disconnect_client
 
-from .support import Chat, ask_adhoc, bot_starter
+from .support import Chat, Clock, LogWatch, ask_adhoc, bot_starter
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,7 +56,16 @@ async def login(ejabberd):
 
 
 async def test_logins_explicit_logouts_and_figures(start_bot, login):
-    bot = await start_bot()
+    with LogWatch("bot.component") as watch:
+        bot = await start_bot()
+        granted = await watch.next(lambda text: text.startswith("Privileges granted"))
+        older = await watch.next(lambda text: "speaks the older" in text)
+    assert granted.getMessage() == (
+        "Privileges granted by example.test (urn:xmpp:privilege:1): "
+        "message=none, presence=managed_entity, roster=none"
+    )
+    assert older.levelname == "WARNING"
+    assert "older urn:xmpp:privilege:1" in older.getMessage()
     admin = await login("admin@example.test/desk")
     await bot.expect("available", "admin@example.test/desk")
     await login("alice@example.test/phone")
@@ -100,13 +111,15 @@ async def test_bot_restarted_while_users_stay_online_relearns_them_by_pings(star
     carol = await login("carol@example.test/pc")
     await first.expect("available", "carol@example.test/pc")
     assert await first.stop() == 0
+    stopped_at = first.bot.store.heartbeat  # the last time the bot knew carol was there
     carol.abort()  # carol leaves while the bot is down
 
-    second = await start_bot()  # ejabberd announces nobody: the stored sessions are pinged
-    checked = asyncio.ensure_future(second.component.wait_until("liveness_checked", 20))
+    # Back 1000 s later (on its clock): ejabberd announces nobody, the stored sessions are pinged.
+    second = await start_bot(clock=Clock(int(time.time()) + 1000))
     await second.expect("gone", "carol@example.test/pc", timeout=20)
-    await checked
+    assert await second.milestone("liveness_checked") == 1
     assert second.bot.tracker.online_sessions() == {("alice@example.test", "phone")}
+    assert second.bot.store.get("carol@example.test").last_logout == stopped_at
 
 
 async def test_admin_asks_by_adhoc_and_chat_and_others_are_refused(start_bot, login):
@@ -144,7 +157,8 @@ async def test_pseudonymized_bot_restarted_keeps_one_record_per_user_and_no_addr
     figures = second.figures()
     assert (figures.online_users, figures.online_sessions, figures.known_users) == (0, 0, 2)
     assert figures.dau == 2
-    await asyncio.sleep(LIVENESS * 2)  # liveness rounds: nothing to ping, nothing closed
+    assert await second.milestone("liveness_checked") == 0  # after connecting: nothing closed
+    assert second.component.liveness.pings_sent == 0  # ... and nothing to ping (no address)
     assert second.figures().online_users == 0
     key = second.bot.store.key_of("alice@example.test")
     assert second.bot.store.get(key).last_logout == stopped_at
@@ -160,3 +174,25 @@ async def test_pseudonymized_bot_restarted_keeps_one_record_per_user_and_no_addr
     assert "alice@example.test" not in "".join(
         r.getMessage() for r in caplog.records if r.levelno >= 20 and r.name.startswith("bot")
     )
+
+
+async def test_a_privilege_advertisement_from_a_user_is_ignored(start_bot, login, caplog):
+    """ejabberd relays a user's <message/> with a <privilege/> to the component as is (Prosody's
+    mod_privilege refuses it itself): only the server's own advertisement counts."""
+    bot = await start_bot()
+    caplog.set_level(logging.INFO, "bot.component")
+    alice = await login("alice@example.test/phone")
+    forged = alice.make_message(mto="active.example.test", mtype="normal")
+    forged.append(
+        ET.fromstring(
+            '<privilege xmlns="urn:xmpp:privilege:1"><perm access="roster" type="both"/>'
+            '<perm access="presence" type="roster"/></privilege>'
+        )
+    )
+    forged.send()
+    # One client's stanzas reach the bot in order: once this is answered, the forged one has
+    # been handled.
+    assert await Chat(alice).ask("stats") == CHAT_REFUSED
+    assert set(bot.component.privileges) == {"example.test"}
+    assert bot.component.privileges["example.test"]["presence"] == "managed_entity"
+    assert not [r for r in caplog.records if "alice" in r.getMessage()]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import SECRET_ENV, ConfigError, load_settings
+from bot.config import SECRET_ENV, TOKEN_ENV, ConfigError, load_settings
 
 from .support import MINIMAL, write
 
@@ -144,3 +144,68 @@ def test_pseudonymize_needs_a_long_enough_secret(tmp_path):
         write(tmp_path, base + 'pseudonym_secret = "sixteen chars!!!"\n'), environ={}
     )
     assert settings.pseudonym_key == b"sixteen chars!!!"
+
+
+# --- [metrics]: who may read the HTTP listener ----------------------------------------------------
+
+TOKEN = "0123456789abcdef"  # 16 characters, the least accepted
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])
+def test_loopback_listeners_need_no_token(tmp_path, host):
+    settings = load_settings(
+        write(tmp_path, MINIMAL + f'[metrics]\nlisten = "{host}:9470"\n'), environ={}
+    )
+    assert settings.metrics_token is None
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "[::]", "192.0.2.10", "[2001:db8::1]", "stats.example.org"]
+)
+def test_any_other_address_needs_a_token(tmp_path, host):
+    config = write(tmp_path, MINIMAL + f'[metrics]\nlisten = "{host}:9470"\n')
+    with pytest.raises(
+        ConfigError, match=r"is reachable from other machines, so it needs a token"
+    ) as error:
+        load_settings(config, environ={})
+    assert "\n" not in str(error.value)
+    assert TOKEN_ENV in str(error.value)
+    with_token = load_settings(config, environ={TOKEN_ENV: TOKEN})
+    assert with_token.metrics_token == TOKEN
+    # `count` and the other store-only commands neither need nor read it.
+    assert load_settings(config, environ={}, need_secret=False).metrics_token is None
+
+
+def test_token_from_a_file_beside_the_config_or_the_environment(tmp_path):
+    (tmp_path / "metrics-token").write_text(TOKEN + "\n")
+    text = MINIMAL + '[metrics]\nlisten = "0.0.0.0:9470"\ntoken_file = "metrics-token"\n'
+    assert load_settings(write(tmp_path, text), environ={}).metrics_token == TOKEN
+    env = {TOKEN_ENV: "from-the-environment-0123"}
+    assert load_settings(write(tmp_path, text), environ=env).metrics_token == env[TOKEN_ENV]
+    # A token on loopback is honoured too (a reverse proxy in front passes it on).
+    text = MINIMAL + f'[metrics]\ntoken = "{TOKEN}"\n'
+    assert load_settings(write(tmp_path, text), environ={}).metrics_token == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("metrics", "files", "message"),
+    [
+        (f'token = "{TOKEN}"\ntoken_file = "t"', {"t": TOKEN}, r"both token and token_file"),
+        ('token_file = "missing"', {}, r"token_file '.*missing' cannot be read"),
+        ('token_file = "t"', {"t": "\n"}, r"token_file '.*t' is empty"),
+        ('token = "short-secret"', {}, r"token must be at least 16 visible ASCII characters"),
+        ('token_file = "t"', {"t": "with spaces in the middle"}, r"token must be at least 16"),
+    ],
+    ids=["both", "missing file", "empty file", "too short", "spaces"],
+)
+def test_bad_tokens_are_one_line_errors_that_never_show_the_token(
+    tmp_path, metrics, files, message
+):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    config = write(tmp_path, MINIMAL + "[metrics]\n" + metrics + "\n")
+    with pytest.raises(ConfigError, match=message) as error:
+        load_settings(config, environ={})
+    assert "\n" not in str(error.value)
+    for secret in ("short-secret", "with spaces", TOKEN):
+        assert secret not in str(error.value)

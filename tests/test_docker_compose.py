@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.config import SECRET_ENV, ConfigError, Settings, load_settings
+from bot.config import SECRET_ENV, TOKEN_ENV, ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -437,3 +437,18 @@ def test_prosodyctl_check_rejects_a_broken_copy(stack, readable_dir, old, new, c
     assert complaint in verdict, (
         f"prosodyctl failed for another reason than {complaint!r}: {verdict}"
     )
+
+
+@pytest.mark.parametrize(
+    "shell_env",
+    [{}, {TOKEN_ENV: "from-the-shell-0123456789"}],
+    ids=["default", "from-the-shell"],
+)
+def test_the_bot_listening_on_the_compose_network_gets_its_token(shell_env):
+    # Beyond loopback the bot refuses to start without a token (README: "Who can read the figures
+    # over HTTP"); compose hands it over like the component secret.
+    settings = Stack(shell_env).settings()
+    assert settings.metrics_listen == ("0.0.0.0", 9470)
+    assert settings.metrics_token
+    if shell_env:
+        assert settings.metrics_token == shell_env[TOKEN_ENV]

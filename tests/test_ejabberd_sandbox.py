@@ -24,8 +24,6 @@ from bot.testbed.sandbox import PortInUse, free_ports
 
 from .support import USERS
 
-QUIET = 1.5  # seconds to wait for a stanza that should NOT come, once the server is settled
-
 
 @pytest.fixture
 def own_ejabberd(tmp_path):
@@ -50,6 +48,8 @@ class RecordingComponent:
             "127.0.0.1",
             sandbox.component_port,
         )
+        self.domain = sandbox.domain
+        self.xmpp.register_plugin("xep_0030")
         self.received: list[ET.Element] = []
         self._arrived = asyncio.Event()
         self.xmpp.add_filter("in", self._record)
@@ -88,6 +88,14 @@ class RecordingComponent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
         return result
+
+    async def round_trip(self, timeout: float = 10) -> None:
+        """Ask the server something and wait for its answer: whatever it had sent us before
+        (say, a presence that should not come) has arrived by then. An event to wait for
+        instead of a pause when checking that nothing comes."""
+        await self.xmpp.plugin["xep_0030"].get_info(
+            jid=self.domain, ifrom=self.xmpp.boundjid, timeout=timeout
+        )
 
     def advertisements(self) -> list[ET.Element]:
         """The XEP-0356 <message><privilege xmlns='urn:xmpp:privilege:1'/></message> received."""
@@ -186,7 +194,8 @@ async def test_without_a_grant_the_component_is_advertised_nothing(tmp_path):
     with EjabberdSandbox(tmp_path / "ejabberd", grant_presence=False) as sandbox:
         recorder = await RecordingComponent(sandbox).connect()
         try:
-            assert await recorder.wait_until(recorder.advertisements, QUIET) == []
+            await recorder.round_trip()  # an advertisement comes at once after the handshake
+            assert recorder.advertisements() == []
         finally:
             await recorder.close()
 
@@ -215,7 +224,7 @@ async def test_a_stream_close_sends_the_component_no_unavailable(ejabberd, compo
 
     await disconnect_client(client)  # </stream:stream>, no unavailable presence first
     await wait_offline(ejabberd, "bob@example.test/test")
-    await asyncio.sleep(QUIET)
+    await component.round_trip()
 
     unavailable = component.presences("bob@example.test/test", "unavailable")
     report(f"unavailable after a client's stream close: {len(unavailable)} stanza(s)")
@@ -231,7 +240,7 @@ async def test_a_dropped_tcp_connection_sends_the_component_no_unavailable(ejabb
 
     client.abort()  # the socket closed under the stream: no </stream:stream>, no unavailable
     await wait_offline(ejabberd, "carol@example.test/test")
-    await asyncio.sleep(QUIET)
+    await component.round_trip()
 
     unavailable = component.presences("carol@example.test/test", "unavailable")
     report(f"unavailable after a client's TCP drop: {len(unavailable)} stanza(s)")
@@ -242,11 +251,13 @@ async def test_a_dropped_tcp_connection_sends_the_component_no_unavailable(ejabb
 async def test_a_component_connecting_later_gets_no_initial_presences(ejabberd):
     client = await connect_client(ejabberd, "dave@example.test", "davepw")
     try:
-        await asyncio.sleep(0.5)  # dave's presence is processed before the component arrives
+        # dave's presence is processed before the component arrives: his session handles his
+        # stanzas in order, so an answer to a later one says so.
+        await client.plugin["xep_0030"].get_info(jid=ejabberd.domain, timeout=10)
         recorder = await RecordingComponent(ejabberd).connect()
         try:
             assert await recorder.wait_until(recorder.advertisements)
-            await asyncio.sleep(QUIET)
+            await recorder.round_trip()  # initial presences would have come by now
             initial = recorder.presences("dave@example.test/test", "available")
             report(f"presences of an already-online user on component connect: {len(initial)}")
             assert initial == []

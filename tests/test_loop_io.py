@@ -14,7 +14,6 @@ import asyncio
 import inspect
 import logging
 import threading
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -97,8 +96,8 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
     clock = [T0]
     bot = Bot(bot_settings(FakeServer, path), clock=lambda: clock[0])
     component = bot.component
-    sent: list[Any] = []
-    component.send = lambda stanza, *args, **kwargs: sent.append(stanza)
+    sent: asyncio.Queue[Any] = asyncio.Queue()
+    component.send = lambda stanza, *args, **kwargs: sent.put_nowait(stanza)
     tracked: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     component.add_event_handler(
         "presence_tracked", lambda event: tracked.put_nowait((event[0], str(event[1])))
@@ -122,11 +121,8 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
         chat = component.make_message(mto=component.boundjid, mbody="history 3", mtype="chat")
         chat["from"] = f"{ADMIN}/desk"
         await maybe_await(component._on_message(chat))
-        for _ in range(200):  # a coroutine handler may answer a moment later
-            if sent:
-                break
-            await asyncio.sleep(0.01)
-        chart = str(sent[-1]["body"])
+        reply = await asyncio.wait_for(sent.get(), 10)  # a coroutine may answer a moment later
+        chart = str(reply["body"])
         assert chart.startswith("Active users over the last 3 days")
         assert "24 hours  █▁▃  (now 1, max 3)" in chart  # 3: the 14th, as stored
 
@@ -161,18 +157,29 @@ class SlowReads:
     def __init__(self, store: Store) -> None:
         self._read = store.read_stored
         self.gate = threading.Event()
+        self.begun = threading.Event()  # a read is held at the gate now
         self.reads: list[list[str]] = []
         store.read_stored = self.read  # type: ignore[method-assign]
 
     def read(self, keys: Any) -> dict[str, bytes | None]:
         keys = list(keys)
         self.reads.append(keys)
+        self.begun.set()
         if not self.gate.wait(10):
             raise AssertionError("never released")
         return self._read(keys)
 
     def release(self) -> None:
         self.gate.set()
+
+    async def held(self) -> None:
+        """Once the store's worker thread is held in a read (an event, not a pause)."""
+        await until_set(self.begun)
+
+
+async def until_set(event: threading.Event, timeout: float = 10) -> None:
+    """Wait, off the loop, until another thread sets `event`."""
+    assert await asyncio.to_thread(event.wait, timeout), "the worker thread never got there"
 
 
 @pytest.fixture
@@ -216,7 +223,7 @@ async def test_login_and_logout_of_an_offline_user_wait_for_the_read_in_order(tr
     tracker.when_loaded(
         ALICE, change(applied, "alice in 2", lambda: tracker.session_started(ALICE, "pc", T0 + 7))
     )
-    await asyncio.sleep(0.05)
+    await slow.held()
     assert applied == []
     assert tracker.waiting == 4
     assert not tracker.is_online(ALICE, "phone")
@@ -252,16 +259,17 @@ async def test_a_change_read_while_the_record_is_being_written_is_not_stale(trac
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
     await tracker.until_applied(5)
     tracker.when_loaded(ALICE, lambda: tracker.session_ended(ALICE, "phone", T0 + 1))
-    gate = threading.Event()
+    gate, writing = threading.Event(), threading.Event()
     real_flush = store.flush
 
     def slow_flush(now: int, **kwargs: Any) -> int:
+        writing.set()
         gate.wait(10)
         return real_flush(now, **kwargs)
 
     store.flush = slow_flush  # type: ignore[method-assign]
     flushing = asyncio.create_task(store.flush_off_loop(T0 + 1))
-    await asyncio.sleep(0.05)
+    await until_set(writing)
     assert store.pending == 1  # in the batch being written
     assert store.in_memory(ALICE)
     applied: list[str] = []
@@ -299,7 +307,7 @@ async def test_forget_waits_for_the_login_given_before_it(tracker):
     slow = SlowReads(tracker._store)
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
     forgetting = asyncio.ensure_future(tracker.forget_soon(ALICE))
-    await asyncio.sleep(0.05)
+    await slow.held()
     assert not forgetting.done()
     slow.release()
     assert await forgetting is True
@@ -331,7 +339,7 @@ async def test_retention_rechecks_a_user_whose_login_waits_for_a_read(tracker):
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
     tracker.when_loaded(ALICE, lambda: tracker.session_ended(ALICE, "phone", T0 + 1))
     retention = asyncio.ensure_future(tracker.forget_inactive_soon([ALICE, CAROL], T0 - DAY))
-    await asyncio.sleep(0.05)
+    await slow.held()
     assert not retention.done()
     slow.release()
     assert await retention == 1  # carol only: alice came back
@@ -375,13 +383,16 @@ async def test_a_failed_flush_merges_its_batch_back_and_a_newer_change_wins(tmp_
     gate = threading.Event()
     real_flush = store.flush
 
+    writing = threading.Event()
+
     def failing_once(now: int, **kwargs: Any) -> int:
+        writing.set()
         gate.wait(10)
         raise StoreError("disk full")
 
     store.flush = failing_once  # type: ignore[method-assign]
     flushing = asyncio.create_task(store.flush_off_loop(T0 + 1))
-    await asyncio.sleep(0.05)
+    await until_set(writing)
     assert store.get(BOB) == old  # from the batch being written, not the (empty) disk
     store.put(ALICE, newer)  # changed while the batch is written
     gate.set()
@@ -402,14 +413,22 @@ async def test_a_failed_flush_merges_its_batch_back_and_a_newer_change_wins(tmp_
 async def test_a_cancelled_flush_still_settles_and_the_next_one_waits_for_it(tmp_path):
     store = Store(tmp_path / "a.db")
     store.put(ALICE, UserRecord(T0, T0, 0))
-    gate = threading.Event()
+    gate, writing = threading.Event(), threading.Event()
     real_flush = store.flush
-    store.flush = lambda now, **kwargs: (gate.wait(10), real_flush(now, **kwargs))[1]  # type: ignore[method-assign]
+
+    def held_flush(now: int, **kwargs: Any) -> int:
+        writing.set()
+        gate.wait(10)
+        return real_flush(now, **kwargs)
+
+    store.flush = held_flush  # type: ignore[method-assign]
     first = asyncio.create_task(store.flush_off_loop(T0 + 1))
-    await asyncio.sleep(0.05)
+    await until_set(writing)
     first.cancel()
     store.put(BOB, UserRecord(T0, T0, 0))
     second = asyncio.create_task(store.flush_off_loop(T0 + 2))
+    # Nothing to wait for: a second batch started too early would block at the gate as well,
+    # so `second` cannot finish before the gate opens whatever the machine's load.
     await asyncio.sleep(0.05)
     assert not second.done()  # one batch at a time
     gate.set()
@@ -429,13 +448,16 @@ async def test_a_synchronous_flush_during_a_write_folds_the_batch_in(tmp_path):
     gate = threading.Event()
     real_flush = store.flush
 
+    writing = threading.Event()
+
     def failing(now: int, **kwargs: Any) -> int:
+        writing.set()
         gate.wait(10)
         raise StoreError("disk full")
 
     store.flush = failing  # type: ignore[method-assign]
     flushing = asyncio.create_task(store.flush_off_loop(T0 + 1))
-    await asyncio.sleep(0.05)
+    await until_set(writing)
     store.put(BOB, UserRecord(T0, T0, 0))
     gate.set()
     assert real_flush(T0 + 2) == 2  # alice (in flight) and bob
@@ -461,28 +483,32 @@ async def test_history_off_the_loop_sees_a_snapshot_written_during_the_scan(tmp_
 
 
 async def test_the_flush_duty_does_not_hold_the_loop_while_it_writes(tmp_path):
-    """A write that takes 0.3 s: the loop keeps turning (before the change it stood still)."""
+    """A write that lasts until the event loop itself lets it finish: it can only finish if
+    the loop keeps turning while the store writes (before the change it stood still)."""
     store = Store(tmp_path / "a.db")
     store.put(ALICE, UserRecord(T0, T0, 0))
     real_flush = store.flush
+    writing, loop_turned, written = threading.Event(), threading.Event(), threading.Event()
 
     def slow_flush(now: int, **kwargs: Any) -> int:
-        time.sleep(0.3)
-        return real_flush(now, **kwargs)
+        writing.set()
+        if not loop_turned.wait(5):  # a flush on the loop's thread waits here in vain
+            raise AssertionError("the event loop stood still while the store wrote")
+        try:
+            return real_flush(now, **kwargs)
+        finally:
+            written.set()
 
     store.flush = slow_flush  # type: ignore[method-assign]
     flushing = asyncio.create_task(flush_periodically(store, 0.01, lambda: T0))
-    loop = asyncio.get_running_loop()
-    longest, last = 0.0, loop.time()
     try:
-        while store.pending:
-            await asyncio.sleep(0.005)
-            now = loop.time()
-            longest, last = max(longest, now - last), now
+        await until_set(writing)
+        loop_turned.set()  # the loop runs this while the write is under way
+        await until_set(written)
     finally:
         flushing.cancel()
         await asyncio.gather(flushing, return_exceptions=True)
-    assert longest < 0.2, f"the event loop stood still for {longest:.3f} s"
+    assert store.pending == 0
     store.close()
 
 
@@ -492,7 +518,7 @@ async def test_figures_asked_after_a_presence_wait_for_it(tracker):
     slow = SlowReads(tracker._store)
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
     asked = asyncio.ensure_future(tracker.caught_up())
-    await asyncio.sleep(0.05)
+    await slow.held()
     assert not asked.done()
     slow.release()
     await asyncio.wait_for(asked, 5)

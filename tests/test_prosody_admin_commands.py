@@ -7,6 +7,8 @@ and stops it and every client it started before the next test begins.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 import pytest
@@ -174,3 +176,111 @@ async def test_error_and_groupchat_messages_get_no_reply(start_bot, clients):
     chat.client.send_message(mto="active.example.test", mbody="stats", mtype="groupchat")
     # Replies come in order: if either had been answered, that answer would come first.
     assert await chat.ask("help") == CHAT_HELP
+
+
+# --- what probing non-admins get, and what admins' bad input gets --------------------------------
+
+COMMAND_NODES = (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE)
+
+
+async def disco_error(client, kind: str, node: str) -> tuple[str, str]:
+    """The (condition, text) of the error a disco#info or #items request on `node` gets."""
+    ask = (
+        client.plugin["xep_0030"].get_info
+        if kind == "info"
+        else client.plugin["xep_0030"].get_items
+    )
+    with pytest.raises(IqError) as refused:
+        await ask(jid="active.example.test", node=node)
+    return refused.value.iq["error"]["condition"], refused.value.iq["error"]["text"]
+
+
+async def test_non_admins_find_the_command_nodes_as_unknown_as_any_other(start_bot, clients):
+    await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    alice = await clients.login("alice@example.test/phone")
+    info = await admin.plugin["xep_0030"].get_info(
+        jid="active.example.test", node=ADHOC_HISTORY_NODE
+    )
+    assert [identity[3] for identity in info["disco_info"]["identities"]] == ["Activity history"]
+    for kind in ("info", "items"):
+        unknown = await disco_error(alice, kind, "no-such-node")
+        assert unknown[0] == "item-not-found"
+        for node in COMMAND_NODES:
+            assert await disco_error(alice, kind, node) == unknown, (kind, node)
+
+
+async def test_840_probes_of_a_non_admin_are_all_forbidden_and_logged_once(
+    start_bot, clients, caplog
+):
+    await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    alice = await clients.login("alice@example.test/phone")
+    opened = await admin.plugin["xep_0050"].send_command(
+        jid="active.example.test", node=ADHOC_HISTORY_NODE
+    )
+    captured = opened["command"]["sessionid"]  # an admin's session, in progress
+    caplog.set_level(logging.INFO, "bot.component")
+
+    async def probe(node: str, action: str, sessionid: str) -> str:
+        iq = alice.make_iq_set(ito="active.example.test")
+        iq["command"]["node"] = node
+        iq["command"]["action"] = action
+        if sessionid:
+            iq["command"]["sessionid"] = sessionid
+        try:
+            await iq.send(timeout=30)
+        except IqError as refused:
+            return refused.iq["error"]["condition"]
+        return "answered"
+
+    nodes = (*COMMAND_NODES, "no-such-node")
+    actions = ("execute", "next", "prev", "complete", "cancel")
+    sessionids = ["", captured, *(f"guess-{n}" for n in range(40))]
+    answers = await asyncio.gather(
+        *(probe(n, a, s) for n in nodes for a in actions for s in sessionids)
+    )
+    assert len(answers) == 840
+    assert set(answers) == {"forbidden"}
+    refusal_lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    # Stanzas of one stream arrive in order: the first probe is the one logged.
+    assert [r.getMessage() for r in refusal_lines] == [
+        "Ad-hoc command 'active-users' refused to alice@example.test/phone"
+    ]
+    # The admin's session survived the probes.
+    answer = opened["command"]["form"]
+    answer["type"] = "submit"
+    answer.set_values({"days": "2"})
+    result = await admin.plugin["xep_0050"].send_command(
+        jid="active.example.test",
+        node=ADHOC_HISTORY_NODE,
+        action="complete",
+        sessionid=captured,
+        payload=answer,
+    )
+    assert result["command"]["status"] == "completed"
+
+
+async def test_bad_history_days_get_a_clear_error_and_leave_no_session(start_bot, clients):
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    for days in ("5" * 5000, "\u0663", "0"):
+        first = await admin.plugin["xep_0050"].send_command(
+            jid="active.example.test", node=ADHOC_HISTORY_NODE
+        )
+        answer = first["command"]["form"]
+        answer["type"] = "submit"
+        answer.set_values({"days": days})
+        with pytest.raises(IqError) as refused:
+            await admin.plugin["xep_0050"].send_command(
+                jid="active.example.test",
+                node=ADHOC_HISTORY_NODE,
+                action="complete",
+                sessionid=first["command"]["sessionid"],
+                payload=answer,
+            )
+        error = refused.value.iq["error"]
+        assert error["condition"] == "bad-request"
+        assert error["text"].startswith("the number of days must be 1 to 366, in digits 0-9, not")
+        assert "Exceeds the limit" not in error["text"]
+    assert len(bot.component.plugin["xep_0050"].sessions) == 0

@@ -20,7 +20,7 @@ from bot.counter import DAY
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.sandbox import ProsodySandbox
 
-from .support import USERS, ManualClock, bot_starter
+from .support import USERS, Clock, bot_starter
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,7 +30,7 @@ COMPONENT = "active.example.test"
 
 async def test_an_unavailable_sent_to_the_bot_alone_keeps_the_session_online(start_bot, clients):
     t0 = int(time.time())
-    clock = ManualClock(t0)
+    clock = Clock(t0)
     bot = await start_bot(clock=clock)
     alice = await clients.login(ALICE)
     await bot.expect("available", ALICE)
@@ -52,7 +52,7 @@ async def test_an_unavailable_sent_to_the_bot_alone_keeps_the_session_online(sta
 
 async def test_a_client_that_says_unavailable_and_leaves_ends_when_it_left(start_bot, clients):
     t0 = int(time.time())
-    clock = ManualClock(t0)
+    clock = Clock(t0)
     bot = await start_bot(clock=clock, liveness_timeout=2)
     alice = await clients.login(ALICE)
     await bot.expect("available", ALICE)
@@ -76,7 +76,7 @@ async def test_a_session_that_said_unavailable_and_answered_ends_at_its_last_ans
     then leaves: Prosody says nothing more (the session had no presence left). The bot's next
     ping of that session (1 s later here, FAST) finds it gone: closed at its last answer."""
     t0 = int(time.time())
-    clock = ManualClock(t0)
+    clock = Clock(t0)
     bot = await start_bot(clock=clock)
     alice = await clients.login(ALICE)
     await bot.expect("available", ALICE)

@@ -17,7 +17,7 @@ async def test_metrics_endpoint_serves_the_figures(start_bot, clients):
     await bot.expect("available", "alice@example.test/phone")
     await clients.login("alice@example.test/laptop")
     await bot.expect("available", "alice@example.test/laptop")
-    metrics = bot.bot.metrics
+    metrics = bot.bot.web
     url = f"http://127.0.0.1:{metrics.port}/metrics"
     text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     samples = {

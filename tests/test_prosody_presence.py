@@ -8,15 +8,16 @@ and stops it and every client it started before the next test begins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 
 from bot.activity import ActivityTracker
 from bot.store import Store
-from bot.testbed.sandbox import free_ports
+from bot.testbed.sandbox import refused_port
 
-from .support import ask_adhoc
+from .support import Clock, LogWatch, ask_adhoc
 
 pytestmark = pytest.mark.asyncio
 
@@ -81,8 +82,27 @@ async def test_prosody_restart_reconnects_and_resyncs(start_bot, clients, prosod
     assert (figures.online_users, figures.dau, figures.known_users) == (1, 2, 2)
 
 
-async def test_session_that_ended_while_disconnected_is_closed_at_the_drop(start_bot, clients):
-    bot = await start_bot()
+@contextlib.asynccontextmanager
+async def outage(bot, prosody):
+    """The bot's connection drops and the server stays unreachable for the bot until the block
+    ends (its reconnection attempts are refused), whatever the block waits for: what happens
+    inside is certain to happen while the bot is disconnected. Yields once the bot has noted
+    the drop (its log says so)."""
+    with refused_port() as port, LogWatch("bot.component") as watch:
+        bot.component.server_port = port
+        bot.component.abort()  # the connection drops (as a network failure would)
+        await watch.next(lambda text: text.startswith("Disconnected from"))
+        try:
+            yield
+        finally:
+            bot.component.server_port = prosody.component_port
+
+
+async def test_session_that_ended_while_disconnected_is_closed_at_the_drop(
+    start_bot, clients, prosody
+):
+    clock = Clock(int(time.time()))
+    bot = await start_bot(clock=clock)
     alice = await clients.login("alice@example.test/phone")
     await clients.login("bob@example.test/pc")
     await bot.expect_set(
@@ -91,41 +111,42 @@ async def test_session_that_ended_while_disconnected_is_closed_at_the_drop(start
     bob_before = bot.bot.store.get("bob@example.test")
     reconnected = asyncio.ensure_future(bot.component.wait_until("session_start", 30))
     resynced = asyncio.ensure_future(bot.component.wait_until("resynced", 30))
-    dropping = time.time()
-    bot.component.abort()  # the connection drops (as a network failure would)
-    await clients.logout(alice)  # ... and alice leaves while nobody tells the bot
+    dropped_at = clock.now
+    async with outage(bot, prosody):
+        clock.now += 1000  # the outage lasts, on the bot's clock
+        await clients.logout(alice)  # ... and alice leaves while nobody tells the bot
     await reconnected  # Prosody re-announces bob (no change: he never left), not alice
-    dropped_at = bot.component._dropped_at  # the bot noted the drop when the stream ended
+    clock.now += 1000  # the resync ends later still
     assert await resynced == 1
-    resynced_at = time.time()
     assert bot.bot.tracker.online_sessions() == {("bob@example.test", "pc")}
     alice_record = bot.bot.store.get("alice@example.test")
     assert alice_record.sessions == ()
-    # Closed at the drop, not when the resync ended: the reconnection waits 1 s and the
-    # resync 1 s more (FAST), so the two are at least 2 s apart.
-    assert resynced_at - dropping > 2
-    assert int(dropping) <= dropped_at <= int(dropping) + 1
-    assert alice_record.last_logout == dropped_at
+    assert alice_record.last_logout == dropped_at  # at the drop: not when she left, nor later
     assert bot.bot.store.get("bob@example.test") == bob_before  # re-announced: unchanged
 
 
-async def test_liveness_pings_close_sessions_that_ended_unseen(start_bot, clients):
+async def test_liveness_pings_close_sessions_that_ended_unseen(start_bot, clients, prosody):
     """As on a server that announces nothing on reconnect (ejabberd): pings decide."""
-    bot = await start_bot(server_software="generic", liveness_interval=3600, liveness_timeout=5)
+    clock = Clock(int(time.time()))
+    bot = await start_bot(
+        clock=clock, server_software="generic", liveness_interval=3600, liveness_timeout=5
+    )
     alice = await clients.login("alice@example.test/phone")
     await clients.login("bob@example.test/pc")
     await bot.expect_set(
         {("available", "alice@example.test/phone"), ("available", "bob@example.test/pc")}
     )
+    logged_in_at = clock.now
     checked = asyncio.ensure_future(bot.component.wait_until("liveness_checked", 30))
-    bot.component.abort()  # the bot's connection drops...
-    await clients.logout(alice)  # ... and alice leaves unseen
+    async with outage(bot, prosody):
+        clock.now += 1000
+        await clients.logout(alice)  # ... alice leaves unseen
     assert await checked == 1
     await bot.expect("gone", "alice@example.test/phone")  # her ping bounced
     assert bot.bot.tracker.online_sessions() == {("bob@example.test", "pc")}  # bob answered
     assert bot.component.liveness.pings_sent == 2
     record = bot.bot.store.get("alice@example.test")
-    assert record.last_logout == record.last_login  # closed at her last sign of life
+    assert record.last_logout == record.last_login == logged_in_at  # her last sign of life
 
 
 async def test_presence_of_other_domains_and_the_component_itself_is_ignored(start_bot, clients):
@@ -141,22 +162,19 @@ async def test_presence_of_other_domains_and_the_component_itself_is_ignored(sta
 
 
 async def test_stopped_during_an_outage_sessions_end_when_the_connection_dropped(
-    start_bot, clients, tmp_path
+    start_bot, clients, prosody, tmp_path
 ):
     """The heartbeat is the last time the bot knew who was online: during an outage it stays at
     the drop, so the sessions a stop leaves open end there, not at the stop."""
-    bot = await start_bot()
+    clock = Clock(int(time.time()))
+    bot = await start_bot(clock=clock)
     await clients.login("alice@example.test/phone")
     await bot.expect("available", "alice@example.test/phone")
-    bot.component.server_port = free_ports(1)[0]  # the server is unreachable from now on
-    bot.component.abort()  # the connection drops
-    while bot.component.connected_since is not None:
-        await asyncio.sleep(0.01)
-    dropped_at = bot.component._dropped_at
-    await asyncio.sleep(2.5)  # the outage lasts; flushes go on
-    assert await bot.stop() == 0
-    stopped_at = int(time.time())
-    assert stopped_at - dropped_at >= 2
+    dropped_at = clock.now
+    async with outage(bot, prosody):
+        clock.now += 1000  # the outage lasts
+        assert await bot.stop() == 0  # its last flush writes the heartbeat
+    stopped_at = clock.now
     with Store(tmp_path / "activity.db", readonly=True) as store:
         assert store.heartbeat == dropped_at
         assert store.get("alice@example.test").sessions == ("phone",)  # left open by the stop

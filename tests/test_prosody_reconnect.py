@@ -19,7 +19,7 @@ import pytest_asyncio
 from bot import component as component_module
 from bot.testbed.linkproxy import LinkProxy
 
-from .support import FAST, ManualClock, RunningBot, bot_starter
+from .support import FAST, Clock, RunningBot, bot_starter
 
 pytestmark = pytest.mark.asyncio
 
@@ -56,7 +56,7 @@ async def test_a_session_that_ended_unseen_is_closed_at_the_drop_not_at_the_resy
 ):
     proxy, start = proxied
     t0 = int(time.time())
-    clock = ManualClock(t0)
+    clock = Clock(t0)
     bot = await start(clock=clock)
     alice = await clients.login(ALICE)
     await clients.login(BOB)
@@ -91,7 +91,7 @@ async def test_a_second_drop_within_the_resync_grace_leaves_the_resync_to_the_ne
     monkeypatch.setattr(component_module, "RECONNECT_FIRST_DELAY", 0.05)  # reconnect at once
     proxy, start = proxied
     t0 = int(time.time())
-    clock = ManualClock(t0)
+    clock = Clock(t0)
     bot = await start(clock=clock, timing=replace(FAST, resync_grace=2.0))
     events: asyncio.Queue[tuple[str, int, int, bool]] = asyncio.Queue()
 

@@ -18,16 +18,12 @@ from bot.importer import data_files, import_activities, read_data_file
 from bot.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 
-from .support import FAST, RunningBot, ask_adhoc, bot_settings
+from .support import FAST, RunningBot, ask_adhoc, bot_settings, reference_figures
 
 pytestmark = pytest.mark.asyncio
 
 DAY = 86_400
 EDGE = 120  # seconds either side of a window edge: far more than the test takes
-GAUGE = re.compile(
-    r'^prosody_mod_measure_active_users__active_users_(1d|7d|30d)\{host="example\.test"\} (\d+)$',
-    re.M,
-)
 
 
 def fixed_history(now: int) -> dict[str, tuple[int | None, int | None]]:
@@ -80,14 +76,6 @@ def write_lastlog2(prosody, history) -> None:
 def prosody_encode(name: str) -> str:
     """How Prosody's datamanager names files: every byte but [A-Za-z0-9] as %xx."""
     return re.sub(r"[^A-Za-z0-9]", lambda match: f"%{ord(match.group()):02x}", name)
-
-
-def reference_figures(prosody) -> dict[str, int]:
-    prosody.shell(
-        '> prosody.hosts["example.test"].modules.measure_active_users.update_calculations()'
-    )
-    gauges = dict(GAUGE.findall(prosody.metrics()))
-    return {"dau": int(gauges["1d"]), "wau": int(gauges["7d"]), "mau": int(gauges["30d"])}
 
 
 async def compare_once(prosody, store_path, history) -> tuple[dict, dict]:

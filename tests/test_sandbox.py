@@ -104,3 +104,51 @@ def test_missing_mod_privilege_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox_module, "MODULES_DIR", tmp_path)
     with pytest.raises(ProsodyNotInstalled, match="make prosody"):
         ProsodySandbox(tmp_path / "prosody").start()
+
+
+def test_sql_storage_without_its_sqlite_driver_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox_module, "SQLITE_DRIVER", str(tmp_path / "no-such" / "sqlite3.so"))
+    with pytest.raises(ProsodyNotInstalled, match="lua-dbi-sqlite3"):
+        ProsodySandbox(tmp_path / "prosody", storage="sql").start()
+
+
+def test_an_unknown_storage_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="storage must be one of"):
+        ProsodySandbox(tmp_path / "prosody", storage="sqll").start()
+
+
+@pytest.mark.asyncio
+async def test_restart_waits_for_a_port_another_program_took_meanwhile(own_prosody, monkeypatch):
+    """Between the stop and the start another program holds the c2s port (as an outgoing
+    connection can): the restart tries again on the same ports once it is free."""
+    ports = (own_prosody.c2s_port, own_prosody.component_port, own_prosody.http_port)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    launches: list[str] = []
+    stops: list[float] = []
+    stop, launch = own_prosody.stop, own_prosody._launch
+
+    def stop_then_take_the_port(timeout: float = 5) -> None:
+        stop(timeout)
+        stops.append(timeout)
+        if len(stops) == 1:  # the restart's own stop: in the gap before its start
+            squatter.bind(("127.0.0.1", own_prosody.c2s_port))
+            squatter.listen()
+
+    def launch_then_let_go(timeout: float) -> None:
+        try:
+            launch(timeout)
+        except PortInUse:
+            launches.append("port in use")
+            squatter.close()  # the other program lets go of it
+            raise
+        launches.append("started")
+
+    monkeypatch.setattr(own_prosody, "stop", stop_then_take_the_port)
+    monkeypatch.setattr(own_prosody, "_launch", launch_then_let_go)
+    own_prosody.restart()
+
+    assert launches == ["port in use", "started"]
+    assert (own_prosody.c2s_port, own_prosody.component_port, own_prosody.http_port) == ports
+    client = await connect_client(own_prosody, "alice@example.test", "alicepw")
+    await disconnect_client(client)

@@ -16,12 +16,15 @@ from bot.slixmpp_internals import (
     SlixmppChanged,
     error_condition,
     guard_adhoc_commands,
+    registered_disco_info,
     registered_disco_items,
     take_over_presence,
 )
 
 COMPONENT = "active.example.test"
 COMMANDS = "http://jabber.org/protocol/commands"
+SESSION_TTL = 300.0
+MAX_SESSIONS = 5
 
 
 def command(sender: str, action: str, sessionid: str = "", node: str = "two-steps") -> str:
@@ -34,6 +37,8 @@ def command(sender: str, action: str, sessionid: str = "", node: str = "two-step
 
 class InternalsTest(SlixTest):
     def setUp(self) -> None:
+        self.now = 1000.0  # the interval clock of command sessions; tests move it
+        self.clock = lambda: self.now
         self.stream_start(
             mode="component",
             jid=COMPONENT,
@@ -78,7 +83,9 @@ class InternalsTest(SlixTest):
             session.update(payload=None, next=last_step, has_next=False)
             return session
 
-        guard_adhoc_commands(self.xmpp, check)
+        guard_adhoc_commands(
+            self.xmpp, check, session_ttl=SESSION_TTL, max_sessions=MAX_SESSIONS, clock=self.clock
+        )
         self.xmpp.plugin["xep_0050"].add_command(
             node="two-steps", name="Two steps", handler=first_step
         )
@@ -113,12 +120,65 @@ class InternalsTest(SlixTest):
             "complete:admin@example.test",
         ]
 
+    def start_two_step_session(self) -> str:
+        self.recv(command("admin@example.test/desk", "execute"))
+        reply = self.next_reply()
+        assert 'status="executing"' in reply
+        return reply.split('sessionid="')[1].split('"')[0]
+
+    def test_an_abandoned_session_expires_after_its_ttl(self):
+        self.add_two_step_command()
+        sessions = self.xmpp.plugin["xep_0050"].sessions
+        first = self.start_two_step_session()
+        self.now += SESSION_TTL / 2
+        second = self.start_two_step_session()
+        assert set(sessions) == {first, second}
+        self.now += SESSION_TTL / 2  # the first one's last step was SESSION_TTL ago
+        assert set(sessions) == {second}
+        self.now += SESSION_TTL / 2
+        assert len(sessions) == 0
+
+    def test_a_step_renews_the_ttl_and_a_step_after_it_is_a_bad_request(self):
+        self.add_two_step_command()
+        sessions = self.xmpp.plugin["xep_0050"].sessions
+        sessionid = self.start_two_step_session()
+        self.now += SESSION_TTL - 1
+        assert sessionid in sessions
+        self.now += 1
+        self.recv(command("admin@example.test/desk", "complete", sessionid))
+        reply = self.next_reply()
+        # Not the first step again (what slixmpp does with an unknown session id):
+        assert 'type="error"' in reply
+        assert "<bad-request" in reply
+        assert f'<bad-sessionid xmlns="{COMMANDS}"' in reply
+        assert "run the command again" in reply
+        assert len(sessions) == 0
+
+    def test_sessions_are_bounded_and_the_oldest_go_first(self):
+        self.add_two_step_command()
+        sessions = self.xmpp.plugin["xep_0050"].sessions
+        started = []
+        for _ in range(MAX_SESSIONS + 3):
+            started.append(self.start_two_step_session())
+            self.now += 1
+        assert list(sessions) == started[3:]
+        self.recv(command("admin@example.test/desk", "complete", started[-1]))
+        assert 'status="completed"' in self.next_reply()
+        assert list(sessions) == started[3:-1]
+
     def test_disco_items_of_registered_commands_are_readable(self):
         self.xmpp.event("session_bind", self.xmpp.boundjid)  # resets the command items
         self.wait_()
         self.add_two_step_command()
         items = registered_disco_items(self.xmpp, self.xmpp.boundjid, COMMANDS, None, None)
         assert {node for _jid, node, _name in items["items"]} == {"two-steps", "one-step"}
+
+    def test_disco_info_of_a_registered_command_is_readable(self):
+        self.xmpp.event("session_bind", self.xmpp.boundjid)
+        self.wait_()
+        self.add_two_step_command()
+        info = registered_disco_info(self.xmpp, self.xmpp.boundjid, "two-steps", None, None)
+        assert info["identities"] == {("automation", "command-node", None, "Two steps")}
 
     # --- keepalive ----------------------------------------------------------------------------
 

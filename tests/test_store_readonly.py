@@ -254,7 +254,9 @@ async def test_running_bot_whose_store_turns_immutable_says_so_and_keeps_answeri
     log = tmp_path / "bot.log"
     with log.open("w") as log_file:
         bot = subprocess.Popen(
-            [sys.executable, "-m", "bot", "run", "--config", str(config)], stderr=log_file
+            # --verbose: the log says when a flush has committed ("bot.store: Stored N ...").
+            [sys.executable, "-m", "bot", "--verbose", "run", "--config", str(config)],
+            stderr=log_file,
         )
     admin = bob = alice = None
     try:
@@ -265,10 +267,18 @@ async def test_running_bot_whose_store_turns_immutable_says_so_and_keeps_answeri
         await asyncio.to_thread(wait_for, lambda: ADMIN in stored_users(path), what="a flush")
         # One more commit, and no reader after it: as in a busy bot, the bot's next read of the
         # store (here alice's record, at her login) takes a read mark in the -shm.
+        flushes = log.read_text().count("bot.store: Stored ")
         bob = await connect_client(prosody, "bob@example.test", "bobpw")
-        while (await ask_adhoc(admin))["online_users"] != "2":
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1)  # bob's record is flushed (every 0.2 s)
+        for _ in range(500):  # each question is a round trip through Prosody: no pause needed
+            if (await ask_adhoc(admin))["online_users"] == "2":
+                break  # his presence reached the bot
+        else:
+            raise AssertionError("bob's presence never reached the bot")
+        await asyncio.to_thread(  # bob's record is committed (read from the log: no reader)
+            wait_for,
+            lambda: log.read_text().count("bot.store: Stored ") > flushes,
+            what="bob's flush",
+        )
         with immutable(*files_of(path)):
             alice = await connect_client(prosody, "alice@example.test", "alicepw")
             await asyncio.to_thread(

@@ -87,20 +87,38 @@ async def test_a_store_that_keeps_failing_is_logged_once_then_its_recovery(tmp_p
     with Store(tmp_path / "activity.db") as store:
         connection(store).execute("PRAGMA query_only = 1")  # every write now fails
         store.put("alice@example.test", RECORD)
+        attempts = 0
+        failed_20_times, written = asyncio.Event(), asyncio.Event()
+        real_flush_off_loop = store.flush_off_loop
+
+        async def counted_flush(now: int, **kwargs) -> int:
+            nonlocal attempts
+            try:
+                wrote = await real_flush_off_loop(now, **kwargs)
+            except StoreError:
+                attempts += 1
+                if attempts == 20:
+                    failed_20_times.set()
+                raise
+            if wrote:
+                written.set()
+            return wrote
+
+        store.flush_off_loop = counted_flush  # type: ignore[method-assign]
         flushing = asyncio.create_task(flush_periodically(store, 0.01, lambda: T0))
         try:
-            while "attempt to write a readonly database" not in caplog.text:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # about 20 more failed flushes
+            await asyncio.wait_for(failed_20_times.wait(), 10)  # logged once, not 20 times
             connection(store).execute("PRAGMA query_only = 0")
-            while store.pending:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(written.wait(), 10)
         finally:
             flushing.cancel()
+        assert store.pending == 0
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert errors[0].getMessage().endswith("kept in memory and retried at the next flush")
     (recovered,) = [r.getMessage() for r in caplog.records if "work again" in r.getMessage()]
-    assert re.fullmatch(
-        r"Store writes work again after \d+ failed flushes .*; 1 users written", recovered
+    match = re.fullmatch(
+        r"Store writes work again after (\d+) failed flushes .*; 1 users written", recovered
     )
+    assert match is not None, recovered
+    assert int(match[1]) == attempts >= 20

@@ -254,3 +254,34 @@ def test_users_on_the_load_floor_come_and_go_exactly(tmp_path):
             last + MONTH,
         ):
             check(at)
+
+
+def test_a_clock_stepped_back_up_to_the_margin_stays_exact_and_further_is_logged_once(
+    tmp_path, caplog
+):
+    """Steps back of up to a day (LOAD_FLOOR_MARGIN) below the start-up load keep every user the
+    seed counts; a step further back may miss users, and says so once (README: Failure modes)."""
+    loaded_at = NOW
+    path = tmp_path / "activity.db"
+    # Last active just inside the month of a clock stepped back by the whole margin.
+    edge = loaded_at - DAY - MONTH + 1
+    stored = {
+        "edge@example.test": UserRecord(edge, edge, 0),
+        "recent@example.test": UserRecord(loaded_at - 5, 0, loaded_at - 5),
+    }
+    with Store(path) as store:
+        for jid, record in stored.items():
+            store.put(jid, record)
+        store.flush(loaded_at)
+    with Store(path) as store:
+        tracker = ActivityTracker(store, [DOMAIN])
+        tracker.load(loaded_at)
+        back = loaded_at - DAY
+        counts = tracker.counts(back)
+        assert (counts.dau, counts.wau, counts.mau) == seed_counts(stored.values(), back)
+        assert counts.mau == 2  # edge, and recent: the rule counts a time ahead of the clock
+        assert "clock stepped back" not in caplog.text
+        for _ in range(3):
+            tracker.counts(back - 1)
+            tracker.counts_by_domain(back - 1)
+        assert caplog.text.count("The clock stepped back") == 1, caplog.text

@@ -34,6 +34,8 @@ def write_config(
     windows: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     metrics_listen: str | None = None,
+    metrics_token: str | None = None,
+    metrics_token_file: str | Path | None = None,
     retention_days: int | None = None,
     pseudonymize: bool | None = None,
     pseudonym_secret: str | None = None,
@@ -43,8 +45,9 @@ def write_config(
     """Write the config to `path` and return `path`.
 
     `metrics_listen` is the file's text: "HOST:PORT", or "" for no endpoint. `windows` are such
-    as "7d" or "12h". A relative `store_path` or `secret_file` is relative to the file's folder
-    (as `load_settings` reads it). `comment` goes first, each of its lines as a "# " line.
+    as "7d" or "12h". A relative `store_path`, `secret_file` or `metrics_token_file` is relative
+    to the file's folder (as `load_settings` reads it). `comment` goes first, each of its lines
+    as a "# " line.
     """
     sections: dict[str, dict[str, Value | None]] = {
         "component": {"jid": component_jid, "secret": secret, "secret_file": secret_file},
@@ -63,7 +66,11 @@ def write_config(
             "exclude": exclude,
         },
         "access": {"admins": admins},
-        "metrics": {"listen": metrics_listen},
+        "metrics": {
+            "listen": metrics_listen,
+            "token": metrics_token,
+            "token_file": metrics_token_file,
+        },
         "privacy": {
             "retention_days": retention_days,
             "pseudonymize": pseudonymize,

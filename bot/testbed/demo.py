@@ -230,6 +230,7 @@ class _Demo:
         self.say(f"Config:     {config}  (the format of config.example.toml)")
         self.say(f"Component:  {settings.component_jid}, admins: {', '.join(settings.admins)}")
         self.say(f"Store:      {settings.store_path}")
+        self.say(f"Status:     http://127.0.0.1:{metrics_port}/  (a page for your browser)")
         self.say(f"Metrics:    http://127.0.0.1:{metrics_port}/metrics  (Prometheus)")
         bot = Bot(settings)  # opens the store: closed by serve(), or here if never served
         bot.component.add_event_handler(

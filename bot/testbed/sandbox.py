@@ -6,6 +6,7 @@ Used by the test suite (a real server to log in to) and by the one-command demo.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import secrets
@@ -16,7 +17,7 @@ import subprocess
 import time
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +25,12 @@ from typing import IO, ClassVar, Self
 
 MODULES_DIR = Path("/usr/lib/prosody/modules")
 INSTALL_HINT = "run `make prosody` or `apt-get install -y prosody prosody-modules`"
+# mod_storage_sql's SQLite driver, for storage = "sql": LuaDBI for the Lua that runs Prosody.
+SQLITE_DRIVER = "/usr/lib/*/lua/5.4/dbd/sqlite3.so"  # Debian's path, under the arch triplet
+SQLITE_DRIVER_HINT = "run `make prosody` or `apt-get install -y lua-dbi-sqlite3`"
+STORAGES = ("internal", "sql")
 POLL = 0.05  # seconds between readiness probes: short, so start() returns soon after ready
+PORT_RETRY_DELAY = 0.2  # seconds between two starts of restart() on a port that was in use
 LOG_TAIL_LINES = 40
 PORT_IN_USE = re.compile("Failed to open server port")  # Prosody's log, for a port it cannot bind
 STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
@@ -38,8 +44,9 @@ class PortInUse(RuntimeError):
     """Prosody could not bind a port it was given (it logs that and keeps running without)."""
 
 
-def check_installed() -> None:
-    """Raise ProsodyNotInstalled, with the fix, unless prosody and mod_privilege are present."""
+def check_installed(storage: str = "internal") -> None:
+    """Raise ProsodyNotInstalled, with the fix, unless prosody and mod_privilege are present
+    (and, for `storage` "sql", the SQLite driver of mod_storage_sql)."""
     missing = [tool for tool in ("prosody", "prosodyctl") if shutil.which(tool) is None]
     # prosody-modules installs one folder per module; a hand-copied module may be a flat file.
     privilege = (
@@ -50,6 +57,8 @@ def check_installed() -> None:
         missing.append(str(privilege[0]))
     if missing:
         raise ProsodyNotInstalled(f"missing {', '.join(missing)}: {INSTALL_HINT}")
+    if storage == "sql" and not glob.glob(SQLITE_DRIVER):
+        raise ProsodyNotInstalled(f"missing {SQLITE_DRIVER}: {SQLITE_DRIVER_HINT}")
 
 
 def free_ports(count: int) -> list[int]:
@@ -60,6 +69,15 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
         # Closed before Prosody binds them: a tiny race, accepted for loopback tests.
         return [sock.getsockname()[1] for sock in sockets]
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that refuses connections while the block runs: bound, so that no
+    other program can take it, but not listening. For "nothing listens there" without guessing."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 def lua_string(value: str | Path) -> str:
@@ -143,16 +161,28 @@ class ServerSandbox(ABC):
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def restart(self, timeout: float | None = None) -> None:
+    def restart(self, timeout: float | None = None, *, port_wait: float = 10) -> None:
         """Stop and start again on the same ports and the same data (accounts, stores).
 
-        `timeout` as for start(), whose default it takes when None.
+        `timeout` as for start(), whose default it takes when None. The ports are kept (the
+        clients and the bot know them); another program may take one in the moment between the
+        stop and the start (an outgoing connection can get it as its local port), so a start
+        that finds a port in use is tried again, on the same ports, for up to `port_wait` s.
         """
         self.stop()
-        if timeout is None:
-            self.start()
-        else:
-            self.start(timeout)
+        deadline = time.monotonic() + port_wait
+        while True:
+            try:
+                if timeout is None:
+                    self.start()
+                else:
+                    self.start(timeout)
+                return
+            except PortInUse:
+                if time.monotonic() >= deadline:
+                    raise
+            # Nothing tells when another program lets go of a port: try again shortly.
+            time.sleep(PORT_RETRY_DELAY)
 
     def __enter__(self) -> Self:
         self.start()
@@ -309,10 +339,13 @@ class ServerSandbox(ABC):
 class ProsodySandbox(ServerSandbox):
     """One Prosody process with its own config, data and free ports, all on 127.0.0.1.
 
-    Ports left at 0 are chosen by the first start() and kept by restart().
+    Ports left at 0 are chosen by the first start() and kept by restart(). `storage`:
+    "internal" (one file per user and store under data/) or "sql" (mod_storage_sql with
+    SQLite, in `sql_database_path`).
     """
 
     http_port: int = 0
+    storage: str = "internal"
 
     server_name: ClassVar[str] = "Prosody"
     port_names: ClassVar[tuple[str, ...]] = ("c2s_port", "component_port", "http_port")
@@ -327,6 +360,11 @@ class ProsodySandbox(ServerSandbox):
     @property
     def data_path(self) -> Path:
         return self.root / "data"
+
+    @property
+    def sql_database_path(self) -> Path:
+        """The SQLite database of storage = "sql" (Prosody names it relative to data_path)."""
+        return self.data_path / "prosody.sqlite"
 
     @property
     def certs_path(self) -> Path:
@@ -354,7 +392,9 @@ class ProsodySandbox(ServerSandbox):
 
     def start(self, timeout: float = 15) -> None:
         """Write the config, start Prosody and return once it really serves c2s and components."""
-        check_installed()
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+        check_installed(self.storage)
         self._start((self.data_path, self.certs_path), lambda: self._launch(timeout))
 
     def _spawn_server(self, deadline: float, timeout: float) -> subprocess.Popen[bytes]:
@@ -380,7 +420,7 @@ class ProsodySandbox(ServerSandbox):
 
     def prosodyctl(self, *args: str, timeout: float = 15) -> str:
         """Run prosodyctl against this instance's config; its output, or RuntimeError."""
-        check_installed()
+        check_installed(self.storage)
         argv = ["prosodyctl", "--config", str(self.config_path), *args]
         return self._run_tool(argv, f"prosodyctl {args[0] if args else ''}", timeout)
 
@@ -409,6 +449,12 @@ class ProsodySandbox(ServerSandbox):
             if self.grant_presence
             else ""
         )
+        storage = (
+            f'storage = "sql"\n'
+            f'sql = {{ driver = "SQLite3", database = {lua_string(self.sql_database_path)} }}\n'
+            if self.storage == "sql"
+            else 'storage = "internal"\n'
+        )
         log_file = lua_string(self.log_path)
         log_sink = f'{{ levels = {{ min = "info" }}, to = "file", filename = {log_file} }}'
         return f"""\
@@ -422,7 +468,7 @@ certificates = {lua_string(self.certs_path)} -- empty on purpose: no TLS on loop
 admin_socket = {lua_string(self.admin_socket)}
 plugin_paths = {{ {lua_string(MODULES_DIR)} }}
 log = {{ {log_sink} }}
-
+{storage}
 interfaces = {{ "127.0.0.1" }}
 component_interfaces = {{ "127.0.0.1" }}
 http_interfaces = {{ "127.0.0.1" }}
