@@ -16,6 +16,7 @@ from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
 from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
+from bot.liveness import Verdict
 from bot.testbed.clients import connect_client, disconnect_client
 
 from .support import Chat, Clock, LogWatch, ask_adhoc, bot_starter
@@ -102,6 +103,20 @@ async def test_a_dropped_client_is_closed_by_the_liveness_check(start_bot, login
     assert bot.bot.tracker.online_sessions() == set()
     record = bot.bot.store.get("bob@example.test")
     assert record.last_logout == record.last_login  # closed at its last sign of life
+
+
+async def test_ejabberd_says_a_gone_session_is_gone_and_a_directed_unavailable_is_not_a_logout(
+    start_bot, login
+):
+    bot = await start_bot()
+    alice = await login("alice@example.test/phone")  # slixmpp without XEP-0199
+    await bot.expect("available", "alice@example.test/phone")
+    assert await bot.component.ask_session("alice@example.test/phone") is Verdict.ALIVE
+    assert await bot.component.ask_session("alice@example.test/nope") is Verdict.GONE
+    refuted = asyncio.ensure_future(bot.component.wait_until("unavailable_refuted", 10))
+    alice.send_presence(pto="active.example.test", ptype="unavailable")  # to the bot alone
+    assert str(await refuted) == "alice@example.test/phone"  # she answered: still online
+    assert bot.bot.tracker.online_sessions() == {("alice@example.test", "phone")}
 
 
 async def test_bot_restarted_while_users_stay_online_relearns_them_by_pings(start_bot, login):
