@@ -276,6 +276,19 @@ class ActivityTracker:
         self._end(self._store.key_of(bare_jid), self._store.session_key(resource), now)
         return True
 
+    def session_resumed(self, bare_jid: str, resource: str, now: int) -> bool:
+        """A session ended by its unavailable presence is still connected after all: online
+        again, with no new login (its last logout stays when it said unavailable). Returns
+        False if nothing changed: online again already, or the user was forgotten meanwhile."""
+        if not self.is_counted(bare_jid):
+            return False
+        key, session = self._store.key_of(bare_jid), self._store.session_key(resource)
+        before = self._record(key)
+        if before is None or session in before.sessions:
+            return False
+        self._apply(key, before, before._replace(sessions=(*before.sessions, session)), now)
+        return True
+
     def forget(self, bare_jid: str) -> bool:
         """Remove everything about one user (an account deletion request). False: unknown."""
         return self._forget(self._store.key_of(bare_jid))
@@ -474,11 +487,6 @@ class ActivityTracker:
                 self._end(key, session, ended_at)
                 closed += 1
         return closed
-
-    def session_announced(self, bare_jid: str, resource: str) -> None:
-        """The server spoke of this session (an unavailable presence whose ping is pending):
-        the resync must leave it to that presence."""
-        self._confirm(self._store.key_of(bare_jid), self._store.session_key(resource))
 
     def unconfirmed_since(self) -> int | None:
         """During a resync, the earliest time a session not re-announced yet was known online

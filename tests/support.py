@@ -68,6 +68,7 @@ FAST = Timing(
     handshake_timeout=10,
     shutdown_write_budget=1.0,
     unavailable_recheck=1.0,
+    unavailable_followup=0.2,
 )
 
 
