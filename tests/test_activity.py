@@ -269,6 +269,24 @@ def test_dormant_users_dropped_at_load_count_exactly_when_they_return(stored, ev
         assert counts.new_users[30 * DAY] == sum(later - r.first_seen < 30 * DAY for r in records)
 
 
+def test_a_resumed_session_is_online_again_without_a_new_login(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_ended("alice@example.test", "phone", T0 + 60)  # said unavailable
+    assert tracker.session_resumed("alice@example.test", "phone", T0 + 62)  # answered pings
+    assert store.get("alice@example.test") == UserRecord(T0, T0, T0 + 60, ("phone",))
+    assert tracker.counts(T0 + 2 * DAY).online_users == 1
+    assert not tracker.session_resumed("alice@example.test", "phone", T0 + 63)  # online already
+
+
+def test_a_session_of_a_user_forgotten_meanwhile_is_not_resumed(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_ended("alice@example.test", "phone", T0 + 60)
+    assert tracker.forget("alice@example.test")  # an admin erases alice meanwhile
+    assert not tracker.session_resumed("alice@example.test", "phone", T0 + 62)
+    assert store.get("alice@example.test") is None
+    assert tracker.counts(T0 + 62).known_users == 0
+
+
 def test_a_user_forgotten_during_a_resync_stays_forgotten(tmp_path):
     with Store(tmp_path / "activity.db") as store:
         tracker = ActivityTracker(store, [DOMAIN])

@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 import pytest_asyncio
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from bot.counter import DAY
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.sandbox import ProsodySandbox
 
-from .support import USERS, Clock, bot_starter
+from .support import FAST, USERS, Clock, bot_starter
 
 pytestmark = pytest.mark.asyncio
 
 ALICE = "alice@example.test/phone"
 COMPONENT = "active.example.test"
+NS_CLIENT, NS_PING = "jabber:client", "urn:xmpp:ping"
 
 
 async def test_an_unavailable_sent_to_the_bot_alone_keeps_the_session_online(start_bot, clients):
@@ -68,6 +72,36 @@ async def test_a_client_that_says_unavailable_and_leaves_ends_when_it_left(start
     # another): she stays offline.
     assert str(await confirmed) == ALICE
     assert bot.tracked.empty()
+    record = bot.bot.store.get("alice@example.test")
+    assert (record.sessions, record.last_logout) == ((), t0 + 60)
+
+
+async def test_a_client_that_answers_a_ping_as_it_leaves_is_not_put_back(start_bot, clients):
+    """The race of a real logout: the client says unavailable, the bot's first ping reaches it
+    before it closes its stream, and it answers. The second ping (2 s later here) finds it
+    gone: it stays offline."""
+    t0 = int(time.time())
+    clock = Clock(t0)
+    bot = await start_bot(clock=clock, timing=replace(FAST, unavailable_followup=2.0))
+    alice = await clients.login(ALICE)
+    await bot.expect("available", ALICE)
+    pinged = asyncio.Event()
+
+    def pong(iq) -> None:
+        iq.reply().send()
+        pinged.set()
+
+    alice.register_handler(
+        Callback("Pong", MatchXPath(f"{{{NS_CLIENT}}}iq/{{{NS_PING}}}ping"), pong)
+    )
+    clock.now = t0 + 60
+    confirmed = asyncio.ensure_future(bot.component.wait_until("unavailable_confirmed", 10))
+    alice.send_presence(ptype="unavailable")
+    await bot.expect("unavailable", ALICE)
+    await asyncio.wait_for(pinged.wait(), 5)  # she answered the first ping...
+    await clients.logout(alice)  # ... and left
+    assert str(await confirmed) == ALICE
+    assert bot.tracked.empty()  # not put back
     record = bot.bot.store.get("alice@example.test")
     assert (record.sessions, record.last_logout) == ((), t0 + 60)
 
