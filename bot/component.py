@@ -508,7 +508,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         loop = asyncio.get_running_loop()
         asked_at = loop.time()
         first = asyncio.ensure_future(self.ask_session(full_jid))
-        await asyncio.wait([first], timeout=self.timing.unavailable_followup)
+        try:
+            await asyncio.wait([first], timeout=self.timing.unavailable_followup)
+        except BaseException:  # cancelled (a stop): the ping too
+            first.cancel()
+            raise
         if not first.done():
             first.cancel()  # lost, most likely: the next ping tells
         elif first.result() is not Verdict.ALIVE:
@@ -567,7 +571,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             return Verdict.UNKNOWN  # sent now, it would wait for the next connection
         answer = asyncio.ensure_future(self.pinger.ping(full_jid, self.ping_timeout))
         link_lost = [] if connection is None else [connection.ended]
-        await asyncio.wait([answer, *link_lost], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([answer, *link_lost], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (a stop): the ping too
+            answer.cancel()
+            raise
         if not answer.done():
             answer.cancel()
             return Verdict.UNKNOWN  # our link dropped: the answer, if any, is lost
