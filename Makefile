@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint demo prosody servers clean
+PROSODY13 := build/prosody-13
+
+.PHONY: test lint demo prosody prosody13 servers clean
 
 test: $(VENV)/.installed servers lint
 	$(BIN)/pytest
@@ -24,9 +26,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# The XMPP servers the integration tests run (privately, on loopback), from Debian, when missing:
-# Prosody with mod_privilege (prosody-modules), and ejabberd.
-servers: prosody
+# The XMPP servers the integration tests run (privately, on loopback), when missing: from Debian,
+# Prosody 0.12 with mod_privilege (prosody-modules) and ejabberd; Prosody 13 built from source.
+servers: prosody prosody13
 	@if ! command -v ejabberdctl >/dev/null; then \
 		echo "Installing Debian package ejabberd..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd; \
@@ -39,5 +41,12 @@ prosody:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody prosody-modules; \
 	fi
 
+# Prosody 13 (Debian 13's) beside the system's 0.12, built from Debian 13's source into
+# $(PROSODY13) by tools/build-prosody13 (which says how); kept until that script changes.
+prosody13: $(PROSODY13)/.built
+
+$(PROSODY13)/.built: tools/build-prosody13
+	tools/build-prosody13 $(PROSODY13)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PROSODY13) .pytest_cache .ruff_cache .hypothesis
