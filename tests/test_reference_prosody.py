@@ -162,3 +162,77 @@ async def test_bot_matches_prosodys_reference_module_on_the_same_history(prosody
     reference, ours = await compare_once(prosody, store_path, random_history(now, seed))
     print(f"random history (seed {seed}): reference {reference}, bot {ours}")
     assert ours == reference, f"random history with seed {seed} differs"
+
+
+def import_lastlog2(prosody, store_path) -> None:
+    """What Prosody's mod_lastlog2 has recorded, into the bot's store (the admin's `import`)."""
+    with Store(store_path) as store:
+        files = data_files("prosody-lastlog2", prosody.data_path)
+        entries = (read_data_file("prosody-lastlog2", f, jid) for f, jid in files)
+        report = import_activities(store, entries, ["example.test"], dry_run=False)
+    assert not report.rejected
+
+
+async def test_disabled_and_deleted_accounts_are_where_the_reference_and_the_bot_differ(
+    prosody, tmp_path
+):
+    """An account that an admin disables (Prosody 13) or deletes stops counting at once for the
+    reference; the bot, which sees presence only, goes on counting its user until their last
+    activity leaves the window. Prosody 0.12 cannot disable an account. The server's only hint
+    to a component is the status text of the unavailable presence it sends for a session it
+    closes (none for an account that was offline), which any client can write too: the bot
+    does not act on it."""
+    version = prosody.install.version
+    disabled, deleted = f"disabled_{version}", f"deleted_{version}"
+    for user in (disabled, deleted):
+        prosody.register(user, "pw")
+    store_path = tmp_path / "activity.db"
+    import_lastlog2(prosody, store_path)  # both start from the same history
+    bot = await RunningBot(Bot(bot_settings(prosody, store_path), timing=FAST)).start()
+    statuses = {}
+
+    def note_status(stanza):
+        if stanza.xml.tag == "{jabber:component:accept}presence" and stanza["status"]:
+            statuses[stanza["from"].user] = stanza["status"]
+        return stanza
+
+    bot.component.add_filter("in", note_status)
+    clients = {}
+    try:
+        for user in (disabled, deleted):  # both online when the admin acts
+            clients[user] = await connect_client(
+                prosody, f"{user}@example.test", "pw", resource="pc"
+            )
+            await bot.expect("available", f"{user}@example.test/pc")
+        before = as_dict(bot.figures())
+        assert reference_figures(prosody) == before
+
+        if version == "13":
+            assert "User disabled" in prosody.shell(f"user:disable('{disabled}@example.test')")
+            await bot.expect("unavailable", f"{disabled}@example.test/pc")  # closed by Prosody
+            assert statuses[disabled] == "Disconnected: Account disabled"
+        else:  # 0.12 has no such command (nor usermanager.disable_user)
+            with pytest.raises(RuntimeError, match="disable"):
+                prosody.shell(f"user:disable('{disabled}@example.test')")
+            await disconnect_client(clients[disabled])
+            await bot.expect("unavailable", f"{disabled}@example.test/pc")
+        # Through the running server: 0.12's `prosodyctl deluser` edits the files offline and
+        # leaves the user's sessions open.
+        assert "User deleted" in prosody.shell(f"user:delete('{deleted}@example.test')")
+        await bot.expect("unavailable", f"{deleted}@example.test/pc")
+        assert statuses[deleted] == "Disconnected: Account deleted"
+
+        ours, reference = as_dict(bot.figures()), reference_figures(prosody)
+        print(f"\nProsody {version}: reference {reference}, bot {ours}")
+        assert ours == before  # the bot saw two logouts today: nothing changes in its figures
+        not_counted = 2 if version == "13" else 1  # the deleted user; on 13 the disabled one too
+        gap = {key: ours[key] - reference[key] for key in ours}
+        assert gap == {"dau": not_counted, "wau": not_counted, "mau": not_counted}
+    finally:
+        for client in clients.values():
+            await disconnect_client(client)
+        await bot.stop()
+
+
+def as_dict(figures) -> dict[str, int]:
+    return {"dau": figures.dau, "wau": figures.wau, "mau": figures.mau}
