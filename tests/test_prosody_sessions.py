@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import pytest
@@ -53,6 +54,17 @@ async def drop(client) -> float:
     client.abort()
     await gone
     return time.monotonic()
+
+
+async def test_the_component_is_granted_presence_by_privilege_2(start_bot, clients, caplog):
+    caplog.set_level(logging.INFO, logger="bot.component")
+    bot = await start_bot()
+    await clients.login("alice@example.test/phone")
+    await bot.expect("available", "alice@example.test/phone")  # sent after the advertisement
+    granted = [r.getMessage() for r in caplog.records if "Privileges granted" in r.getMessage()]
+    assert granted == [
+        "Privileges granted by example.test (urn:xmpp:privilege:2): presence=managed_entity"
+    ]
 
 
 async def test_a_dropped_connection_is_a_logout_at_once(start_bot, clients):
