@@ -126,7 +126,7 @@ async def test_stream_management_session_resumed_in_time_never_left(start_bot, m
 
     # Nothing reaches the bot for the resumed session, not even once its hibernation would have
     # ended: the next change it tracks is bob's, well after that time.
-    await asyncio.sleep(max(0.0, dropped + prosody.smacks_hibernation + 1.5 - time.monotonic()))
+    await asyncio.sleep(max(0.0, dropped + prosody.smacks_hibernation + 1.3 - time.monotonic()))
     bob = await mobile("bob", "pc")
     await bot.expect("available", "bob@example.test/pc")
     assert ("alice@example.test", "phone") in bot.bot.tracker.online_sessions()
