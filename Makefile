@@ -5,9 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-PROSODY13 := build/prosody-13
-
-.PHONY: test lint demo prosody prosody13 servers clean
+.PHONY: test lint demo prosody servers clean
 
 test: $(VENV)/.installed servers lint
 	$(BIN)/pytest
@@ -43,6 +41,8 @@ prosody:
 
 # Prosody 13 (Debian 13's) beside the system's 0.12, built from Debian 13's source into
 # $(PROSODY13) by tools/build-prosody13 (which says how); kept until that script changes.
+PROSODY13 := build/prosody-13
+.PHONY: prosody13
 prosody13: $(PROSODY13)/.built
 
 $(PROSODY13)/.built: tools/build-prosody13
