@@ -20,7 +20,7 @@ from bot.daemon import Bot
 from bot.importer import data_files, import_activities, read_data_file
 from bot.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
-from bot.testbed.sandbox import lua_string
+from bot.testbed.sandbox import PROSODY_13, ProsodySandbox, lua_string
 
 from .support import FAST, RunningBot, ask_adhoc, bot_settings
 
@@ -236,3 +236,33 @@ async def test_disabled_and_deleted_accounts_are_where_the_reference_and_the_bot
 
 def as_dict(figures) -> dict[str, int]:
     return {"dau": figures.dau, "wau": figures.wau, "mau": figures.mau}
+
+
+async def test_prosody_13_reference_with_internal_plain_counts_only_users_online(tmp_path):
+    """With `authentication = "internal_plain"`, Prosody 13.0.1 cannot tell whether an account
+    is enabled (its user_is_enabled() answers "method not implemented"), and the 2025 module
+    then leaves out every user who is not online: compare the bot with it on internal_hashed
+    (Prosody's default, as the session's Prosody 13 runs), or set
+    `measure_active_users_count_disabled = true`. 0.12's module counts everyone either way."""
+    with ProsodySandbox(
+        tmp_path / "prosody",
+        install=PROSODY_13,
+        authentication="internal_plain",
+        extra_modules=("lastlog2", "measure_active_users"),
+    ) as prosody:
+        for user in ("alice", "bob"):
+            prosody.register(user, f"{user}pw")
+        bob = await connect_client(prosody, "bob@example.test", "bobpw")
+        await disconnect_client(bob)  # active today, offline now
+        alice = await connect_client(prosody, "alice@example.test", "alicepw")  # online
+        try:
+            last_active = prosody.shell(
+                '> prosody.hosts["example.test"].modules.lastlog2.get_last_active("bob")'
+            )
+            assert int(last_active.removeprefix("Result: ")) > time.time() - 60  # recorded
+            assert "method not implemented" in prosody.shell(
+                '> select(2, require "core.usermanager".user_is_enabled("bob", "example.test"))'
+            )
+            assert reference_figures(prosody) == {"dau": 1, "wau": 1, "mau": 1}  # alice only
+        finally:
+            await disconnect_client(alice)
