@@ -37,7 +37,8 @@ class ProsodyServers:
                 self._tmp_path_factory.mktemp(f"prosody-{version}"),
                 install=INSTALLS[version],
                 extra_modules=("lastlog2", "measure_active_users", *NEW_IN_13[version]),
-                # Prosody 13 can disable an account, with internal_hashed only.
+                # On 13, internal_hashed (its default) is the one that can disable an account,
+                # and that its reference module can ask whether an account is enabled.
                 authentication="internal_hashed" if version == "13" else "internal_plain",
                 smacks_hibernation=SMACKS_HIBERNATION,
             )
