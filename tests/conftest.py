@@ -25,7 +25,9 @@ NEW_IN_13 = {"0.12": (), "13": ("account_activity",)}
 class ProsodyServers:
     """The session's Prosodys: one per version, started when a test first asks for it, all
     stopped at the end. Each runs the reference (mod_lastlog2, mod_measure_active_users) and
-    mod_smacks, with USERS registered."""
+    mod_smacks, with USERS registered. Held here rather than by the parametrized fixture, which
+    pytest tears down at each change of version: in a shuffled order (pytest-randomly) that
+    would restart the servers many times."""
 
     def __init__(self, tmp_path_factory) -> None:
         self._tmp_path_factory = tmp_path_factory
@@ -74,13 +76,6 @@ def prosody(request, prosody_servers):
     running the reference: mod_lastlog2 and mod_measure_active_users. Every test that uses it
     runs once per version (ids prosody-0.12, prosody-13); one server per version per session."""
     return prosody_servers.get(request.param)
-
-
-@pytest.fixture(scope="session")
-def prosody13(prosody_servers):
-    """The session's Prosody 13 (the same server as `prosody` of id prosody-13), for tests of
-    what only Prosody 13 has."""
-    return prosody_servers.get("13")
 
 
 @pytest.fixture(scope="session")
