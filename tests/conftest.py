@@ -16,7 +16,7 @@ from bot.testbed.sandbox import INSTALLS, ProsodySandbox
 from .support import USERS, bot_starter
 
 PROSODY_VERSIONS = tuple(INSTALLS)  # "0.12" (Debian 12's), "13" (built by `make prosody13`)
-SMACKS_HIBERNATION = 1  # seconds a dropped XEP-0198 session may be resumed (Prosody's default: 600)
+SMACKS_HIBERNATION = 2  # seconds a dropped XEP-0198 session may be resumed (Prosody's default: 600)
 # Core modules of Prosody 13 that 0.12 does not have: mod_account_activity (last activity per
 # account, which `import --from prosody-account-activity` reads).
 NEW_IN_13 = {"0.12": (), "13": ("account_activity",)}
