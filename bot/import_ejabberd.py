@@ -3,8 +3,9 @@
 mod_last keeps one record per user: the time of their last logout (Unix seconds) and its status
 text (the client's last status, "Stream reset by peer", ...). A user who registered and never
 logged in has the time of registration and the status REGISTERED_ONLY: that is no activity (it
-is imported as the registration, which alone is never counted). Users online now are not in it
-(`ejabberdctl get_last` asks the session manager for them, the table knows nothing of it).
+is imported as the registration, which alone is never counted). Users online are not in it
+(`ejabberdctl get_last` asks the session manager for them): a user online since long ago is
+there with their last logout, or not at all. The list of sessions online completes it.
 
 Sources:
     ejabberd-mnesia  the text `ejabberdctl dump_table FILE last_activity` writes (a whole
@@ -12,6 +13,8 @@ Sources:
     ejabberd-sql     the SQL table `last` exported by the database's client: CSV with a header
                      (psql `\\copy ... csv header`, `sqlite3 -csv -header`) or tab-separated
                      (`mysql --batch`); columns username, server_host (new schema), seconds, state
+    ejabberd-online  the sessions online, as `ejabberdctl connected_users` lists them (one full
+                     JID a line): each user is imported as logged in when the file was written
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def _mnesia_entries(path: Path, data: bytes, now: float, progress: Progress) -> 
             yield Rejected(where, f"not a term of the kind a dump holds: {term.reason}")
         elif (entry := _last_activity(term, where, now)) is not None:
             yield entry
+    progress(len(data) - done)  # the blanks after the last term
 
 
 def _last_activity(term: Term, where: str, now: float) -> Entry | None:
@@ -180,17 +184,20 @@ def _decoded_lines(file: Iterable[bytes], progress: Progress) -> Iterator[str]:
 
 
 def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, list[str] | str]]:
+    """(the line where the row starts, its fields or why it is not a row); a quoted field may
+    hold line breaks."""
     reader = csv.reader(lines, strict=True)
     while True:
+        start = reader.line_num + 2  # the header was read before
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, f"not a CSV row ({exc})"
+            yield start, f"not a CSV row ({exc})"
             continue
         if row:
-            yield reader.line_num, row
+            yield start, row
 
 
 def _tab_rows(lines: Iterator[str]) -> Iterator[tuple[int, list[str] | str]]:
@@ -205,7 +212,44 @@ def _mysql_unescape(match: re.Match[str]) -> str:
     return _MYSQL_ESCAPED.get(match[1], match[0])
 
 
-# --- both --------------------------------------------------------------------------------------
+# --- ejabberd-online --------------------------------------------------------------------------
+
+
+def read_online_list(
+    path: Path, *, now: float | None = None, progress: Progress = _no_progress
+) -> Iterator[Entry]:
+    """Each user of `ejabberdctl connected_users`'s list, logged in at the file's modification
+    time (when the list was taken; the same at every import, so importing twice changes
+    nothing)."""
+    data = _read_bytes(path)
+    written = int(path.stat().st_mtime)
+    return _online_entries(path, data, written, time.time() if now is None else now, progress)
+
+
+def _online_entries(
+    path: Path, data: bytes, written: int, now: float, progress: Progress
+) -> Iterator[Entry]:
+    seen: set[str] = set()  # a user with several sessions is one user
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        progress(len(raw))
+        where = f"{path}:{number}"
+        line = raw.strip().decode("utf-8", errors="surrogateescape")
+        bare, _, _ = line.partition("/")
+        user, at, host = bare.rpartition("@")
+        if not line:
+            continue
+        if not (at and user and host) or any("\udc80" <= char <= "\udcff" for char in line):
+            yield Rejected(where, f"not a full JID (user@host/resource): {reprlib.repr(line)}")
+        elif bare not in seen:
+            seen.add(bare)
+            try:
+                yield Activity(bare, last_login=checked_timestamp(written, now, "file time"))
+            except ValueError as exc:
+                yield Rejected(str(path), str(exc))
+                return
+
+
+# --- all ---------------------------------------------------------------------------------------
 
 
 def _activity(user: str, host: str, stamp: int, status: str, where: str, now: float) -> Entry:

@@ -23,8 +23,14 @@ SOURCES = (
     "prosody-sql",
     "ejabberd-mnesia",
     "ejabberd-sql",
+    "ejabberd-online",
 )
 Progress = Callable[[int], object]
+_EJABBERD_FILES: dict[str, Callable[..., Iterator[Entry]]] = {
+    "ejabberd-mnesia": import_ejabberd.read_mnesia_dump,
+    "ejabberd-sql": import_ejabberd.read_sql_export,
+    "ejabberd-online": import_ejabberd.read_online_list,
+}
 
 
 @dataclass(frozen=True)
@@ -38,12 +44,12 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
     """SourceError, with the fix, if `path` cannot be this source."""
     if host is not None and source != "ejabberd-sql":
         raise SourceError("--host is only for --from ejabberd-sql")
-    if source == "ejabberd-mnesia":
-        reader = partial(import_ejabberd.read_mnesia_dump, path, now=now)
-        return Opened(_size(path), "B", lambda progress: reader(progress=progress))
-    if source == "ejabberd-sql":
-        reader = partial(import_ejabberd.read_sql_export, path, host=host, now=now)
-        return Opened(_size(path), "B", lambda progress: reader(progress=progress))
+    if source in _EJABBERD_FILES:
+        read = _EJABBERD_FILES[source]
+        options = {"host": host} if source == "ejabberd-sql" else {}
+        return Opened(
+            _size(path), "B", lambda progress: read(path, now=now, progress=progress, **options)
+        )
     if source == "prosody-sql":
         return Opened(None, " users", partial(_each, importer.read_sql(path, now=now)))
     files = importer.data_files(source, path)

@@ -39,6 +39,9 @@ EJABBERD_APP_GLOBS = (
     "/usr/lib/erlang/lib/ejabberd-*/ebin/ejabberd.app",
 )
 INSTALL_HINT = "run `apt-get install -y ejabberd`"
+# ejabberd's SQLite driver (a Debian package of its own) lives with the OTP libraries.
+SQLITE_DRIVER_GLOB = "/usr/lib/erlang/lib/p1_sqlite3-*/ebin/sqlite3.beam"
+SQLITE_INSTALL_HINT = "run `apt-get install -y erlang-p1-sqlite3`"
 PORT_IN_USE = re.compile(r"eaddrinuse|Failed to open socket", re.IGNORECASE)
 PRIVILEGE_NS = "urn:xmpp:privilege:1"  # what ejabberd 23.01's mod_privilege advertises
 
@@ -89,9 +92,13 @@ class EjabberdSandbox(ServerSandbox):
 
     Ports left at 0 are chosen by the first start() and kept by restart(), like the node name
     and the cookie: mnesia ties its data to the node name, so accounts survive a restart.
+    `sql`: keep the data (accounts, mod_last, ...) in SQLite, the file `sqlite_path`, with
+    ejabberd's new schema (a server_host column) if `new_sql_schema`; ejabberd creates it.
     """
 
     epmd_port: int = 0
+    sql: bool = False
+    new_sql_schema: bool = False
     node_name: str = field(
         default_factory=lambda: f"ejabberd-test-{secrets.token_hex(4)}@localhost"
     )
@@ -115,6 +122,11 @@ class EjabberdSandbox(ServerSandbox):
     def spool_path(self) -> Path:
         """Mnesia's folder (accounts, rosters)."""
         return self.root / "spool"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite database of a node with `sql`."""
+        return self.root / "ejabberd.sqlite"
 
     @property
     def logs_path(self) -> Path:
@@ -148,6 +160,8 @@ class EjabberdSandbox(ServerSandbox):
     def start(self, timeout: float = 30) -> None:
         """Write the config, start epmd and the node; return once both really serve."""
         find_erl_libs()
+        if self.sql and not glob.glob(SQLITE_DRIVER_GLOB):
+            raise EjabberdNotInstalled(f"missing ejabberd's SQLite driver: {SQLITE_INSTALL_HINT}")
         self._start((self.spool_path, self.logs_path), lambda: self._launch(timeout))
 
     def _spawn_server(self, deadline: float, timeout: float) -> subprocess.Popen[bytes]:
@@ -283,6 +297,13 @@ class EjabberdSandbox(ServerSandbox):
             if self.grant_presence
             else "  mod_privilege: {}\n"
         )
+        # SQLite: ejabberd creates the tables of its schema in an empty database at start.
+        storage = (
+            f"sql_type: sqlite\nsql_database: {yaml_string(self.sqlite_path)}\n"
+            f"default_db: sql\nnew_sql_schema: {str(self.new_sql_schema).lower()}\n"
+            if self.sql
+            else ""
+        )
         return f"""\
 # Written by bot/testbed/ejabberd.py for one private node; rewritten at every start.
 # Loopback tests only: plain passwords, no TLS, no server-to-server.
@@ -306,7 +327,7 @@ listen:
       {yaml_string(self.component_jid)}:
         password: {yaml_string(self.component_secret)}
 
-auth_method: internal
+{storage}auth_method: internal
 auth_password_format: plain
 s2s_access: none
 acme:
