@@ -25,11 +25,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The XMPP servers the integration tests run (privately, on loopback), from Debian, when missing:
-# Prosody with mod_privilege (prosody-modules), and ejabberd.
+# Prosody with mod_privilege (prosody-modules), and ejabberd, also on SQLite (its driver
+# erlang-p1-sqlite3, and the sqlite3 client that exports its tables as an admin does).
 servers: prosody
-	@if ! command -v ejabberdctl >/dev/null; then \
-		echo "Installing Debian package ejabberd..."; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd; \
+	@if ! command -v ejabberdctl >/dev/null || ! command -v sqlite3 >/dev/null \
+		|| ! ls /usr/lib/erlang/lib/p1_sqlite3-*/ebin/sqlite3.beam >/dev/null 2>&1; then \
+		echo "Installing Debian packages ejabberd, erlang-p1-sqlite3 and sqlite3..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd \
+			erlang-p1-sqlite3 sqlite3; \
 	fi
 
 prosody:

@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -273,6 +274,53 @@ class EjabberdSandbox(ServerSandbox):
         what = f"ejabberdctl {args[0] if args else ''}"
         return self._run_tool(argv, what, timeout, self._env(find_erl_libs()))
 
+    def ejabberdctl_many(self, *commands: Sequence[str], timeout: float = 60) -> list[str]:
+        """Run several ejabberdctl commands in one control node: the output of each, in order,
+        or RuntimeError naming the first that failed.
+
+        What ejabberdctl does for each command (an rpc of `ejabberd_ctl:process(Args)` on the
+        node, printing there), without starting an Erlang node per command (0.3 s of CPU each).
+        """
+        if self._process is None:
+            raise RuntimeError(f"ejabberd of {self.root} is not started")
+        marker = f"@@ejabberdctl-{secrets.token_hex(8)}"
+        # Each argument as its UTF-8 bytes, as ejabberdctl's plain arguments arrive: no quoting.
+        arguments = (
+            ",".join(f"unicode:characters_to_list(<<{_bytes(arg)}>>)" for arg in command)
+            for command in commands
+        )
+        calls = ",".join(f"[{command}]" for command in arguments)
+        script = (
+            f'Node = list_to_atom("{self.node_name}"), '
+            "lists:foreach(fun(Args) -> "
+            "Code = rpc:call(Node, ejabberd_ctl, process, [Args]), "
+            f'io:format("~n{marker} ~p~n", [Code]) end, [{calls}]), halt().'
+        )
+        argv = [
+            "erl",
+            "-sname",
+            f"ctl-{secrets.token_hex(4)}@localhost",
+            *self._erl_common_args(),
+            "-hidden",
+            "-noinput",
+            "-eval",
+            script,
+        ]
+        printed = self._run_tool(argv, "ejabberdctl (several)", timeout, self._env(find_erl_libs()))
+        # Printed: output 1, "\n<marker> <code 1>\n", output 2, "\n<marker> <code 2>\n", ...
+        pieces = printed.split(f"\n{marker} ")
+        outputs, codes = [pieces[0]], []
+        for piece in pieces[1:]:
+            code, _, output = piece.partition("\n")
+            codes.append(code)
+            outputs.append(output)
+        if len(codes) != len(commands):
+            raise RuntimeError(f"ejabberdctl (several) ended early:\n{printed}")
+        for command, code, output in zip(commands, codes, outputs, strict=False):
+            if code != "0":
+                raise RuntimeError(f"ejabberdctl {command[0]} failed with code {code}:\n{output}")
+        return outputs[: len(commands)]
+
     def _control(self, *args: str) -> str:
         return self.ejabberdctl(*args)
 
@@ -350,6 +398,11 @@ api_permissions:
 
 modules:
 {module_lines}{privilege}"""
+
+
+def _bytes(text: str) -> str:
+    """An Erlang binary's segments: the UTF-8 bytes of `text` as integers."""
+    return ",".join(str(byte) for byte in text.encode())
 
 
 def _epmd_answers(port: int, deadline: float) -> bool:
