@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import random
 import resource
@@ -99,9 +100,17 @@ def write_csv(path: Path, records: Iterator[tuple[str, int, str]]) -> None:
         writer.writerows((user, DOMAIN, stamp, status) for user, stamp, status in records)
 
 
+def rss_anon_mib() -> float:
+    """The process's private resident memory (a mapped file's pages are not in it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def timed_import(source: str, path: Path, store_path: Path | None, now: int) -> dict:
     """Read `path` as `source`; merge into the store at `store_path` (None: read only)."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     entries = open_source(source, path, now=now).read(lambda _: None)
     if store_path is None:
         report = ImportReport()
@@ -110,10 +119,27 @@ def timed_import(source: str, path: Path, store_path: Path | None, now: int) -> 
     else:
         with Store(store_path) as store:
             report = import_activities(store, entries, [DOMAIN], dry_run=False)
-    return {"seconds": time.perf_counter() - started, "report": report}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "rss_anon_mib": rss_anon_mib(),
+        "report": report,
+    }
 
 
-COLUMNS = ("run", "records", "s", "records/s", "imported", "unchanged", "skipped", "rejected")
+COLUMNS = (
+    "run",
+    "records",
+    "s",
+    "records/s",
+    "CPU s",
+    "records/CPU s",
+    "private RSS after MiB",
+    "imported",
+    "unchanged",
+    "skipped",
+    "rejected",
+)
 
 
 def table(n: int, runs: list[tuple[str, dict]]) -> str:
@@ -125,6 +151,9 @@ def table(n: int, runs: list[tuple[str, dict]]) -> str:
             f"{n:,}",
             f"{run['seconds']:.1f}",
             f"{n / run['seconds']:,.0f}",
+            f"{run['cpu_seconds']:.1f}",
+            f"{n / run['cpu_seconds']:,.0f}",
+            f"{run['rss_anon_mib']:.0f}",
             f"{report.imported:,}",
             f"{report.unchanged:,}",
             f"{sum(report.skipped.values()):,}",
@@ -164,6 +193,7 @@ def main() -> int:
             runs.append((name, timed_import(source, path, store, now)))
             progress(f"  {runs[-1][1]['seconds']:.1f} s")
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        load = os.getloadavg()[0]
         sizes = f"dump {dump.stat().st_size / 1e6:.0f} MB, CSV {export.stat().st_size / 1e6:.0f} MB"
     finally:
         if args.keep is None:
@@ -172,7 +202,8 @@ def main() -> int:
         f"Machine: {cpu_model()}; Python {platform.python_version()}; "
         f"SQLite {sqlite3.sqlite_version}\n"
         f"Importer measured: {bot_version()}\n"
-        f"Files: {sizes}; peak RSS of the run {peak_mib:.0f} MiB (the dump is read whole)\n\n"
+        f"Files: {sizes}; peak RSS of the run {peak_mib:.0f} MiB (the dump's pages mapped in "
+        f"it included); load average at the end {load:.1f} on {os.cpu_count()} CPUs\n\n"
         + table(args.records, runs)
     )
     return 0

@@ -14,6 +14,7 @@ reader then goes on after the term's ending `.`. Tuples and lists may nest MAX_D
 
 from __future__ import annotations
 
+import mmap
 import re
 from collections.abc import Iterator
 from typing import TypeAlias
@@ -78,7 +79,7 @@ class _Refused(Exception):
         self.message = message
 
 
-def iter_terms(data: bytes) -> Iterator[tuple[Term | ErlTermError, int, int]]:
+def iter_terms(data: bytes | mmap.mmap) -> Iterator[tuple[Term | ErlTermError, int, int]]:
     """(term, the line where it starts, the offset just after it) of each top-level term of
     `data` (every term ends with `.`).
 
@@ -121,7 +122,7 @@ def parse_term(data: bytes) -> Term:
 class _LineCounter:
     """Line numbers of offsets met in order, counted forward: linear over the whole file."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | mmap.mmap) -> None:
         self.data = data
         self.offset = 0
         self.line = 1
@@ -129,7 +130,7 @@ class _LineCounter:
     def at(self, offset: int) -> int:
         if offset < self.offset:  # never when going forward; counted afresh to be sure
             self.offset, self.line = 0, 1
-        self.line += self.data.count(b"\n", self.offset, offset)
+        self.line += self.data[self.offset : offset].count(b"\n")  # an mmap has no count()
         self.offset = offset
         return self.line
 

@@ -20,6 +20,8 @@ Sources:
 from __future__ import annotations
 
 import csv
+import mmap
+import os
 import re
 import reprlib
 import time
@@ -32,6 +34,7 @@ from .importer import Activity, Entry, Ignored, Rejected, SourceError, checked_t
 
 REGISTERED_ONLY = "Registered but didn't login"  # mod_last's status written at registration
 SQL_COLUMNS = ("username", "seconds", "state")  # and server_host in the new schema
+_FIRST_MARK = re.compile(rb"\S")
 _INTEGER = re.compile(r"-?[0-9]{1,20}")  # longer is no timestamp (and int() refuses 4300+)
 _MYSQL_ESCAPES = re.compile(r"\\(.)")
 _MYSQL_ESCAPED = {"n": "\n", "t": "\t", "0": "\0", "\\": "\\"}
@@ -50,13 +53,19 @@ def read_mnesia_dump(
     path: Path, *, now: float | None = None, progress: Progress = _no_progress
 ) -> Iterator[Entry]:
     """The entries of a text dump; SourceError at once if `path` is not one (checked before the
-    first entry is asked for)."""
-    data = _read_bytes(path)
-    if not data.strip():
+    first entry is asked for). The file is mapped, not read into memory: the pages already
+    parsed can be dropped by the kernel, so a dump of millions of users costs little memory."""
+    try:
+        with path.open("rb") as file:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if _size(file) else b""
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    first = _FIRST_MARK.search(data)
+    if first is None:
         raise SourceError(
             f"{path} is empty; make a dump with: ejabberdctl dump_table FILE last_activity"
         )
-    if data.lstrip()[:1] not in (b"{", b"%"):
+    if first[0] not in (b"{", b"%"):
         raise SourceError(
             f"{path} is not a text dump of ejabberd's tables (it should start with '{{'); "
             "make one with: ejabberdctl dump_table FILE last_activity"
@@ -64,7 +73,13 @@ def read_mnesia_dump(
     return _mnesia_entries(path, data, time.time() if now is None else now, progress)
 
 
-def _mnesia_entries(path: Path, data: bytes, now: float, progress: Progress) -> Iterator[Entry]:
+def _size(file: IO[bytes]) -> int:
+    return os.fstat(file.fileno()).st_size
+
+
+def _mnesia_entries(
+    path: Path, data: bytes | mmap.mmap, now: float, progress: Progress
+) -> Iterator[Entry]:
     done = 0
     for term, line, end in iter_terms(data):
         progress(end - done)
@@ -75,6 +90,8 @@ def _mnesia_entries(path: Path, data: bytes, now: float, progress: Progress) -> 
         elif (entry := _last_activity(term, where, now)) is not None:
             yield entry
     progress(len(data) - done)  # the blanks after the last term
+    if isinstance(data, mmap.mmap):
+        data.close()
 
 
 def _last_activity(term: Term, where: str, now: float) -> Entry | None:
