@@ -256,23 +256,10 @@ class EjabberdSandbox(ServerSandbox):
         Runs what /usr/sbin/ejabberdctl runs (a hidden node calling `ejabberd_ctl`), but as the
         current user and with this sandbox's epmd and cookie. Its output, or RuntimeError.
         """
-        if self._process is None:
-            raise RuntimeError(f"ejabberd of {self.root} is not started")
-        argv = [
-            "erl",
-            "-sname",
-            f"ctl-{secrets.token_hex(4)}@localhost",
-            *self._erl_common_args(),
-            "-hidden",
-            "-noinput",
-            "-s",
-            "ejabberd_ctl",
-            "-extra",
-            self.node_name,
-            *args,
-        ]
         what = f"ejabberdctl {args[0] if args else ''}"
-        return self._run_tool(argv, what, timeout, self._env(find_erl_libs()))
+        return self._control_node(
+            ["-s", "ejabberd_ctl", "-extra", self.node_name, *args], what, timeout
+        )
 
     def ejabberdctl_many(self, *commands: Sequence[str], timeout: float = 60) -> list[str]:
         """Run several ejabberdctl commands in one control node: the output of each, in order,
@@ -281,8 +268,6 @@ class EjabberdSandbox(ServerSandbox):
         What ejabberdctl does for each command (an rpc of `ejabberd_ctl:process(Args)` on the
         node, printing there), without starting an Erlang node per command (0.3 s of CPU each).
         """
-        if self._process is None:
-            raise RuntimeError(f"ejabberd of {self.root} is not started")
         marker = f"@@ejabberdctl-{secrets.token_hex(8)}"
         # Each argument as its UTF-8 bytes, as ejabberdctl's plain arguments arrive: no quoting.
         arguments = (
@@ -296,17 +281,7 @@ class EjabberdSandbox(ServerSandbox):
             "Code = rpc:call(Node, ejabberd_ctl, process, [Args]), "
             f'io:format("~n{marker} ~p~n", [Code]) end, [{calls}]), halt().'
         )
-        argv = [
-            "erl",
-            "-sname",
-            f"ctl-{secrets.token_hex(4)}@localhost",
-            *self._erl_common_args(),
-            "-hidden",
-            "-noinput",
-            "-eval",
-            script,
-        ]
-        printed = self._run_tool(argv, "ejabberdctl (several)", timeout, self._env(find_erl_libs()))
+        printed = self._control_node(["-eval", script], "ejabberdctl (several)", timeout)
         # Printed: output 1, "\n<marker> <code 1>\n", output 2, "\n<marker> <code 2>\n", ...
         pieces = printed.split(f"\n{marker} ")
         outputs, codes = [pieces[0]], []
@@ -320,6 +295,22 @@ class EjabberdSandbox(ServerSandbox):
             if code != "0":
                 raise RuntimeError(f"ejabberdctl {command[0]} failed with code {code}:\n{output}")
         return outputs[: len(commands)]
+
+    def _control_node(self, action: list[str], what: str, timeout: float) -> str:
+        """Run a hidden Erlang node that acts on ours (`action`: its -s or -eval): its output,
+        or RuntimeError."""
+        if self._process is None:
+            raise RuntimeError(f"ejabberd of {self.root} is not started")
+        argv = [
+            "erl",
+            "-sname",
+            f"ctl-{secrets.token_hex(4)}@localhost",
+            *self._erl_common_args(),
+            "-hidden",
+            "-noinput",
+            *action,
+        ]
+        return self._run_tool(argv, what, timeout, self._env(find_erl_libs()))
 
     def _control(self, *args: str) -> str:
         return self.ejabberdctl(*args)
