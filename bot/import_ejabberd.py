@@ -114,7 +114,7 @@ def _last_activity(term: Term, where: str, now: float) -> Entry | None:
     try:
         names = (user.decode(), host.decode())
     except UnicodeDecodeError:
-        return Rejected(where, f"user or host is not UTF-8: {user!r}@{host!r}")
+        return Rejected(where, f"user or host is not UTF-8: {reprlib.repr((user, host))}")
     return _activity(*names, stamp, status.decode(errors="replace"), where, now)
 
 

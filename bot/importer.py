@@ -1,7 +1,7 @@
 """Import the history the XMPP server already keeps, so that MAU is right on the first day.
 
 This module holds what every source shares (the entries, the merge, the report) and Prosody's
-sources; ejabberd's are in import_ejabberd.py, the list of all in import_sources.py.
+sources; ejabberd's are in import_ejabberd.py, the list of all in import_sources.py. Prosody's:
     prosody-lastlog2          Prosody 0.12 file storage: DATA/<host>/lastlog2/<user>.dat
     prosody-lastlog           the older mod_lastlog: DATA/<host>/lastlog/<user>.dat
     prosody-account-activity  Prosody 13 file storage: DATA/<host>/account_activity/<user>.dat
@@ -120,9 +120,7 @@ def data_files(source: str, path: Path) -> list[tuple[Path, str]]:
     return [(file, f"{unquote(file.stem)}@{unquote(file.parent.parent.name)}") for file in files]
 
 
-def read_data_file(
-    source: str, file: Path, bare_jid: str, *, now: float | None = None
-) -> Activity | Rejected:
+def read_data_file(source: str, file: Path, bare_jid: str, *, now: float | None = None) -> Entry:
     """One user's file; `now` (default: the clock) is what "in the future" is measured from."""
     try:
         data = parse_lua_data(file.read_text(encoding="utf-8", errors="replace"))
@@ -133,7 +131,7 @@ def read_data_file(
 
 def activity_from(
     source: str, bare_jid: str, data: Any, where: str, *, now: float | None = None
-) -> Activity | Rejected:
+) -> Entry:
     """Interpret one user's stored table; a timestamp that is not plausible rejects it."""
     if not isinstance(data, dict):
         return Rejected(where, f"expected a table, found {type(data).__name__}")
@@ -165,10 +163,12 @@ def activity_from(
 _LASTLOG_EVENTS = {"login": "last_login", "logout": "last_logout", "registered": "registered"}
 
 
-def _last_event(bare_jid: str, data: dict[Any, Any], where: str, now: float) -> Activity | Rejected:
+def _last_event(bare_jid: str, data: dict[Any, Any], where: str, now: float) -> Entry:
     """mod_lastlog keeps the user's last event only: `{ event = "login"; timestamp = ...; }`
     (its first versions recorded logins alone, without `event`)."""
     event = data.get("event", "login")
+    if event == "message":  # mod_lastlog on a component: a room's last message
+        return Ignored("a room's last message (mod_lastlog on a component), not a user's")
     if event not in _LASTLOG_EVENTS:
         return Rejected(where, f"unknown event {reprlib.repr(event)}")
     if "timestamp" not in data:
@@ -210,7 +210,7 @@ def _shown(value: float) -> str:
     return str(value)
 
 
-def read_sql(path: Path, *, now: float | None = None) -> Iterator[Activity | Rejected]:
+def read_sql(path: Path, *, now: float | None = None) -> Iterator[Entry]:
     """lastlog2 and account_activity rows of a mod_storage_sql SQLite database (read-only);
     `now` (default: the clock) is what "in the future" is measured from."""
     if not path.is_file():

@@ -13,6 +13,7 @@ import pytest
 from bot.__main__ import main
 from bot.importer import (
     Activity,
+    Ignored,
     ImportReport,
     Rejected,
     data_files,
@@ -151,10 +152,18 @@ def test_lastlog_keeps_the_last_event_only(tmp_path):
     ]
 
 
+def test_a_rooms_last_message_is_ignored_not_rejected(tmp_path):
+    # mod_lastlog enabled on a MUC component records each room's last message
+    text = 'return { ["event"] = "message"; ["timestamp"] = 5; };'
+    write_user(tmp_path, "conference.example.test", "room", "lastlog", text)
+    ((file, jid),) = data_files("prosody-lastlog", tmp_path)
+    assert isinstance(read_data_file("prosody-lastlog", file, jid), Ignored)
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('return { ["event"] = "message"; ["timestamp"] = 5; };', "unknown event 'message'"),
+        ('return { ["event"] = "kicked"; ["timestamp"] = 5; };', "unknown event 'kicked'"),
         ('return { ["event"] = "logout"; };', "no timestamp"),
         ('return { ["event"] = "login"; ["timestamp"] = (1/0); };', "not a finite number (inf)"),
         (f'return {{ ["event"] = "login"; ["timestamp"] = {T * 1000}; }};', "looks like milli"),
