@@ -31,11 +31,14 @@ $(VENV)/.installed: pyproject.toml
 
 # The XMPP servers the integration tests run (privately, on loopback), when missing: from Debian,
 # Prosody 0.12 with mod_privilege (prosody-modules) and SQLite storage (lua-dbi-sqlite3), and
-# ejabberd; Prosody 13 built from source.
+# ejabberd, also on SQLite (its driver erlang-p1-sqlite3, and the sqlite3 client that exports its
+# tables as an admin does); Prosody 13 built from source.
 servers: prosody prosody13
-	@if ! command -v ejabberdctl >/dev/null; then \
-		echo "Installing Debian package ejabberd..."; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd; \
+	@if ! command -v ejabberdctl >/dev/null || ! command -v sqlite3 >/dev/null \
+		|| ! ls /usr/lib/erlang/lib/p1_sqlite3-*/ebin/sqlite3.beam >/dev/null 2>&1; then \
+		echo "Installing Debian packages ejabberd, erlang-p1-sqlite3 and sqlite3..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd \
+			erlang-p1-sqlite3 sqlite3; \
 	fi
 
 # The admin's other programs the tests run for real (privately, on loopback), from Debian, when
