@@ -162,6 +162,22 @@ async def test_a_restarted_bot_sends_its_admin_contacts_the_figures_at_its_first
         )
 
 
+async def test_a_reconnected_bot_sends_its_admin_contacts_the_figures(start_bot, clients):
+    """After a drop (a server restart, say: the admin's client saw the bot go), at once, not at
+    the next hourly count. Here only the bot's own connection drops."""
+    bot = await start_bot()
+    admin, presences = await login_watched(clients, "admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+    async with bot_in_roster(admin):
+        assert (await presences.added()).startswith("DAU ")
+        with LogWatch("bot.component") as log:
+            bot.component.abort()  # as a network failure would
+            await log.next(lambda text: text.startswith("Connected to"), timeout=15)
+        kind, status = await presences.next()
+        assert kind == "available"
+        assert re.fullmatch(r"DAU \d+ · WAU \d+ · MAU \d+ · \d+ online", status)
+
+
 async def test_an_admin_whose_client_comes_online_gets_the_figures_by_the_servers_probe(
     start_bot, clients
 ):
