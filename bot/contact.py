@@ -11,8 +11,8 @@ probe: never at a count, so that a server with 10,000 such users sends no 10,000
 The refresh after a count goes to every configured admin, not only to those known to have added
 the bot: the bot keeps no contact list across restarts, and without one a restarted bot would
 leave the figures of the last run in an admin's client until that client reconnects. The admins
-are a short list from the config; a client ignores a presence from a sender it has not added. An
-admin who removes the bot (unsubscribes) is left out until they add it again.
+are a short list from the config: one presence each per count. An admin who removes the bot
+(unsubscribes) is left out until they add it again (or the bot restarts).
 """
 
 from __future__ import annotations
