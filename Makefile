@@ -29,12 +29,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# The XMPP servers the integration tests run (privately, on loopback), from Debian, when missing:
-# Prosody with mod_privilege (prosody-modules) and SQLite storage (lua-dbi-sqlite3), and ejabberd.
-servers: prosody
-	@if ! command -v ejabberdctl >/dev/null; then \
-		echo "Installing Debian package ejabberd..."; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd; \
+# The XMPP servers the integration tests run (privately, on loopback), when missing: from Debian,
+# Prosody 0.12 with mod_privilege (prosody-modules) and SQLite storage (lua-dbi-sqlite3), and
+# ejabberd, also on SQLite (its driver erlang-p1-sqlite3, and the sqlite3 client that exports its
+# tables as an admin does); Prosody 13 built from source.
+servers: prosody prosody13
+	@if ! command -v ejabberdctl >/dev/null || ! command -v sqlite3 >/dev/null \
+		|| ! ls /usr/lib/erlang/lib/p1_sqlite3-*/ebin/sqlite3.beam >/dev/null 2>&1; then \
+		echo "Installing Debian packages ejabberd, erlang-p1-sqlite3 and sqlite3..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ejabberd \
+			erlang-p1-sqlite3 sqlite3; \
 	fi
 
 # The admin's other programs the tests run for real (privately, on loopback), from Debian, when
@@ -64,5 +68,14 @@ prosody:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua-dbi-sqlite3; \
 	fi
 
+# Prosody 13 (Debian 13's) beside the system's 0.12, built from Debian 13's source into
+# $(PROSODY13) by tools/build-prosody13 (which says how); kept until that script changes.
+PROSODY13 := build/prosody-13
+.PHONY: prosody13
+prosody13: $(PROSODY13)/.built
+
+$(PROSODY13)/.built: tools/build-prosody13
+	tools/build-prosody13 $(PROSODY13)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PROSODY13) .pytest_cache .ruff_cache .hypothesis

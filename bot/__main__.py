@@ -21,6 +21,7 @@ from .commands import iso_utc, parse_days
 from .config import ConfigError, load_settings
 from .counter import Counts, window_label
 from .history import chat_chart, history_csv, last_days, utc_day
+from .import_sources import SOURCES, open_source
 from .shelf import StoreError
 from .store import Store
 
@@ -42,6 +43,7 @@ examples:
   xmpp-active-users count --config /etc/xmpp-active-users/config.toml
   xmpp-active-users count --config config.toml --json
   xmpp-active-users import --config config.toml --from prosody-lastlog2 /var/lib/prosody
+  xmpp-active-users import --config config.toml --from ejabberd-mnesia last.dump
 
 Start from config.example.toml; every key is explained there.
 """
@@ -95,10 +97,11 @@ def _add_run(commands: Subcommands) -> None:
 def _add_import(commands: Subcommands) -> None:
     imports = commands.add_parser(
         "import",
-        help="import the history Prosody already has (stop the bot first)",
+        help="import the history Prosody or ejabberd already has (stop the bot first)",
         description=(
-            "Import last login/logout times that Prosody already stores, so that the figures "
-            "are right from day one. Per user and field the newest timestamp wins: importing "
+            "Import last login/logout times that the XMPP server already stores, so that the "
+            "figures are right from day one. Per user and field the newest timestamp wins: "
+            "importing "
             "twice changes nothing. Users of domains not in [counting] domains are skipped. "
             "Unreadable files, and users with an implausible timestamp (not a finite number, "
             "negative, in milliseconds, or more than a day in the future), are reported and "
@@ -108,19 +111,39 @@ def _add_import(commands: Subcommands) -> None:
             "sources:\n"
             "  prosody-lastlog2          Prosody 0.12 with mod_lastlog2; PATH = Prosody's data\n"
             "                            dir (e.g. /var/lib/prosody), read: HOST/lastlog2/*.dat\n"
+            "  prosody-lastlog           the older mod_lastlog; PATH = the data dir, read:\n"
+            "                            HOST/lastlog/*.dat (the last login or logout)\n"
             "  prosody-account-activity  Prosody 13; PATH = the data dir, read:\n"
             "                            HOST/account_activity/*.dat\n"
             "  prosody-sql               mod_storage_sql with SQLite; PATH = the database file\n"
-            "\nexample:\n"
-            "  xmpp-active-users import -c config.toml --from prosody-lastlog2 /var/lib/prosody"
+            "  ejabberd-mnesia           mod_last on Mnesia; PATH = the file written by\n"
+            "                            ejabberdctl dump_table PATH last_activity\n"
+            "  ejabberd-sql              mod_last on SQL; PATH = the table `last` exported as\n"
+            "                            CSV with a header (psql, sqlite3) or by mysql --batch;\n"
+            "                            --host DOMAIN if it has no server_host column\n"
+            "  ejabberd-online           who is online now (not in mod_last's table); PATH =\n"
+            "                            the output of: ejabberdctl connected_users\n"
+            "\nexamples:\n"
+            "  xmpp-active-users import -c config.toml --from prosody-lastlog2 /var/lib/prosody\n"
+            "  ejabberdctl dump_table /tmp/last.dump last_activity\n"
+            "  xmpp-active-users import -c config.toml --from ejabberd-mnesia /tmp/last.dump\n"
+            "  ejabberdctl connected_users > /tmp/online.txt\n"
+            "  xmpp-active-users import -c config.toml --from ejabberd-online /tmp/online.txt\n"
+            "  sqlite3 -csv -header ejabberd.db 'SELECT * FROM last' > /tmp/last.csv\n"
+            "  xmpp-active-users import -c config.toml --from ejabberd-sql /tmp/last.csv"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_argument(imports)
     imports.add_argument(
-        "--from", dest="source", required=True, choices=importer.SOURCES, help="what to read"
+        "--from", dest="source", required=True, choices=SOURCES, help="what to read"
     )
     imports.add_argument("path", type=Path, metavar="PATH", help="where to read it")
+    imports.add_argument(
+        "--host",
+        metavar="DOMAIN",
+        help="ejabberd-sql only: the users' domain, for a `last` table without server_host",
+    )
     imports.add_argument(
         "--dry-run", action="store_true", help="report what would change, write nothing"
     )
@@ -230,25 +253,23 @@ def _demo(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, need_secret=False)
     now = time.time()  # a timestamp more than a day after this is rejected as in the future
-    if args.source == "prosody-sql":
-        entries = importer.read_sql(args.path, now=now)
-    else:
-        files = importer.data_files(args.source, args.path)
-        if not files:
-            print(
-                f"xmpp-active-users: no {args.source} data files under {args.path}; "
-                "PATH should be Prosody's data directory (e.g. /var/lib/prosody)",
-                file=sys.stderr,
-            )
-            return 2
-        entries = (
-            importer.read_data_file(args.source, file, bare_jid, now=now)
-            for file, bare_jid in tqdm(files, desc="Importing", unit=" users", delay=1)
-        )
-    with Store(settings.store_path, pseudonym_key=settings.pseudonym_key) as store:
-        report = importer.import_activities(
-            store, entries, settings.domains, dry_run=args.dry_run, exclude=settings.exclude
-        )
+    try:
+        source = open_source(args.source, args.path, now=now, host=args.host)
+        with tqdm(
+            desc="Importing",
+            total=source.total,
+            unit=source.unit,
+            unit_scale=source.unit == "B",
+            delay=1,
+        ) as progress:
+            entries = source.read(progress.update)  # checks the source before the store opens
+            with Store(settings.store_path, pseudonym_key=settings.pseudonym_key) as store:
+                report = importer.import_activities(
+                    store, entries, settings.domains, dry_run=args.dry_run, exclude=settings.exclude
+                )
+    except importer.SourceError as exc:
+        print(f"xmpp-active-users: {exc}", file=sys.stderr)
+        return 2
     print(report.summary(args.dry_run))
     return 0
 

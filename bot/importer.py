@@ -1,9 +1,12 @@
-"""Import the history Prosody already keeps, so that MAU is right on the first day.
+"""Import the history the XMPP server already keeps, so that MAU is right on the first day.
 
-Sources:
+This module holds what every source shares (the entries, the merge, the report) and Prosody's
+sources; ejabberd's are in import_ejabberd.py, the list of all in import_sources.py. Prosody's:
     prosody-lastlog2          Prosody 0.12 file storage: DATA/<host>/lastlog2/<user>.dat
+    prosody-lastlog           the older mod_lastlog: DATA/<host>/lastlog/<user>.dat
     prosody-account-activity  Prosody 13 file storage: DATA/<host>/account_activity/<user>.dat
-    prosody-sql               either store inside a mod_storage_sql SQLite database
+    prosody-sql               lastlog2 or account_activity in a mod_storage_sql SQLite database
+                              (mod_lastlog writes files whatever the storage: util.datamanager)
 
 Merge rule: per user and field the newest timestamp wins (the oldest for first_seen), so importing
 twice changes nothing. Users of domains not counted are skipped; unreadable files are reported and
@@ -37,11 +40,19 @@ from .luadata import LuaDataError, parse_lua_data
 from .model import UserRecord, domain_of
 from .store import Store
 
-SOURCES = ("prosody-lastlog2", "prosody-account-activity", "prosody-sql")
-_STORE_OF_SOURCE = {"prosody-lastlog2": "lastlog2", "prosody-account-activity": "account_activity"}
+_STORE_OF_SOURCE = {
+    "prosody-lastlog2": "lastlog2",
+    "prosody-lastlog": "lastlog",
+    "prosody-account-activity": "account_activity",
+}
+_SOURCE_OF_STORE = {store: source for source, store in _STORE_OF_SOURCE.items()}
 _FLUSH_EVERY = 10_000  # records per transaction on large imports
 FUTURE_TOLERANCE = 86_400  # seconds a timestamp may be ahead of the import's clock (clock skew)
 MILLISECONDS_ABOVE = 10**11  # a "seconds" timestamp above this (year 5138) is milliseconds
+
+
+class SourceError(Exception):
+    """The source cannot be read at all (nothing is imported): a one-line reason with the fix."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,16 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """A record of something else than users' activity, e.g. another table of a full dump."""
+
+    reason: str
+
+
+Entry = Activity | Rejected | Ignored
+
+
 @dataclass
 class ImportReport:
     imported: int = 0  # users new to the store
@@ -67,6 +88,7 @@ class ImportReport:
     unchanged: int = 0
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> users
     rejected: list[Rejected] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)  # reason -> records
 
     def summary(self, dry_run: bool) -> str:
         verb = "would be" if dry_run else "were"
@@ -76,6 +98,8 @@ class ImportReport:
         ]
         for reason, users in sorted(self.skipped.items()):
             lines.append(f"Skipped {users} users: {reason}")
+        for reason, records in sorted(self.ignored.items()):
+            lines.append(f"Ignored {records} records: {reason}")
         if self.rejected:
             lines.append(f"{len(self.rejected)} entries {verb} rejected:")
             lines += [f"  {entry.where}: {entry.reason}" for entry in self.rejected]
@@ -96,9 +120,7 @@ def data_files(source: str, path: Path) -> list[tuple[Path, str]]:
     return [(file, f"{unquote(file.stem)}@{unquote(file.parent.parent.name)}") for file in files]
 
 
-def read_data_file(
-    source: str, file: Path, bare_jid: str, *, now: float | None = None
-) -> Activity | Rejected:
+def read_data_file(source: str, file: Path, bare_jid: str, *, now: float | None = None) -> Entry:
     """One user's file; `now` (default: the clock) is what "in the future" is measured from."""
     try:
         data = parse_lua_data(file.read_text(encoding="utf-8", errors="replace"))
@@ -109,7 +131,7 @@ def read_data_file(
 
 def activity_from(
     source: str, bare_jid: str, data: Any, where: str, *, now: float | None = None
-) -> Activity | Rejected:
+) -> Entry:
     """Interpret one user's stored table; a timestamp that is not plausible rejects it."""
     if not isinstance(data, dict):
         return Rejected(where, f"expected a table, found {type(data).__name__}")
@@ -119,9 +141,11 @@ def activity_from(
             if "timestamp" not in data:
                 return Rejected(where, "no timestamp")
             # The time of the last login or logout: "last seen" is what the seed's rule needs.
-            return Activity(bare_jid, last_logout=_timestamp("timestamp", data["timestamp"], now))
+            return Activity(bare_jid, last_logout=checked_timestamp(data["timestamp"], now))
+        if source == "prosody-lastlog":
+            return _last_event(bare_jid, data, where, now)
         times = {
-            event: _timestamp(f"{event} timestamp", data[event].get("timestamp"), now)
+            event: checked_timestamp(data[event].get("timestamp"), now, f"{event} timestamp")
             if isinstance(data.get(event), dict)
             else 0
             for event in ("login", "logout", "registered")
@@ -136,9 +160,29 @@ def activity_from(
     )
 
 
-def _timestamp(field: str, value: Any, now: float) -> int:
+_LASTLOG_EVENTS = {"login": "last_login", "logout": "last_logout", "registered": "registered"}
+
+
+def _last_event(bare_jid: str, data: dict[Any, Any], where: str, now: float) -> Entry:
+    """mod_lastlog keeps the user's last event only: `{ event = "login"; timestamp = ...; }`
+    (its first versions recorded logins alone, without `event`)."""
+    event = data.get("event", "login")
+    if event == "message":  # mod_lastlog on a component: a room's last message
+        return Ignored("a room's last message (mod_lastlog on a component), not a user's")
+    if event not in _LASTLOG_EVENTS:
+        return Rejected(where, f"unknown event {reprlib.repr(event)}")
+    if "timestamp" not in data:
+        return Rejected(where, "no timestamp")
+    try:
+        stamp = checked_timestamp(data["timestamp"], now)
+    except ValueError as exc:
+        return Rejected(where, str(exc))
+    return Activity(bare_jid, **{_LASTLOG_EVENTS[event]: stamp})
+
+
+def checked_timestamp(value: Any, now: float, field: str = "timestamp") -> int:
     """`value` as Unix seconds; ValueError saying why if it is not a plausible timestamp (the
-    rules: see the module's docstring)."""
+    rules: see the module's docstring). `field` names it in the reason."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{field} is not a number: {reprlib.repr(value)}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -166,7 +210,7 @@ def _shown(value: float) -> str:
     return str(value)
 
 
-def read_sql(path: Path, *, now: float | None = None) -> Iterator[Activity | Rejected]:
+def read_sql(path: Path, *, now: float | None = None) -> Iterator[Entry]:
     """lastlog2 and account_activity rows of a mod_storage_sql SQLite database (read-only);
     `now` (default: the clock) is what "in the future" is measured from."""
     if not path.is_file():
@@ -193,7 +237,7 @@ def read_sql(path: Path, *, now: float | None = None) -> Iterator[Activity | Rej
             continue
         users.setdefault((host, user, store), {})[key] = decoded
     for (host, user, store), data in users.items():
-        source = "prosody-lastlog2" if store == "lastlog2" else "prosody-account-activity"
+        source = _SOURCE_OF_STORE[store]
         where = f"{path}: {user}@{host} {store}"
         yield activity_from(source, f"{user}@{host}", data, where, now=now)
 
@@ -248,7 +292,7 @@ def merge(existing: UserRecord | None, activity: Activity) -> UserRecord:
 
 def import_activities(
     store: Store,
-    entries: Iterable[Activity | Rejected],
+    entries: Iterable[Entry],
     domains: Iterable[str],
     *,
     dry_run: bool,
@@ -262,6 +306,9 @@ def import_activities(
     for entry in entries:
         if isinstance(entry, Rejected):
             report.rejected.append(entry)
+            continue
+        if isinstance(entry, Ignored):
+            report.ignored[entry.reason] += 1
             continue
         if domain_of(entry.bare_jid) not in counted:
             report.skipped[f"domain {domain_of(entry.bare_jid)} is not counted"] += 1

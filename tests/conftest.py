@@ -1,5 +1,6 @@
-"""Shared fixtures: one real Prosody and one real ejabberd on loopback for the whole test session,
-and, on that Prosody, real clients and a real bot of each test's own (`clients`, `start_bot`)."""
+"""Shared fixtures: real servers on loopback for the whole test session (one Prosody per version,
+0.12 and 13, and one ejabberd) and, on that Prosody, real clients and a real bot of each test's
+own (`clients`, `start_bot`)."""
 
 from __future__ import annotations
 
@@ -10,32 +11,81 @@ import pytest_asyncio
 
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.ejabberd import EjabberdSandbox
-from bot.testbed.sandbox import ProsodySandbox
+from bot.testbed.sandbox import INSTALLS, ProsodySandbox
 
 from .support import USERS, bot_starter
 
+PROSODY_VERSIONS = tuple(INSTALLS)  # "0.12" (Debian 12's), "13" (built by `make prosody13`)
+SMACKS_HIBERNATION = 2  # seconds a dropped XEP-0198 session may be resumed (Prosody's default: 600)
+# Core modules of Prosody 13 that 0.12 does not have: mod_account_activity (last activity per
+# account, which `import --from prosody-account-activity` reads).
+NEW_IN_13 = {"0.12": (), "13": ("account_activity",)}
+
+
+class ProsodyServers:
+    """The session's Prosodys: one per version, started when a test first asks for it, all
+    stopped at the end. Each runs the reference (mod_lastlog2, mod_measure_active_users) and
+    mod_smacks, with USERS registered. Held here rather than by the parametrized fixture, which
+    pytest tears down at each change of version: in a shuffled order (pytest-randomly) that
+    would restart the servers many times."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self._started: dict[str, ProsodySandbox] = {}
+
+    def get(self, version: str) -> ProsodySandbox:
+        if version not in self._started:
+            sandbox = ProsodySandbox(
+                self._tmp_path_factory.mktemp(f"prosody-{version}"),
+                install=INSTALLS[version],
+                extra_modules=("lastlog2", "measure_active_users", *NEW_IN_13[version]),
+                # On 13, internal_hashed (its default) is the one that can disable an account,
+                # and that its reference module can ask whether an account is enabled.
+                authentication="internal_hashed" if version == "13" else "internal_plain",
+                smacks_hibernation=SMACKS_HIBERNATION,
+            )
+            try:
+                sandbox.start()
+                for user, password in USERS.items():
+                    sandbox.register(user, password)
+            except BaseException:
+                sandbox.stop()
+                raise
+            self._started[version] = sandbox
+        return self._started[version]
+
+    def stop_all(self) -> None:
+        for sandbox in self._started.values():
+            sandbox.stop()
+
 
 @pytest.fixture(scope="session")
-def prosody(tmp_path_factory):
-    """A started Prosody (example.test, component active.example.test) with USERS registered,
-    running the reference: mod_lastlog2 and mod_measure_active_users."""
-    sandbox = ProsodySandbox(
-        tmp_path_factory.mktemp("prosody"), extra_modules=("lastlog2", "measure_active_users")
-    )
-    sandbox.start()
+def prosody_servers(tmp_path_factory):
+    servers = ProsodyServers(tmp_path_factory)
     try:
-        for user, password in USERS.items():
-            sandbox.register(user, password)
-        yield sandbox
+        yield servers
     finally:
-        sandbox.stop()
+        servers.stop_all()
+
+
+@pytest.fixture(
+    scope="session", params=PROSODY_VERSIONS, ids=[f"prosody-{v}" for v in PROSODY_VERSIONS]
+)
+def prosody(request, prosody_servers):
+    """A started Prosody (example.test, component active.example.test) with USERS registered,
+    running the reference: mod_lastlog2 and mod_measure_active_users. Every test that uses it
+    runs once per version (ids prosody-0.12, prosody-13); one server per version per session."""
+    return prosody_servers.get(request.param)
 
 
 @pytest.fixture(scope="session")
 def ejabberd(tmp_path_factory):
     """A started private ejabberd (example.test, component active.example.test), with USERS
-    and dave registered. Session-wide: a start costs about 2 s, each registration about 0.5 s."""
-    sandbox = EjabberdSandbox(tmp_path_factory.mktemp("ejabberd"))
+    and dave registered, keeping its history as admins do (mod_last, with mod_admin_extra's
+    get_last and set_last). Session-wide: a start costs about 2 s, each registration 0.3 s."""
+    sandbox = EjabberdSandbox(
+        tmp_path_factory.mktemp("ejabberd"), extra_modules=("mod_last", "mod_admin_extra")
+    )
     sandbox.start()
     try:
         for user, password in (USERS | {"dave": "davepw"}).items():

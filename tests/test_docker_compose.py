@@ -21,11 +21,14 @@ import pytest
 import yaml
 
 from bot.config import SECRET_ENV, TOKEN_ENV, ConfigError, Settings, load_settings
+from bot.testbed.sandbox import INSTALLS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DEBIAN_MODULES = Path("/usr/lib/prosody/modules")  # Debian's prosody-modules package
+# Tags of the official image -> the Prosody versions the suite runs (bot.testbed.sandbox.INSTALLS)
+IMAGE_TAGS = {"0.12": "0.12", "13.0": "13"}
 
 
 # --- docker-compose.yml -------------------------------------------------------------------------
@@ -371,10 +374,25 @@ def test_image_runs_the_bot_as_non_root():
     assert json.loads(dockerfile("ENTRYPOINT")) == ["xmpp-active-users"]
 
 
+def test_the_prosody_image_is_a_version_the_suite_runs(stack):
+    tag = stack.prosody["image"].rpartition(":")[2]
+    assert tag in IMAGE_TAGS, f"prosody runs tag {tag!r}; the suite tests {sorted(IMAGE_TAGS)}"
+
+
 # --- Prosody's own verdict on the mounted config ------------------------------------------------
 
-PROSODYCTL = shutil.which("prosodyctl")
-needs_prosody = pytest.mark.skipif(PROSODYCTL is None, reason="prosody is not installed")
+
+def image_prosodyctl() -> str | None:
+    """The prosodyctl of the Prosody version the compose file's image runs, if installed here."""
+    tag = str(compose()["services"]["prosody"].get("image", "")).rpartition(":")[2]
+    install = INSTALLS.get(IMAGE_TAGS.get(tag, ""))
+    return shutil.which(install.prosodyctl) if install else None
+
+
+PROSODYCTL = image_prosodyctl()
+needs_prosody = pytest.mark.skipif(
+    PROSODYCTL is None, reason="the image's Prosody version is not installed here (make servers)"
+)
 
 
 @pytest.fixture

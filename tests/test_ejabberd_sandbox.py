@@ -165,6 +165,20 @@ def test_ejabberdctl_reaches_the_running_node(ejabberd):
     assert set(ejabberd.ejabberdctl("registered_users", "example.test").split()) >= set(USERS)
 
 
+def test_several_ejabberdctl_commands_in_one_node_print_what_each_prints_alone(ejabberd):
+    commands = [
+        ("registered_users", "example.test"),
+        ("get_last", "dave", "example.test"),
+        ("status",),
+        ("connected_users",),
+    ]
+    assert ejabberd.ejabberdctl_many(*commands) == [
+        ejabberd.ejabberdctl(*command) for command in commands
+    ]
+    with pytest.raises(RuntimeError, match=r"ejabberdctl register failed with code 1:\n.*conflict"):
+        ejabberd.ejabberdctl_many(("status",), ("register", "dave", "example.test", "x"))
+
+
 def test_the_node_has_its_own_epmd_on_loopback_not_the_shared_one(ejabberd):
     assert ejabberd.epmd_port != 4369
     assert ejabberd.epmd_pid is not None

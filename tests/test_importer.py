@@ -13,6 +13,7 @@ import pytest
 from bot.__main__ import main
 from bot.importer import (
     Activity,
+    Ignored,
     ImportReport,
     Rejected,
     data_files,
@@ -130,6 +131,53 @@ def test_account_activity_timestamp_is_last_activity(tmp_path):
     )
     ((file, jid),) = data_files("prosody-account-activity", tmp_path)
     assert read_data_file("prosody-account-activity", file, jid) == Activity(jid, 0, 5)
+
+
+def test_lastlog_keeps_the_last_event_only(tmp_path):
+    # What mod_lastlog writes (prosody-modules 2023): { event = ...; timestamp = ...; ip = ... }
+    files = {
+        "alice": 'return {\n\t["timestamp"] = 5;\n\t["event"] = "logout";\n};\n',
+        "bob": 'return { ["event"] = "login"; ["timestamp"] = 7; ["ip"] = "192.0.2.1"; };',
+        "carol": 'return { ["event"] = "registered"; ["timestamp"] = 9; };',
+        "dave": 'return { ["timestamp"] = 11; };',  # its first versions: logins only, no event
+    }
+    for user, text in files.items():
+        write_user(tmp_path, "example.test", user, "lastlog", text)
+    found = data_files("prosody-lastlog", tmp_path)
+    assert [read_data_file("prosody-lastlog", file, jid) for file, jid in found] == [
+        Activity("alice@example.test", last_logout=5),
+        Activity("bob@example.test", last_login=7),
+        Activity("carol@example.test", registered=9),
+        Activity("dave@example.test", last_login=11),
+    ]
+
+
+def test_a_rooms_last_message_is_ignored_not_rejected(tmp_path):
+    # mod_lastlog enabled on a MUC component records each room's last message
+    text = 'return { ["event"] = "message"; ["timestamp"] = 5; };'
+    write_user(tmp_path, "conference.example.test", "room", "lastlog", text)
+    ((file, jid),) = data_files("prosody-lastlog", tmp_path)
+    assert isinstance(read_data_file("prosody-lastlog", file, jid), Ignored)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('return { ["event"] = "kicked"; ["timestamp"] = 5; };', "unknown event 'kicked'"),
+        ('return { ["event"] = "logout"; };', "no timestamp"),
+        ('return { ["event"] = "login"; ["timestamp"] = (1/0); };', "not a finite number (inf)"),
+        (f'return {{ ["event"] = "login"; ["timestamp"] = {T * 1000}; }};', "looks like milli"),
+        ('return { ["event"] = "login"; ["timestamp"] = "5"; };', "timestamp is not a number"),
+        ("return 5", "expected a table, found int"),
+    ],
+)
+def test_bad_lastlog_records_are_rejected_with_the_reason(tmp_path, text, reason):
+    write_user(tmp_path, "example.test", "mallory", "lastlog", text)
+    ((file, jid),) = data_files("prosody-lastlog", tmp_path)
+    rejected = read_data_file("prosody-lastlog", file, jid, now=NOW)
+    assert isinstance(rejected, Rejected)
+    assert reason in rejected.reason
+    assert rejected.where.endswith("lastlog/mallory.dat")
 
 
 @pytest.mark.parametrize(

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+from dataclasses import replace
 
 import pytest
 
 from bot.testbed import sandbox as sandbox_module
 from bot.testbed.clients import connect_client, disconnect_client
-from bot.testbed.sandbox import PortInUse, ProsodyNotInstalled, ProsodySandbox
+from bot.testbed.sandbox import INSTALLS, PortInUse, ProsodyNotInstalled, ProsodySandbox
+
+# For the tests that start a sandbox of their own: once per Prosody version, as conftest's.
+each_version = pytest.mark.parametrize("version", INSTALLS, ids=[f"prosody-{v}" for v in INSTALLS])
 
 
 @pytest.fixture
-def own_prosody(tmp_path):
+def own_prosody(tmp_path, version):
     """A sandbox of the test's own, for tests that restart or stop it, with alice registered."""
-    sandbox = ProsodySandbox(tmp_path / "prosody")
+    sandbox = ProsodySandbox(tmp_path / "prosody", install=INSTALLS[version])
     sandbox.start()
     sandbox.register("alice", "alicepw")
     yield sandbox
@@ -53,6 +58,14 @@ def test_the_admin_shell_reaches_the_running_server(prosody):
     assert "privilege" in prosody.shell("module:list('example.test')")
 
 
+def test_the_sandbox_runs_the_prosody_version_it_was_given(prosody):
+    running = prosody.shell("> prosody.version")  # asked of the running server
+    assert running.startswith(f"Result: {prosody.install.version}."), running
+    about = prosody.prosodyctl("about")  # what its config gives it
+    assert str(prosody.install.modules_dir) in about  # the prosody-modules of that version
+
+
+@each_version
 @pytest.mark.asyncio
 async def test_restart_keeps_ports_and_accounts(own_prosody):
     ports = (own_prosody.c2s_port, own_prosody.component_port, own_prosody.http_port)
@@ -66,6 +79,7 @@ async def test_restart_keeps_ports_and_accounts(own_prosody):
     await disconnect_client(client)
 
 
+@each_version
 def test_stop_leaves_no_prosody_process_and_frees_the_ports(own_prosody):
     pid = own_prosody.pid
     assert pid is not None
@@ -83,7 +97,8 @@ def test_stop_leaves_no_prosody_process_and_frees_the_ports(own_prosody):
         sock.bind(("127.0.0.1", own_prosody.c2s_port))
 
 
-def test_a_port_held_by_another_program_fails_the_start_fast(tmp_path):
+@each_version
+def test_a_port_held_by_another_program_fails_the_start_fast(tmp_path, version):
     # Prosody logs the failed bind and keeps running: a plain port probe would say "ready".
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -94,16 +109,31 @@ def test_a_port_held_by_another_program_fails_the_start_fast(tmp_path):
             c2s_port=squatter.getsockname()[1],
             component_port=component_port,
             http_port=http_port,
+            install=INSTALLS[version],
         )
         with pytest.raises(PortInUse, match="Failed to open server port"):
             sandbox.start(timeout=10)
     assert sandbox.pid is None
 
 
-def test_missing_mod_privilege_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(sandbox_module, "MODULES_DIR", tmp_path)
-    with pytest.raises(ProsodyNotInstalled, match="make prosody"):
-        ProsodySandbox(tmp_path / "prosody").start()
+@pytest.mark.parametrize(
+    ("version", "fix"), [("0.12", "run `make prosody`"), ("13", "run `make prosody13`")]
+)
+def test_missing_mod_privilege_names_the_fix(tmp_path, version, fix):
+    install = replace(INSTALLS[version], modules_dir=tmp_path)
+    with pytest.raises(
+        ProsodyNotInstalled,
+        match=rf"Prosody {re.escape(version)}: missing \S+/mod_privilege.lua: {fix}",
+    ):
+        ProsodySandbox(tmp_path / "prosody", install=install).start()
+
+
+def test_a_prosody_13_not_yet_built_names_the_fix(tmp_path):
+    install = replace(INSTALLS["13"], prosody=str(tmp_path / "bin" / "prosody"))
+    with pytest.raises(
+        ProsodyNotInstalled, match=r"Prosody 13: missing \S+/bin/prosody: run `make prosody13`"
+    ):
+        ProsodySandbox(tmp_path / "prosody", install=install).start()
 
 
 def test_sql_storage_without_its_sqlite_driver_names_the_fix(tmp_path, monkeypatch):
@@ -117,6 +147,7 @@ def test_an_unknown_storage_is_refused_before_anything_starts(tmp_path):
         ProsodySandbox(tmp_path / "prosody", storage="sqll").start()
 
 
+@each_version
 @pytest.mark.asyncio
 async def test_restart_waits_for_a_port_another_program_took_meanwhile(own_prosody, monkeypatch):
     """Between the stop and the start another program holds the c2s port (as an outgoing

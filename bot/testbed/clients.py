@@ -22,14 +22,16 @@ async def connect_client(
     resource: str = "test",
     *,
     presence: bool = True,
+    plugins: tuple[str, ...] = (),
     timeout: float = 10,
 ) -> slixmpp.ClientXMPP:
     """Log in (no TLS, plain auth: loopback only) and wait for session_start.
 
+    `plugins`: more slixmpp plugins, e.g. "xep_0198" (stream management, as mobile clients do).
     Fails fast on a refused password or connection instead of waiting for the timeout.
     """
     client = slixmpp.ClientXMPP(f"{jid}/{resource}" if resource else jid, password)
-    for plugin in PLUGINS:
+    for plugin in (*PLUGINS, *plugins):
         client.register_plugin(plugin)
     client.enable_starttls = False
     client.enable_direct_tls = False

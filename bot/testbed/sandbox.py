@@ -23,8 +23,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, ClassVar, Self
 
-MODULES_DIR = Path("/usr/lib/prosody/modules")
-INSTALL_HINT = "run `make prosody` or `apt-get install -y prosody prosody-modules`"
 # mod_storage_sql's SQLite driver, for storage = "sql": LuaDBI for the Lua that runs Prosody.
 SQLITE_DRIVER = "/usr/lib/*/lua/5.4/dbd/sqlite3.so"  # Debian's path, under the arch triplet
 SQLITE_DRIVER_HINT = "run `make prosody` or `apt-get install -y lua-dbi-sqlite3`"
@@ -34,6 +32,8 @@ PORT_RETRY_DELAY = 0.2  # seconds between two starts of restart() on a port that
 LOG_TAIL_LINES = 40
 PORT_IN_USE = re.compile("Failed to open server port")  # Prosody's log, for a port it cannot bind
 STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
+# Prosody 13, built from Debian 13's source by `make prosody13` (tools/build-prosody13).
+PROSODY13_PREFIX = Path(__file__).resolve().parents[2] / "build" / "prosody-13"
 
 
 class ProsodyNotInstalled(RuntimeError):
@@ -44,19 +44,55 @@ class PortInUse(RuntimeError):
     """Prosody could not bind a port it was given (it logs that and keeps running without)."""
 
 
-def check_installed(storage: str = "internal") -> None:
-    """Raise ProsodyNotInstalled, with the fix, unless prosody and mod_privilege are present
-    (and, for `storage` "sql", the SQLite driver of mod_storage_sql)."""
-    missing = [tool for tool in ("prosody", "prosodyctl") if shutil.which(tool) is None]
-    # prosody-modules installs one folder per module; a hand-copied module may be a flat file.
-    privilege = (
-        MODULES_DIR / "mod_privilege.lua",
-        MODULES_DIR / "mod_privilege" / "mod_privilege.lua",
-    )
-    if not any(path.is_file() for path in privilege):
-        missing.append(str(privilege[0]))
-    if missing:
-        raise ProsodyNotInstalled(f"missing {', '.join(missing)}: {INSTALL_HINT}")
+@dataclass(frozen=True)
+class ProsodyInstall:
+    """One installed Prosody: its two programs and the prosody-modules folder it loads."""
+
+    version: str  # "0.12", "13": in test ids and messages
+    prosody: str  # a program on PATH, or a path
+    prosodyctl: str
+    modules_dir: Path  # community modules: mod_privilege, mod_lastlog2, mod_measure_active_users
+    install_hint: str
+
+    def check(self) -> None:
+        """Raise ProsodyNotInstalled, with the fix, unless both programs and mod_privilege exist."""
+        missing = [tool for tool in (self.prosody, self.prosodyctl) if shutil.which(tool) is None]
+        # prosody-modules installs one folder per module; a hand-copied module may be a flat file.
+        privilege = (
+            self.modules_dir / "mod_privilege.lua",
+            self.modules_dir / "mod_privilege" / "mod_privilege.lua",
+        )
+        if not any(path.is_file() for path in privilege):
+            missing.append(str(privilege[0]))
+        if missing:
+            raise ProsodyNotInstalled(
+                f"Prosody {self.version}: missing {', '.join(missing)}: {self.install_hint}"
+            )
+
+
+# Debian 12's packages prosody (0.12) and prosody-modules (2023).
+PROSODY_0_12 = ProsodyInstall(
+    version="0.12",
+    prosody="prosody",
+    prosodyctl="prosodyctl",
+    modules_dir=Path("/usr/lib/prosody/modules"),
+    install_hint="run `make prosody` or `apt-get install -y prosody prosody-modules`",
+)
+# Debian 13's Prosody 13 and prosody-modules (2025), in the project's build folder.
+PROSODY_13 = ProsodyInstall(
+    version="13",
+    prosody=str(PROSODY13_PREFIX / "bin" / "prosody"),
+    prosodyctl=str(PROSODY13_PREFIX / "bin" / "prosodyctl"),
+    modules_dir=PROSODY13_PREFIX / "prosody-modules" / "usr" / "lib" / "prosody" / "modules",
+    install_hint="run `make prosody13` (builds it into build/prosody-13)",
+)
+INSTALLS = {install.version: install for install in (PROSODY_0_12, PROSODY_13)}
+
+
+def check_installed(install: ProsodyInstall = PROSODY_0_12, storage: str = "internal") -> None:
+    """Raise ProsodyNotInstalled, with the fix, unless `install` is complete (and, for
+    `storage` "sql", the SQLite driver of mod_storage_sql is there)."""
+    install.check()
     if storage == "sql" and not glob.glob(SQLITE_DRIVER):
         raise ProsodyNotInstalled(f"missing {SQLITE_DRIVER}: {SQLITE_DRIVER_HINT}")
 
@@ -339,6 +375,7 @@ class ServerSandbox(ABC):
 class ProsodySandbox(ServerSandbox):
     """One Prosody process with its own config, data and free ports, all on 127.0.0.1.
 
+    `install` says which Prosody runs (0.12 from Debian 12, or 13 built by `make prosody13`).
     Ports left at 0 are chosen by the first start() and kept by restart(). `storage`:
     "internal" (one file per user and store under data/) or "sql" (mod_storage_sql with
     SQLite, in `sql_database_path`).
@@ -346,6 +383,13 @@ class ProsodySandbox(ServerSandbox):
 
     http_port: int = 0
     storage: str = "internal"
+    install: ProsodyInstall = PROSODY_0_12
+    # "internal_plain" stores passwords as they are; "internal_hashed" (Prosody's default) is
+    # the one of the two that can disable an account (Prosody 13).
+    authentication: str = "internal_plain"
+    # mod_smacks (XEP-0198): how long a session whose connection dropped waits to be resumed
+    # before it ends (Prosody's default is 600 s); None: mod_smacks is not loaded.
+    smacks_hibernation: int | None = None
 
     server_name: ClassVar[str] = "Prosody"
     port_names: ClassVar[tuple[str, ...]] = ("c2s_port", "component_port", "http_port")
@@ -394,11 +438,11 @@ class ProsodySandbox(ServerSandbox):
         """Write the config, start Prosody and return once it really serves c2s and components."""
         if self.storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
-        check_installed(self.storage)
+        check_installed(self.install, self.storage)
         self._start((self.data_path, self.certs_path), lambda: self._launch(timeout))
 
     def _spawn_server(self, deadline: float, timeout: float) -> subprocess.Popen[bytes]:
-        return self._spawn(["prosody", "--config", str(self.config_path), "-F"])
+        return self._spawn([self.install.prosody, "--config", str(self.config_path), "-F"])
 
     def stop(self, timeout: float = 5) -> None:
         """SIGTERM the process group, wait, SIGKILL if needed; always reap. Safe to repeat."""
@@ -420,8 +464,8 @@ class ProsodySandbox(ServerSandbox):
 
     def prosodyctl(self, *args: str, timeout: float = 15) -> str:
         """Run prosodyctl against this instance's config; its output, or RuntimeError."""
-        check_installed(self.storage)
-        argv = ["prosodyctl", "--config", str(self.config_path), *args]
+        check_installed(self.install, self.storage)
+        argv = [self.install.prosodyctl, "--config", str(self.config_path), *args]
         return self._run_tool(argv, f"prosodyctl {args[0] if args else ''}", timeout)
 
     def _control(self, *args: str) -> str:
@@ -440,7 +484,13 @@ class ProsodySandbox(ServerSandbox):
             "privilege",
             "http_openmetrics",
             "admin_shell",
+            *(("smacks",) if self.smacks_hibernation is not None else ()),
             *(module for module in self.extra_modules if module != "privilege"),
+        )
+        smacks = (
+            f"smacks_hibernation_time = {self.smacks_hibernation}\n"
+            if self.smacks_hibernation is not None
+            else ""
         )
         privileged = (
             f"    privileged_entities = {{\n"
@@ -458,7 +508,8 @@ class ProsodySandbox(ServerSandbox):
         log_file = lua_string(self.log_path)
         log_sink = f'{{ levels = {{ min = "info" }}, to = "file", filename = {log_file} }}'
         return f"""\
--- Written by bot/testbed/sandbox.py for one private instance; rewritten at every start.
+-- Written by bot/testbed/sandbox.py for one private instance of Prosody {self.install.version};
+-- rewritten at every start.
 -- Runs as root in CI: without run_as_root Prosody may open its ports, then refuse to run.
 run_as_root = true
 prosody_user = "root" -- else prosodyctl switches user and cannot write the log
@@ -466,7 +517,7 @@ pidfile = {lua_string(self.pidfile)}
 data_path = {lua_string(self.data_path)}
 certificates = {lua_string(self.certs_path)} -- empty on purpose: no TLS on loopback
 admin_socket = {lua_string(self.admin_socket)}
-plugin_paths = {{ {lua_string(MODULES_DIR)} }}
+plugin_paths = {{ {lua_string(self.install.modules_dir)} }}
 log = {{ {log_sink} }}
 {storage}
 interfaces = {{ "127.0.0.1" }}
@@ -479,8 +530,8 @@ s2s_ports = {{ }}
 c2s_direct_tls_ports = {{ }}
 https_ports = {{ }}
 
--- Loopback tests only: plain passwords, no TLS, no server-to-server.
-authentication = "internal_plain"
+-- Loopback tests only: passwords in the clear on the wire, no TLS, no server-to-server.
+authentication = {lua_string(self.authentication)}
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 modules_disabled = {{ "s2s"; "tls" }}
@@ -488,7 +539,7 @@ modules_disabled = {{ "s2s"; "tls" }}
 statistics = "internal"
 statistics_interval = "manual"
 openmetrics_allow_ips = {{ "127.0.0.1" }}
-
+{smacks}
 modules_enabled = {{ {"; ".join(lua_string(module) for module in modules)} }}
 
 VirtualHost {lua_string(self.domain)}

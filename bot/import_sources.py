@@ -1,0 +1,75 @@
+"""Every source `import --from` reads: how much there is to read, and its entries.
+
+The progress bar needs the amount first: `open_source` finds the source and says how much
+there is (users, or bytes of a file); `Opened.read(progress)` then checks it (SourceError if it
+cannot be read at all, before anything is imported) and yields its entries, reporting progress
+in that unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from . import import_ejabberd, importer
+from .importer import Entry, SourceError
+
+SOURCES = (
+    "prosody-lastlog2",
+    "prosody-lastlog",
+    "prosody-account-activity",
+    "prosody-sql",
+    "ejabberd-mnesia",
+    "ejabberd-sql",
+    "ejabberd-online",
+)
+Progress = Callable[[int], object]
+_EJABBERD_FILES: dict[str, Callable[..., Iterator[Entry]]] = {
+    "ejabberd-mnesia": import_ejabberd.read_mnesia_dump,
+    "ejabberd-sql": import_ejabberd.read_sql_export,
+    "ejabberd-online": import_ejabberd.read_online_list,
+}
+
+
+@dataclass(frozen=True)
+class Opened:
+    total: int | None  # in units; None when unknown
+    unit: str  # " users", or "B" for the bytes of a file
+    read: Callable[[Progress], Iterator[Entry]]
+
+
+def open_source(source: str, path: Path, *, now: float, host: str | None = None) -> Opened:
+    """SourceError, with the fix, if `path` cannot be this source."""
+    if host is not None and source != "ejabberd-sql":
+        raise SourceError("--host is only for --from ejabberd-sql")
+    if source in _EJABBERD_FILES:
+        read = _EJABBERD_FILES[source]
+        options = {"host": host} if source == "ejabberd-sql" else {}
+        return Opened(
+            _size(path), "B", lambda progress: read(path, now=now, progress=progress, **options)
+        )
+    if source == "prosody-sql":
+        return Opened(None, " users", partial(_each, importer.read_sql(path, now=now)))
+    files = importer.data_files(source, path)
+    if not files:
+        raise SourceError(
+            f"no {source} data files under {path}; "
+            "PATH should be Prosody's data directory (e.g. /var/lib/prosody)"
+        )
+    entries = (importer.read_data_file(source, file, jid, now=now) for file, jid in files)
+    return Opened(len(files), " users", partial(_each, entries))
+
+
+def _each(entries: Iterable[Entry], progress: Progress) -> Iterator[Entry]:
+    for entry in entries:
+        progress(1)
+        yield entry
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
