@@ -122,7 +122,6 @@ class _SaidUnavailable:
     (eq=False: each one is itself, so that a newer presence can supersede it)."""
 
     sender: JID
-    at: int
 
 
 class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is untyped
@@ -494,7 +493,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             and self._link_up()
             and len(self._said_unavailable) < MAX_PENDING_CONFIRMATIONS
         ):
-            said = _SaidUnavailable(sender, now)
+            said = _SaidUnavailable(sender)
             self._said_unavailable[session] = said
             self._spawn(self._confirm_unavailable(said))
 

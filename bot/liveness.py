@@ -33,7 +33,8 @@ class Verdict(enum.Enum):
 
 
 # What a server answers for a full JID with no session behind it: service-unavailable (RFC 6121
-# §8.5.3.2.1; what Prosody 0.12 and ejabberd 23.01 send, tests/test_prosody_liveness.py);
+# §8.5.3.2.1; what Prosody and ejabberd send: tests/test_prosody_liveness.py,
+# tests/test_component_ejabberd.py);
 # recipient-unavailable and item-not-found are RFC 6120's words for the same, used by others.
 GONE_CONDITIONS = frozenset({"service-unavailable", "recipient-unavailable", "item-not-found"})
 # Errors that only the recipient's own client sends about the ping itself: it is there.
