@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 
-from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
-from .model import UserRecord, domain_of
+from .clients import Families
+from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, ClientCounts, ClientParts, Counts
+from .model import UserRecord, domain_of, with_client_activity
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,25 @@ class _Loading:
     known_users: int = 0
     online_users: int = 0
     online_sessions: int = 0
+    clients: dict[str, ClientParts] = field(default_factory=dict)
 
-    def index(self, floor: int, horizon: int) -> ActivityIndex:
+    def client(self, family: str) -> ClientParts:
+        parts = self.clients.get(family)
+        if parts is None:
+            parts = self.clients[family] = ClientParts()
+        return parts
+
+    def add_client_states(self, record: UserRecord, floor: int) -> None:
+        """A user with sessions online: per family, online with it, or its last activity."""
+        for family, (time, online) in record.client_states().items():
+            parts = self.client(family)
+            if online:
+                parts.online_users += 1
+                parts.online_sessions += online
+            elif time > floor:
+                parts.offline.append(time)
+
+    def index(self, floor: int, horizon: int, client_floor: int, windows: int) -> ActivityIndex:
         return ActivityIndex.from_parts(
             offline_last_active=self.offline,
             first_seen=self.first_seen,
@@ -68,6 +86,9 @@ class _Loading:
             known_users=self.known_users,
             floor=floor,
             horizon=horizon,
+            clients=self.clients,
+            client_floor=client_floor,
+            client_horizon=windows,
         )
 
 
@@ -79,6 +100,7 @@ class _Scan:
     stale: list[tuple[str, UserRecord]] = field(default_factory=list)  # sessions to close
     recovered_sessions: int = 0
     hidden: int = 0
+    families: set[str] = field(default_factory=set)  # every client family in the store
 
 
 class ActivityTracker:
@@ -86,6 +108,10 @@ class ActivityTracker:
 
     Every change goes to the store (grouped writes) and to the index, in that order of truth:
     the store is what survives, the index is what answers.
+
+    `windows` are the figures counted everywhere; `extra_windows` are longer ones that some
+    figures need too (NodeInfo's 180 days): the index keeps what they need, the client
+    families only what `windows` need.
 
     Two ways in. The methods below (`session_started`, ...) apply a change at once, reading a
     user's record from the store (its disk) when it is not in memory: the command line and the
@@ -104,6 +130,7 @@ class ActivityTracker:
         *,
         exclude: Iterable[str] = (),
         windows: Iterable[int] = DEFAULT_WINDOWS,
+        extra_windows: Iterable[int] = (),
         read_in_threads: bool = False,
     ) -> None:
         self._store = store
@@ -124,6 +151,8 @@ class ActivityTracker:
         self._excluded = exclusion_matcher(exclude)
         self._has_exclusions = bool(exclude)
         self.windows = tuple(windows)
+        self.extra_windows = tuple(extra_windows)
+        self._families = Families()
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # store key -> record, online users only
         self._peaks = _DailyPeaks()
@@ -143,19 +172,25 @@ class ActivityTracker:
         the stored sessions are live. Users of domains no longer configured stay, uncounted.
         """
         closed_at = self._store.heartbeat or now
-        horizon = max(self.windows)
+        horizon = max(self.windows + self.extra_windows)
+        client_horizon = max(self.windows)
         # Older timestamps can never count (see ActivityIndex), unless the clock steps back: up
         # to LOAD_FLOOR_MARGIN back, every user is still there.
         floor = now - horizon - LOAD_FLOOR_MARGIN
+        client_floor = now - client_horizon - LOAD_FLOOR_MARGIN
         self._exact_since = now - LOAD_FLOOR_MARGIN
         self._online.clear()
         gc.disable()  # a million short-lived tuples and no cycle: collecting would only cost time
         try:
-            scan = self._scan_store(floor, closed_at if close_stale_sessions else None)
+            scan = self._scan_store(
+                floor, client_floor, closed_at if close_stale_sessions else None
+            )
         finally:
             gc.enable()
+        self._families = Families()
+        self._families.admit_stored(scan.families)
         self._indexes = {
-            domain: part.index(floor, horizon)
+            domain: part.index(floor, horizon, client_floor, client_horizon)
             for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
         }
         for key, record in scan.stale:
@@ -167,12 +202,14 @@ class ActivityTracker:
             hidden=scan.hidden,
         )
 
-    def _scan_store(self, floor: int, close_sessions_at: int | None) -> _Scan:
+    def _scan_store(self, floor: int, client_floor: int, close_sessions_at: int | None) -> _Scan:
         """One pass over the store for all domains; per user only ints are kept, and keys are
         decoded only for the few users online (a million users load in seconds)."""
         scan = _Scan(domains={domain.encode(): _Loading() for domain in self._indexes})
         excluded = self._excluded if self._has_exclusions else None
-        for raw_key, (first_seen, login, logout, sessions) in self._store.users_by_raw_key():
+        families = scan.families
+        for raw_key, record in self._store.users_by_raw_key():
+            first_seen, login, logout, sessions, clients, _session_clients = record
             part = scan.domains.get(raw_key[raw_key.rfind(b"@") + 1 :])
             if part is None:
                 continue
@@ -184,18 +221,27 @@ class ActivityTracker:
                 part.first_seen.append(first_seen)
             if sessions:
                 key = raw_key.decode(errors="replace")
+                families.update(record.session_families())
                 if close_sessions_at is None:  # live sessions: a reader of a running bot
-                    self._online[key] = UserRecord(first_seen, login, logout, sessions)
+                    self._online[key] = record
                     part.online_users += 1
                     part.online_sessions += len(sessions)
+                    families.update(record.clients[::2])  # type: ignore[arg-type]
+                    part.add_client_states(record, client_floor)
                     continue
                 # Left open by a stop or crash: they ended at the last sign of life.
                 scan.recovered_sessions += len(sessions)
-                logout = max(logout, close_sessions_at)
-                scan.stale.append((key, UserRecord(first_seen, login, logout)))
+                record = _closed(record, close_sessions_at)
+                logout, clients = record.last_logout, record.clients
+                scan.stale.append((key, record))
             last_active = login if login > logout else logout
             if last_active > floor:
                 part.offline.append(last_active)
+            for i in range(0, len(clients), 2):  # per family its time (one, mostly)
+                family, time = clients[i], clients[i + 1]
+                families.add(family)  # type: ignore[arg-type]
+                if time > client_floor:  # type: ignore[operator]
+                    part.client(family).offline.append(time)  # type: ignore[arg-type]
         return scan
 
     def _check_clock(self, now: int) -> None:
@@ -229,6 +275,24 @@ class ActivityTracker:
         windows = self.windows if windows is None else tuple(windows)
         return {domain: index.counts(now, windows) for domain, index in self._indexes.items()}
 
+    def client_counts_by_domain(self, now: int) -> dict[str, dict[str, ClientCounts]]:
+        """Per domain and client family: users active with it per window (`windows`), users
+        and sessions online with it."""
+        self._check_clock(now)
+        return {
+            domain: index.client_counts(now, self.windows)
+            for domain, index in self._indexes.items()
+        }
+
+    def client_counts(self, now: int) -> dict[str, ClientCounts]:
+        """Per client family, all counted domains together (they never share a user)."""
+        total: dict[str, ClientCounts] = {}
+        for by_family in self.client_counts_by_domain(now).values():
+            for family, counts in by_family.items():
+                known = total.get(family)
+                total[family] = counts if known is None else _sum_client_counts(known, counts)
+        return total
+
     def online_sessions(self) -> set[tuple[str, str]]:
         """(key, session key) of every session online: with pseudonymize, pseudonyms."""
         return {(key, res) for key, record in self._online.items() for res in record.sessions}
@@ -258,12 +322,16 @@ class ActivityTracker:
         record = self._online.get(self._store.key_of(bare_jid))
         return record is not None and self._store.session_key(resource) in record.sessions
 
-    def session_started(self, bare_jid: str, resource: str, now: int) -> bool:
-        """A session became available. Returns False if nothing changed (not counted, or an
-        already known session whose presence merely changed)."""
+    def session_started(
+        self, bare_jid: str, resource: str, now: int, caps_node: str | None = None
+    ) -> bool:
+        """A session became available, announcing `caps_node` (XEP-0115; None: no caps), which
+        names its client family. Returns False if nothing changed (not counted, or an already
+        known session whose presence merely changed: its client stays the first one given)."""
         if not self.is_counted(bare_jid):
             return False
-        return self._start(self._store.key_of(bare_jid), self._store.session_key(resource), now)
+        key, session = self._store.key_of(bare_jid), self._store.session_key(resource)
+        return self._start(key, session, now, caps_node)
 
     def session_ended(self, bare_jid: str, resource: str, now: int) -> bool:
         """A session became unavailable. An unknown session still counts as activity (its
@@ -467,17 +535,28 @@ class ActivityTracker:
 
     # --- internals: by key ---------------------------------------------------------------------
 
-    def _start(self, key: str, session: str, now: int) -> bool:
+    def _start(self, key: str, session: str, now: int, caps_node: str | None = None) -> bool:
         if self._unconfirmed is not None:
             self._unconfirmed.discard((key, session))
         before = self._record(key)
         if before is not None and session in before.sessions:
             return False
+        family = self._families.family_of(caps_node)
         if before is None:
-            after = UserRecord(first_seen=now, last_login=now, last_logout=0, sessions=(session,))
+            after = UserRecord(
+                first_seen=now,
+                last_login=now,
+                last_logout=0,
+                sessions=(session,),
+                clients=(family, now),
+                session_clients=(family,),
+            )
         else:
             after = before._replace(
-                last_login=max(before.last_login, now), sessions=(*before.sessions, session)
+                last_login=max(before.last_login, now),
+                sessions=(*before.sessions, session),
+                clients=with_client_activity(before.clients, family, now),
+                session_clients=(*before.session_families(), family),
             )
         self._apply(key, before, after, now)
         return True
@@ -488,9 +567,10 @@ class ActivityTracker:
         before = self._record(key)
         if before is None:
             after = UserRecord(first_seen=now, last_login=0, last_logout=now)
+        elif session not in before.sessions:  # its start was missed: its client is not known
+            after = before._replace(last_logout=max(before.last_logout, now))
         else:
-            sessions = tuple(s for s in before.sessions if s != session)
-            after = before._replace(last_logout=max(before.last_logout, now), sessions=sessions)
+            after = _ended(before, before.sessions.index(session), now)
         self._apply(key, before, after, now)
 
     def _forget(self, key: str) -> bool:
@@ -567,6 +647,35 @@ class ActivityTracker:
             self._online[key] = after
         else:
             self._online.pop(key, None)
+
+
+def _ended(record: UserRecord, position: int, now: int) -> UserRecord:
+    """`record` after its session at `position` ended at `now`: a logout, for the user and
+    for that session's client."""
+    families = record.session_families()
+    family = families[position]
+    session_clients = families[:position] + families[position + 1 :]
+    return record._replace(
+        last_logout=max(record.last_logout, now),
+        sessions=record.sessions[:position] + record.sessions[position + 1 :],
+        clients=with_client_activity(record.clients, family, now) if family else record.clients,
+        session_clients=session_clients if any(session_clients) else (),
+    )
+
+
+def _closed(record: UserRecord, at: int) -> UserRecord:
+    """`record` with every session ended at `at` (left open by a stop or crash)."""
+    for position in range(len(record.sessions) - 1, -1, -1):
+        record = _ended(record, position, at)
+    return record
+
+
+def _sum_client_counts(a: ClientCounts, b: ClientCounts) -> ClientCounts:
+    return ClientCounts(
+        active={window: a.active[window] + b.active[window] for window in a.active},
+        online_users=a.online_users + b.online_users,
+        online_sessions=a.online_sessions + b.online_sessions,
+    )
 
 
 def _run(change: Callable[[], None]) -> None:

@@ -57,6 +57,9 @@ COMMANDS_NODE = "http://jabber.org/protocol/commands"
 # Presence permissions that send us every user's presence (XEP-0356 §presence).
 PRESENCE_GRANTS = ("managed_entity", "roster")
 
+# XEP-0115 entity capabilities in a presence: its `node` names the client (see clients.py).
+CAPS = "{http://jabber.org/protocol/caps}c"
+
 # Presence types counted by name in the metrics; anything else is "other" (bounded labels).
 PRESENCE_KINDS = frozenset(
     {"unavailable", "error", "probe", "subscribe", "subscribed", "unsubscribe", "unsubscribed"}
@@ -379,19 +382,22 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if kind == "subscribe":
             self._accept_subscription(sender)
             return
+        now = int(self.clock())
         if kind is None:
-            change = self._available
+            caps = presence.xml.find(CAPS)
+            caps_node = None if caps is None else caps.get("node")
+            change = partial(self._available, sender, now, caps_node)
         elif kind == "unavailable":
-            change = self._unavailable
+            change = partial(self._unavailable, sender, now)
         else:
             log.debug("Presence of unknown type %r from %s ignored", kind, sender)
             return
         # Now, or (an offline user's record is read off the event loop) in a moment, in order.
-        self.tracker.when_loaded(sender.bare, partial(change, sender, int(self.clock())))
+        self.tracker.when_loaded(sender.bare, change)
 
-    def _available(self, sender: JID, now: int) -> None:
+    def _available(self, sender: JID, now: int, caps_node: str | None = None) -> None:
         try:
-            changed = self.tracker.session_started(sender.bare, sender.resource, now)
+            changed = self.tracker.session_started(sender.bare, sender.resource, now, caps_node)
             if self.liveness is not None and self.tracker.is_counted(sender.bare):
                 self._last_seen[(sender.bare, sender.resource)] = now  # only pings read it
             if changed:  # for observers (tests, metrics): cheap when nobody listens

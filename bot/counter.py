@@ -4,6 +4,10 @@ The seed's rule (mod_measure_active_users): a user is active within a window if 
 `now - max(last login, last logout) < window`. So the index keeps the number of online users and a
 sorted list of `last_active` for the users who are offline: the offline users active within the
 window are those with `last_active > now - window`, which one bisection finds.
+
+Per client family the same rule, applied to the user's sessions of that client (online now with
+it, or its sessions' last login or logout within the window): a `ClientIndex` per family, so a
+client's count is one bisection too, and a user on two clients is in both.
 """
 
 from __future__ import annotations
@@ -64,6 +68,71 @@ class Counts:
         return self.dau / self.mau
 
 
+@dataclass(frozen=True)
+class ClientCounts:
+    """One client family's figures: users active with it per window, users and sessions online."""
+
+    active: Mapping[int, int]
+    online_users: int
+    online_sessions: int
+
+
+@dataclass
+class ClientParts:
+    """One family's ints while the store is read at start-up (see `ActivityIndex.from_parts`)."""
+
+    offline: list[int] = field(default_factory=list)
+    online_users: int = 0
+    online_sessions: int = 0
+
+
+@dataclass
+class ClientIndex:
+    """The users of one client family: those online with it, and a sorted list of the last
+    login or logout of their sessions with it for the others (after `floor`, if set)."""
+
+    _offline: SortedList = field(default_factory=SortedList)
+    online_users: int = 0
+    online_sessions: int = 0
+    floor: int | None = None
+
+    @classmethod
+    def from_parts(cls, parts: ClientParts, floor: int | None) -> ClientIndex:
+        parts.offline.sort()
+        index = cls(
+            online_users=parts.online_users, online_sessions=parts.online_sessions, floor=floor
+        )
+        index._offline.update(parts.offline)
+        return index
+
+    def add(self, state: tuple[int, int]) -> None:
+        time, online = state
+        if online:
+            self.online_users += 1
+            self.online_sessions += online
+        elif self.floor is None or time > self.floor:
+            self._offline.add(time)
+
+    def remove(self, state: tuple[int, int]) -> None:
+        time, online = state
+        if online:
+            self.online_users -= 1
+            self.online_sessions -= online
+        elif self.floor is None or time > self.floor:
+            self._offline.remove(time)
+
+    def active(self, now: int, window: int) -> int:
+        offline = self._offline
+        return self.online_users + len(offline) - offline.bisect_right(now - window)
+
+    def counts(self, now: int, windows: Iterable[int]) -> ClientCounts:
+        return ClientCounts(
+            active={window: self.active(now, window) for window in windows},
+            online_users=self.online_users,
+            online_sessions=self.online_sessions,
+        )
+
+
 @dataclass
 class ActivityIndex:
     """Counts for one set of users, updated in O(log n) per change of one user's record."""
@@ -77,6 +146,11 @@ class ActivityIndex:
     # (dormant accounts cost no memory and no sorting at start-up). See `from_parts`.
     floor: int | None = None
     horizon: int | None = None  # the longest window it answers
+    clients: dict[str, ClientIndex] = field(default_factory=dict)  # by family
+    # The client families answer only the configured windows: their own floor and horizon
+    # (shorter than the index's own when NodeInfo's 180 days are kept for the totals).
+    client_floor: int | None = None
+    client_horizon: int | None = None
 
     @classmethod
     def build(cls, records: Iterable[UserRecord]) -> ActivityIndex:
@@ -97,6 +171,9 @@ class ActivityIndex:
                 self.online_sessions += len(record.sessions)
             else:
                 offline.append(record.last_active)
+            if record.clients or record.session_clients:
+                for family, state in record.client_states().items():
+                    self._client(family).add(state)
         self._offline_last_active.update(offline)
         self._first_seen.update(first_seen)
 
@@ -111,9 +188,13 @@ class ActivityIndex:
         known_users: int,
         floor: int,
         horizon: int,
+        clients: Mapping[str, ClientParts] | None = None,
+        client_floor: int | None = None,
+        client_horizon: int | None = None,
     ) -> ActivityIndex:
         """The index from a start-up scan's lists, which hold only timestamps after `floor`
-        (= load time - `horizon`, the longest window); they are sorted here, in place."""
+        (= load time - `horizon`, the longest window; for the client families, after
+        `client_floor`); they are sorted here, in place."""
         offline_last_active.sort()
         first_seen.sort()
         index = cls(
@@ -122,15 +203,27 @@ class ActivityIndex:
             known_users=known_users,
             floor=floor,
             horizon=horizon,
+            client_floor=floor if client_floor is None else client_floor,
+            client_horizon=horizon if client_horizon is None else client_horizon,
         )
         index._offline_last_active = SortedList()
         index._offline_last_active.update(offline_last_active)
         index._first_seen = SortedList()
         index._first_seen.update(first_seen)
+        index.clients = {
+            family: ClientIndex.from_parts(parts, index.client_floor)
+            for family, parts in (clients or {}).items()
+        }
         return index
 
     def _kept(self, timestamp: int) -> bool:
         return self.floor is None or timestamp > self.floor
+
+    def _client(self, family: str) -> ClientIndex:
+        index = self.clients.get(family)
+        if index is None:  # families are bounded (clients.Families)
+            index = self.clients[family] = ClientIndex(floor=self.client_floor)
+        return index
 
     def replace(self, before: UserRecord | None, after: UserRecord | None) -> None:
         """Account for one user's record changing from `before` to `after` (None: absent)."""
@@ -157,6 +250,23 @@ class ActivityIndex:
                 self.online_sessions += len(after.sessions)
             elif kept(after.last_active):
                 self._offline_last_active.add(after.last_active)
+        self._replace_clients(before, after)
+
+    def _replace_clients(self, before: UserRecord | None, after: UserRecord | None) -> None:
+        """The families whose (time, sessions online) changed: out with the old, in with the
+        new. Users without client information cost one comparison."""
+        before_clients = () if before is None else (before.clients, before.session_clients)
+        after_clients = () if after is None else (after.clients, after.session_clients)
+        if before_clients == after_clients or (not any(before_clients) and not any(after_clients)):
+            return
+        old = {} if before is None else before.client_states()
+        new = {} if after is None else after.client_states()
+        for family, state in old.items():
+            if new.get(family) != state:
+                self._client(family).remove(state)
+        for family, state in new.items():
+            if old.get(family) != state:
+                self._client(family).add(state)
 
     def _check_window(self, window: int) -> None:
         if self.horizon is not None and window > self.horizon:
@@ -172,6 +282,16 @@ class ActivityIndex:
         """Users first seen within the window (`now - first_seen < window`)."""
         self._check_window(window)
         return len(self._first_seen) - self._first_seen.bisect_right(now - window)
+
+    def client_counts(self, now: int, windows: Iterable[int]) -> dict[str, ClientCounts]:
+        """Per client family: users active with it per window, users and sessions online."""
+        windows = tuple(windows)
+        if self.client_horizon is not None and windows and max(windows) > self.client_horizon:
+            raise ValueError(
+                f"client families are counted for windows up to {self.client_horizon} s, "
+                f"not {max(windows)} s"
+            )
+        return {family: index.counts(now, windows) for family, index in self.clients.items()}
 
     def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:
         windows = tuple(windows)
