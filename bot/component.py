@@ -30,6 +30,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from .activity import ActivityTracker
 from .commands import (
+    ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
@@ -570,6 +571,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def _register_commands(self, _event: object) -> None:
         for node, name, first_step in (
             (ADHOC_STATS_NODE, "Active users", self._adhoc_stats),
+            (ADHOC_CLIENTS_NODE, "Active users by client", self._adhoc_clients),
             (ADHOC_HISTORY_NODE, "Activity history", self._adhoc_history),
             (ADHOC_FORGET_NODE, "Forget a user", self._adhoc_forget),
         ):
@@ -579,7 +581,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         # Only admins see the command list; to anyone else a command's node is unknown.
         disco = self.plugin["xep_0030"]
         disco.set_node_handler("get_items", self.boundjid, COMMANDS_NODE, self._command_items)
-        for node in (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
+        for node in (ADHOC_STATS_NODE, ADHOC_CLIENTS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
             disco.set_node_handler("get_info", self.boundjid, node, self._command_node_info)
             disco.set_node_handler("get_items", self.boundjid, node, self._command_node_items)
 
@@ -642,6 +644,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     async def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         await self.tracker.caught_up()  # the presences received before the question count
         return _answer(session, self.commands.stats_form())
+
+    async def _adhoc_clients(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+        await self.tracker.caught_up()
+        return _answer(session, self.commands.clients_table().form())
 
     def _adhoc_history(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         return _ask(session, history_request_form(), self._adhoc_history_result)

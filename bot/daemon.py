@@ -187,6 +187,7 @@ class Bot:
             history=self.history,
             windows=settings.windows,
             history_off_loop=self.history_off_loop,
+            client_figures=lambda: self.tracker.client_counts(int(self.clock())),
         )
         return ActiveUsersComponent(
             jid=settings.component_jid,
@@ -301,9 +302,11 @@ class Bot:
 
     def metrics_snapshot(self) -> Snapshot:
         started = time.perf_counter()
-        by_domain = self.tracker.counts_by_domain(int(self.clock()))
+        now = int(self.clock())
+        by_domain = self.tracker.counts_by_domain(now)
         return Snapshot(
             by_domain=by_domain,
+            clients_by_domain=self.tracker.client_counts_by_domain(now),
             presence_events=dict(self.component.presence_events),
             connected=self.component.connected_since is not None,
             duty_restarts=dict(self.duty_restarts),
@@ -333,6 +336,7 @@ class Bot:
             service=self.settings.component_jid,
             now=now,
             by_domain=by_domain,
+            clients_by_domain=self.tracker.client_counts_by_domain(int(now)),
             days=days,
             windows=self.settings.windows,
             health=Health(
