@@ -316,11 +316,19 @@ def history_figures(days_back: int) -> dict[str, object]:
 
 def seed_store(store_path: Path, domain: str, now: int) -> None:
     """Users of earlier days, so that DAU, WAU and MAU differ once alice, bob and carol log in
-    (3, 5, 6; new: 3, 4, 4; 7 known), and the snapshots of HISTORY_DAYS_BACK."""
+    (3, 5, 6; new: 3, 4, 4; 7 known), week on Gajim and month on Dino (so that a client's
+    figures differ per window too), and the snapshots of HISTORY_DAYS_BACK."""
     with Store(store_path) as store:
-        store.put(f"week@{domain}", UserRecord(now - 40 * DAY, now - 3 * DAY, now - 3 * DAY + 600))
+        week_out, month_out = now - 3 * DAY + 600, now - 20 * DAY + 9
+        store.put(
+            f"week@{domain}",
+            UserRecord(now - 40 * DAY, now - 3 * DAY, week_out, (), ("gajim", week_out)),
+        )
         store.put(f"newcomer@{domain}", UserRecord(now - 5 * DAY, now - 2 * DAY, now - 2 * DAY + 9))
-        store.put(f"month@{domain}", UserRecord(now - 50 * DAY, now - 20 * DAY, now - 20 * DAY + 9))
+        store.put(
+            f"month@{domain}",
+            UserRecord(now - 50 * DAY, now - 20 * DAY, month_out, (), ("dino", month_out)),
+        )
         store.put(f"dormant@{domain}", UserRecord(now - 90 * DAY, now - 60 * DAY, now - 60 * DAY))
         for back in HISTORY_DAYS_BACK:
             store.put_day(utc_day(now - back * DAY), {domain: history_figures(back)})
