@@ -88,12 +88,12 @@ def bot_settings(server, store_path: Path, **changes) -> Settings:
         "metrics_listen": None,  # the metrics test turns it on (closing it costs 0.5 s)
     } | changes
     listen = options.pop("metrics_listen")
-    # A config file cannot ask for any free port (it refuses port 0): that one request is set on
-    # the settings read from the file.
+    # A config file cannot ask for any free port (it refuses port 0): the file names port 1 (a
+    # listener all the same, for the checks that need one), and the settings read from it get 0.
     any_port = listen is not None and listen[1] == 0
     config = write_config(
         store_path.with_name(store_path.name + ".toml"),
-        metrics_listen="" if listen is None or any_port else listen_text(*listen),
+        metrics_listen="" if listen is None else listen_text(listen[0], listen[1] or 1),
         **options,
     )
     settings = load_settings(config, environ={})  # the test's secret, never the environment's
