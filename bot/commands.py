@@ -168,6 +168,19 @@ def clients_text(table: Table, windows: tuple[int, ...]) -> str:
     return "\n".join(lines)
 
 
+# The status line of the bot in a contact list: the figures for admins, a fixed text for others.
+PLAIN_STATUS = "Counts the active users of this service (figures for its administrators)"
+_STATUS_NAMES = {DAY: "DAU", 7 * DAY: "WAU", 30 * DAY: "MAU"}
+
+
+def figures_status(counts: Counts) -> str:
+    """The status line an admin's contact list shows: 'DAU 412 · WAU 1,950 · MAU 3,870 ·
+    37 online' (other windows by their short name: '90d 5,012')."""
+    parts = [f"{_STATUS_NAMES.get(w, window_short(w))} {n:,}" for w, n in counts.active.items()]
+    parts.append(f"{counts.online_users:,} online")
+    return " · ".join(parts)
+
+
 def history_request_form() -> Form:
     """The first step of the `history` ad-hoc command."""
     form = Form()
@@ -233,6 +246,12 @@ def parse_days(text: str) -> int:
     return int(text)
 
 
+def _chat_command(text: str) -> tuple[str, str]:
+    """A chat message as (command word, argument): 'History 7' -> ('history', '7')."""
+    word, _, argument = text.strip().lower().partition(" ")
+    return word, argument
+
+
 @dataclass(frozen=True)
 class CommandSet:
     """Who may ask, and the answer to each question.
@@ -265,11 +284,22 @@ class CommandSet:
             return days
         return chat_chart(await self._history_off_loop(days), self.windows)
 
+    def asks_for_figures(self, bare_jid: str, text: str) -> bool:
+        """Whether this chat message is an admin asking for the figures."""
+        return self.allowed(bare_jid) and _chat_command(text)[0] == "stats"
+
+    def presence_status(self, bare_jid: str) -> str:
+        """The bot's status line as `bare_jid` sees it in a contact list: the figures for
+        admins, `PLAIN_STATUS` for anyone else."""
+        if not self.allowed(bare_jid):
+            return PLAIN_STATUS
+        return figures_status(self.figures().total)
+
     def _history_asked(self, bare_jid: str, text: str) -> int | str:
         """The days of history asked for, or the whole reply when it is not a history."""
         if not self.allowed(bare_jid):
             return CHAT_REFUSED
-        word, _, argument = text.strip().lower().partition(" ")
+        word, argument = _chat_command(text)
         if word == "stats":
             return stats_text(self.figures())
         if word == "clients":

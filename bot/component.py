@@ -39,6 +39,14 @@ from .commands import (
     history_request_form,
     parse_days,
 )
+from .contact import (
+    IDENTITIES,
+    IDENTITY_NAME,
+    SOFTWARE_NAME,
+    ContactPresence,
+    OwnPresence,
+    software_version,
+)
 from .liveness import GONE_CONDITIONS, LivenessChecker, LivenessSettings
 from .ratelimit import RateLimiter, RefusalLog
 from .slixmpp_internals import (
@@ -125,6 +133,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         super().__init__(jid, secret, host, port)
         self.tracker = tracker
         self.commands = commands
+        self.contact = ContactPresence(commands)  # the bot's own presence (contact.py)
         self.clock = clock
         self.timing = timing or Timing()
         self.connected_since: float | None = None
@@ -172,6 +181,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             self.register_plugin(plugin)
         # Keepalive: a silently dead TCP connection is noticed within interval + timeout.
         self.register_plugin("xep_0199", {"keepalive": True, "interval": 60, "timeout": 30})
+        self.register_plugin(  # software version; no OS (nobody's business)
+            "xep_0092", {"software_name": SOFTWARE_NAME, "version": software_version(), "os": ""}
+        )
 
     def _register_handlers(self) -> None:
         take_over_presence(self, self._on_presence)  # see the module docstring
@@ -195,6 +207,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.add_event_handler("stream_error", self._on_stream_error)
         self.add_event_handler("message", self._on_message)
         self.add_event_handler("session_bind", self._register_commands)
+        self.add_event_handler("session_bind", self._register_identities)
+        self.add_event_handler("session_start", self._refresh_contacts_on_reconnect)
 
     # --- connection lifecycle ----------------------------------------------------------------
 
@@ -370,8 +384,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         else:
             self.presence_events[kind if kind in PRESENCE_KINDS else "other"] += 1
         if kind in ("error", "probe", "subscribed", "unsubscribe", "unsubscribed"):
-            if kind == "probe":
-                self._answer_probe(presence)
+            if kind in ("probe", "unsubscribe"):
+                self._on_contact_presence(kind, presence)
             return
         try:
             sender = presence["from"]
@@ -416,25 +430,68 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             self._internal_error("presence", exc)
 
     def _accept_subscription(self, sender: JID) -> None:
-        """The fallback without XEP-0356: a user who subscribes to us shares their presence."""
-        if not self.tracker.is_counted(sender.bare):
+        """The fallback without XEP-0356: a user who subscribes to us shares their presence.
+        An admin may add the bot whatever their domain (it subscribes back to counted users)."""
+        counted = self.tracker.is_counted(sender.bare)
+        if not counted and not self.commands.allowed(sender.bare):
             self.refusals.refused(  # not a user of ours, so the JID may be logged
                 sender.bare, "Subscription from %s refused: not a counted domain", sender.bare
             )
             self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="unsubscribed")
             return
-        log.info("Subscription from %s accepted; subscribing back", self.tracker.who(sender.bare))
         self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribed")
-        self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribe")
-        self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare)
+        if counted:
+            who = self.tracker.who(sender.bare)
+            log.info("Subscription from %s accepted; subscribing back", who)
+            self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare, ptype="subscribe")
+        else:
+            log.info("Admin %s added the bot to their contacts", sender.bare)
+        self._send_own_presence(self.contact.answer(sender.bare))
 
-    def _answer_probe(self, presence: Any) -> None:
+    # --- the bot as a contact: its identity and its own presence (see contact.py) -----------
+
+    def _register_identities(self, _event: object) -> None:
+        for category, itype in IDENTITIES:
+            self.plugin["xep_0030"].add_identity(category, itype, name=IDENTITY_NAME)
+
+    def _on_contact_presence(self, kind: str, presence: Any) -> None:
+        """A probe (a contact's client came online, or asks) gets the bot's presence; an
+        unsubscribe (a contact removed the bot) is noted. Strangers get nothing, as before."""
         try:
             sender = presence["from"]
         except InvalidJID:
             return
-        if self.tracker.is_counted(sender.bare):
-            self.send_presence(pto=sender.bare, pfrom=self.boundjid.bare)
+        if not self.tracker.is_counted(sender.bare) and not self.commands.allowed(sender.bare):
+            return
+        if kind == "probe":
+            self._send_own_presence(self.contact.answer(str(sender)))
+        elif (goodbye := self.contact.unsubscribed(sender.bare)) is not None:
+            self._send_own_presence(goodbye)
+
+    def refresh_contacts(self) -> None:
+        """After a count, or when an admin asked: the figures to the admins (contact.py).
+        Not while disconnected: slixmpp would queue stale figures for the next connection."""
+        if self.connected_since is not None:
+            for presence in self.contact.refresh():
+                self._send_own_presence(presence)
+
+    def leave_contacts(self) -> None:
+        """Before a deliberate disconnection: the admins' clients show the bot offline."""
+        if self.connected_since is not None:
+            for presence in self.contact.goodbye():
+                self._send_own_presence(presence)
+
+    def _refresh_contacts_on_reconnect(self, _event: object) -> None:
+        # After a drop (a server restart, say), admins may have seen the bot go offline. At the
+        # first connection the first count, shortly after, sends the figures.
+        if self._dropped_at is not None:
+            self.refresh_contacts()
+
+    def _send_own_presence(self, presence: OwnPresence) -> None:
+        if presence.status is None:
+            self.send_presence(pto=presence.to, pfrom=self.boundjid.bare, ptype="unavailable")
+        else:
+            self.send_presence(pto=presence.to, pfrom=self.boundjid.bare, pstatus=presence.status)
 
     # --- liveness -------------------------------------------------------------------------
 
@@ -643,7 +700,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
     async def _adhoc_stats(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         await self.tracker.caught_up()  # the presences received before the question count
-        return _answer(session, self.commands.stats_form())
+        answer = _answer(session, self.commands.stats_form())
+        self.refresh_contacts()  # an admin asked: their contact list shows the same figures
+        return answer
 
     async def _adhoc_clients(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         await self.tracker.caught_up()
@@ -692,6 +751,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                 return
             reply = "Sorry, I could not answer that: an internal error (my log says why)."
         message.reply(reply).send()
+        if self.commands.asks_for_figures(sender.bare, message["body"]):
+            self.refresh_contacts()  # an admin asked: their contact list shows the same figures
 
     # --- background tasks -----------------------------------------------------------------
 

@@ -287,7 +287,9 @@ class Bot:
         self._days[day] = snapshot
 
     async def after_count(self) -> None:
-        """The hourly housekeeping: today's history snapshot, then retention."""
+        """The hourly housekeeping: the figures in the admins' contact lists, today's history
+        snapshot, then retention."""
+        self.component.refresh_contacts()
         self.record_today()
         await self.apply_retention()
 
@@ -496,6 +498,7 @@ async def _serve_until_stopped(
         await asyncio.gather(*tasks, return_exceptions=True)  # outcomes were handled above
         component.cancel_background()
         if component.is_connected():
+            component.leave_contacts()  # admins' clients show the bot offline, not old figures
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(component.disconnect(wait=1), 3)
 

@@ -15,6 +15,7 @@ from bot.commands import (
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
     CHAT_REFUSED,
+    PLAIN_STATUS,
     CommandSet,
 )
 from bot.component import COMMAND_SESSION_TTL, MAX_COMMAND_SESSIONS
@@ -62,7 +63,8 @@ class ComponentStanzaTest(ComponentHarness):
             '<presence type="probe" from="alice@example.test/phone" to="active.example.test"/>'
         )
         self.send(
-            '<presence from="active.example.test" to="alice@example.test"/>',
+            '<presence from="active.example.test" to="alice@example.test/phone">'
+            f"<status>{PLAIN_STATUS}</status></presence>",
             method="exact",
             use_values=False,
         )
@@ -78,7 +80,9 @@ class ComponentStanzaTest(ComponentHarness):
             use_values=False,
         )
         self.send(
-            '<presence from="active.example.test" to="alice@example.test"/>', use_values=False
+            '<presence from="active.example.test" to="alice@example.test">'
+            f"<status>{PLAIN_STATUS}</status></presence>",
+            use_values=False,
         )
 
     def test_subscription_from_another_domain_is_refused(self):

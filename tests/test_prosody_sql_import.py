@@ -1,4 +1,4 @@
-"""`import --from prosody-sql` on a table a real Prosody made: Prosody 0.12 with
+"""`import --from prosody-sql` on a table a real Prosody made (0.12 and 13), with
 `storage = "sql"` (mod_storage_sql, SQLite through lua-dbi-sqlite3), mod_lastlog2 recording real
 clients' logins and logouts, and older history set through Prosody's own storage API. The
 admin's commands (`import`, then `count`) must give the figures of that history, which are also
@@ -19,7 +19,7 @@ from bot.daemon import Bot
 from bot.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
-from bot.testbed.sandbox import ProsodySandbox
+from bot.testbed.sandbox import INSTALLS, ProsodySandbox
 
 from .support import ADMIN, FAST, RunningBot, bot_settings, reference_figures
 
@@ -29,13 +29,17 @@ LIVE = ("alice", "bob", "carol")  # real clients log in (and out)
 OLD = {"dave": (3 * DAY, 3 * DAY - 60), "erin": (None, 20 * DAY), "frank": (40 * DAY, 40 * DAY)}
 
 
-@pytest.fixture(scope="module")
-def sql_prosody(tmp_path_factory):
-    """A Prosody of this module's own, storing everything in SQLite, with the reference modules."""
+@pytest.fixture(scope="module", params=tuple(INSTALLS), ids=[f"prosody-{v}" for v in INSTALLS])
+def sql_prosody(request, tmp_path_factory):
+    """A Prosody of this module's own, storing everything in SQLite, with the reference modules.
+    `internal_hashed`: with `internal_plain`, 13.0.1's reference module cannot tell whether an
+    account is enabled and counts only the users online (tests/test_reference_prosody.py)."""
     sandbox = ProsodySandbox(
         tmp_path_factory.mktemp("prosody-sql"),
         storage="sql",
         extra_modules=("lastlog2", "measure_active_users"),
+        install=INSTALLS[request.param],
+        authentication="internal_hashed",
     )
     sandbox.start()
     try:
