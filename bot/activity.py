@@ -60,12 +60,19 @@ class _Loading:
     online_users: int = 0
     online_sessions: int = 0
     clients: dict[str, ClientParts] = field(default_factory=dict)
+    # family -> its `offline` list's append: the scan's inner loop, one lookup per family
+    client_appends: dict[str, Callable[[int], None]] = field(default_factory=dict)
 
     def client(self, family: str) -> ClientParts:
         parts = self.clients.get(family)
         if parts is None:
             parts = self.clients[family] = ClientParts()
+            self.client_appends[family] = parts.offline.append
         return parts
+
+    def client_append(self, family: str) -> Callable[[int], None]:
+        append = self.client_appends.get(family)
+        return self.client(family).offline.append if append is None else append
 
     def add_client_states(self, record: UserRecord, floor: int) -> None:
         """A user with sessions online: per family, online with it, or its last activity."""
@@ -100,7 +107,11 @@ class _Scan:
     stale: list[tuple[str, UserRecord]] = field(default_factory=list)  # sessions to close
     recovered_sessions: int = 0
     hidden: int = 0
-    families: set[str] = field(default_factory=set)  # every client family in the store
+
+    @property
+    def families(self) -> set[str]:
+        """The client families with activity the index keeps (or sessions online)."""
+        return {family for part in self.domains.values() for family in part.clients}
 
 
 class ActivityTracker:
@@ -207,7 +218,6 @@ class ActivityTracker:
         decoded only for the few users online (a million users load in seconds)."""
         scan = _Scan(domains={domain.encode(): _Loading() for domain in self._indexes})
         excluded = self._excluded if self._has_exclusions else None
-        families = scan.families
         for raw_key, record in self._store.users_by_raw_key():
             first_seen, login, logout, sessions, clients, _session_clients = record
             part = scan.domains.get(raw_key[raw_key.rfind(b"@") + 1 :])
@@ -221,12 +231,10 @@ class ActivityTracker:
                 part.first_seen.append(first_seen)
             if sessions:
                 key = raw_key.decode(errors="replace")
-                families.update(record.session_families())
                 if close_sessions_at is None:  # live sessions: a reader of a running bot
                     self._online[key] = record
                     part.online_users += 1
                     part.online_sessions += len(sessions)
-                    families.update(record.clients[::2])  # type: ignore[arg-type]
                     part.add_client_states(record, client_floor)
                     continue
                 # Left open by a stop or crash: they ended at the last sign of life.
@@ -237,11 +245,19 @@ class ActivityTracker:
             last_active = login if login > logout else logout
             if last_active > floor:
                 part.offline.append(last_active)
-            for i in range(0, len(clients), 2):  # per family its time (one, mostly)
-                family, time = clients[i], clients[i + 1]
-                families.add(family)  # type: ignore[arg-type]
+            if not clients:
+                continue
+            # Per client family its time; one family, mostly, whose time is the user's last
+            # activity: one int object in both lists. Dormant families are not kept (they free
+            # their place among the host families, see clients.Families).
+            time = clients[1]
+            if time > client_floor:  # type: ignore[operator]
+                append = part.client_appends.get(clients[0]) or part.client_append(clients[0])
+                append(last_active if time == last_active else time)  # type: ignore[arg-type]
+            for i in range(2, len(clients), 2):
+                time = clients[i + 1]
                 if time > client_floor:  # type: ignore[operator]
-                    part.client(family).offline.append(time)  # type: ignore[arg-type]
+                    part.client_append(clients[i])(time)  # type: ignore[arg-type]
         return scan
 
     def _check_clock(self, now: int) -> None:

@@ -88,31 +88,42 @@ def _decoded_or_damage(value: bytes) -> UserRecord | DamagedRecord:
 
 
 def _record(fields: Any) -> UserRecord:
-    """The one definition of a valid record; a few type checks, cheap enough for a million."""
-    if type(fields) is not tuple or len(fields) not in (4, 6):
+    """The one definition of a valid record: a few type checks, cheap enough for a million
+    (the common shapes, no client or one client and no session, take no loop)."""
+    if type(fields) is not tuple:
         raise DamagedRecord(f"not a 4- or 6-tuple: {_short(fields)}")
-    first_seen, last_login, last_logout, sessions = fields[:4]
+    size = len(fields)
+    if size == 6:
+        first_seen, last_login, last_logout, sessions, clients, session_clients = fields
+    elif size == 4:
+        first_seen, last_login, last_logout, sessions = fields
+    else:
+        raise DamagedRecord(f"not a 4- or 6-tuple: {_short(fields)}")
     if type(first_seen) is not int or type(last_login) is not int or type(last_logout) is not int:
         raise DamagedRecord(f"a timestamp is not a whole number: {_short(fields)}")
-    if type(sessions) is not tuple or (sessions and not all(type(s) is str for s in sessions)):
+    if type(sessions) is not tuple or (sessions and not _strings(sessions)):
         raise DamagedRecord(f"sessions are not a tuple of strings: {_short(fields)}")
-    if len(fields) == 4:
+    if size == 4:
         return _new_record(UserRecord, fields + _NO_CLIENTS)  # type: ignore[no-any-return]
-    clients, session_clients = fields[4:]
-    if (
-        type(clients) is not tuple
-        or len(clients) % 2
-        or not all(type(family) is str for family in clients[::2])
-        or not all(type(time) is int for time in clients[1::2])
+    if type(clients) is not tuple or not (
+        (len(clients) == 2 and type(clients[0]) is str and type(clients[1]) is int)
+        or not clients
+        or (
+            len(clients) % 2 == 0
+            and _strings(clients[::2])
+            and all(type(time) is int for time in clients[1::2])
+        )
     ):
         raise DamagedRecord(f"clients are not (family, time, ...): {_short(fields)}")
-    if (
-        type(session_clients) is not tuple
-        or (session_clients and len(session_clients) != len(sessions))
-        or not all(type(family) is str for family in session_clients)
+    if type(session_clients) is not tuple or (
+        session_clients and (len(session_clients) != len(sessions) or not _strings(session_clients))
     ):
         raise DamagedRecord(f"not one client family per session: {_short(fields)}")
     return _new_record(UserRecord, fields)  # type: ignore[no-any-return]
+
+
+def _strings(values: tuple[Any, ...]) -> bool:
+    return all(type(value) is str for value in values)
 
 
 def _short(value: object) -> str:
