@@ -552,7 +552,7 @@ def report(args: argparse.Namespace, results: list[RunResult], exit_code: int) -
     for r in results:
         rows.append(
             f"| {r.label} | {r.stanzas:,} | {r.wall_s:.1f} | {r.rate:,.0f} "
-            f"| {r.slowest_segment_rate:,.0f} | {r.cpu_s:.1f} | {r.cpu_us:.0f} "
+            f"| {r.slowest_segment_rate:,.0f} | {r.cpu_s:.2f} | {r.cpu_us:.1f} "
             f"| {1e6 / r.cpu_us:,.0f} | {r.rss_before_kib / 1024:.1f} "
             f"| {r.rss_after_kib / 1024:.1f} |"
         )

@@ -559,20 +559,15 @@ class ActivityTracker:
             return False
         family = self._families.family_of(caps_node)
         if before is None:
+            after = UserRecord(now, now, 0, (session,), (family, now), (family,))
+        else:  # positional: this runs for every login
             after = UserRecord(
-                first_seen=now,
-                last_login=now,
-                last_logout=0,
-                sessions=(session,),
-                clients=(family, now),
-                session_clients=(family,),
-            )
-        else:
-            after = before._replace(
-                last_login=max(before.last_login, now),
-                sessions=(*before.sessions, session),
-                clients=with_client_activity(before.clients, family, now),
-                session_clients=(*before.session_families(), family),
+                before.first_seen,
+                max(before.last_login, now),
+                before.last_logout,
+                (*before.sessions, session),
+                with_client_activity(before.clients, family, now),
+                (*before.session_families(), family),
             )
         self._apply(key, before, after, now)
         return True
@@ -671,11 +666,13 @@ def _ended(record: UserRecord, position: int, now: int) -> UserRecord:
     families = record.session_families()
     family = families[position]
     session_clients = families[:position] + families[position + 1 :]
-    return record._replace(
-        last_logout=max(record.last_logout, now),
-        sessions=record.sessions[:position] + record.sessions[position + 1 :],
-        clients=with_client_activity(record.clients, family, now) if family else record.clients,
-        session_clients=session_clients if any(session_clients) else (),
+    return UserRecord(  # positional: this runs for every logout
+        record.first_seen,
+        record.last_login,
+        max(record.last_logout, now),
+        record.sessions[:position] + record.sessions[position + 1 :],
+        with_client_activity(record.clients, family, now) if family else record.clients,
+        session_clients if any(session_clients) else (),
     )
 
 

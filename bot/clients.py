@@ -143,7 +143,7 @@ class Families:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()  # nodes are few; an outsider's many just cost a parse
             self._cache[node] = key
-        if not is_host_family(key) or key in self._hosts:
+        if "." not in key or key in self._hosts:  # not a host family, or an admitted one
             return key
         if len(self._hosts) >= self.max_hosts:
             return OTHER

@@ -399,8 +399,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             return
         now = int(self.clock())
         if kind is None:
-            caps = presence.xml.find(CAPS)
-            caps_node = None if caps is None else caps.get("node")
+            caps_node = None
+            for child in presence.xml:  # a few children: quicker than ElementTree's find
+                if child.tag == CAPS:
+                    caps_node = child.get("node")
+                    break
             change = partial(self._available, sender, now, caps_node)
         elif kind == "unavailable":
             change = partial(self._unavailable, sender, now)

@@ -254,13 +254,29 @@ class ActivityIndex:
 
     def _replace_clients(self, before: UserRecord | None, after: UserRecord | None) -> None:
         """The families whose (time, sessions online) changed: out with the old, in with the
-        new. Users without client information cost one comparison."""
-        before_clients = () if before is None else (before.clients, before.session_clients)
-        after_clients = () if after is None else (after.clients, after.session_clients)
-        if before_clients == after_clients or (not any(before_clients) and not any(after_clients)):
+        new. Users without client information cost one comparison; a user with one client
+        (most users) no dict."""
+        if before is not None and after is not None:
+            one_before, one_after = before.only_client(), after.only_client()
+            if one_before is not None and one_after is not None and one_before[0] == one_after[0]:
+                if one_before[1] != one_after[1]:
+                    index = self._client(one_before[0])
+                    index.remove(one_before[1])
+                    index.add(one_after[1])
+                return
+        old = {} if before is None or not (before.clients or before.session_clients) else None
+        new = {} if after is None or not (after.clients or after.session_clients) else None
+        if old is not None and new is not None:
+            return  # nobody's client is known on either side
+        if (
+            old is None
+            and new is None
+            and before.clients == after.clients  # type: ignore[union-attr]
+            and before.session_clients == after.session_clients  # type: ignore[union-attr]
+        ):
             return
-        old = {} if before is None else before.client_states()
-        new = {} if after is None else after.client_states()
+        old = before.client_states() if old is None else old  # type: ignore[union-attr]
+        new = after.client_states() if new is None else new  # type: ignore[union-attr]
         for family, state in old.items():
             if new.get(family) != state:
                 self._client(family).remove(state)

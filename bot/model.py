@@ -45,8 +45,24 @@ class UserRecord(NamedTuple):
         missing = len(self.sessions) - len(families)
         return families + (NO_CLIENT,) * missing if missing > 0 else families[: len(self.sessions)]
 
+    def only_client(self) -> tuple[str, tuple[int, int]] | None:
+        """(family, (time, sessions online)) of a user with one client family, and at most one
+        session online, running it: most users, at every login and logout. None otherwise."""
+        clients = self.clients
+        if len(clients) != 2:
+            return None
+        families = self.session_clients
+        if not families:
+            return None if self.sessions else (clients[0], (clients[1], 0))  # type: ignore[return-value]
+        if families == (clients[0],) and len(self.sessions) == 1:
+            return clients[0], (clients[1], 1)  # type: ignore[return-value]
+        return None
+
     def client_states(self) -> dict[str, tuple[int, int]]:
         """Per family: (last login or logout of its sessions, its sessions online now)."""
+        only = self.only_client()
+        if only is not None:
+            return dict((only,))
         states = {family: (time, 0) for family, time in self.client_times()}
         for family in self.session_families():
             if family:
@@ -57,6 +73,8 @@ class UserRecord(NamedTuple):
 
 def with_client_activity(clients: tuple[str | int, ...], family: str, time: int) -> tuple:
     """`clients` with `family` last active at `time` at the latest (the newest time wins)."""
+    if len(clients) == 2 and clients[0] == family:  # one client, the same: most logins
+        return clients if clients[1] >= time else (family, time)  # type: ignore[operator]
     for i in range(0, len(clients), 2):
         if clients[i] == family:
             if clients[i + 1] >= time:  # type: ignore[operator]
