@@ -84,7 +84,7 @@ class _Loading:
             elif time > floor:
                 parts.offline.append(time)
 
-    def index(self, floor: int, horizon: int, client_floor: int, windows: int) -> ActivityIndex:
+    def index(self, floor: int, horizon: int, windows_floor: int, windows: int) -> ActivityIndex:
         return ActivityIndex.from_parts(
             offline_last_active=self.offline,
             first_seen=self.first_seen,
@@ -94,8 +94,8 @@ class _Loading:
             floor=floor,
             horizon=horizon,
             clients=self.clients,
-            client_floor=client_floor,
-            client_horizon=windows,
+            windows_floor=windows_floor,
+            windows_horizon=windows,
         )
 
 
@@ -184,24 +184,24 @@ class ActivityTracker:
         """
         closed_at = self._store.heartbeat or now
         horizon = max(self.windows + self.extra_windows)
-        client_horizon = max(self.windows)
+        windows_horizon = max(self.windows)
         # Older timestamps can never count (see ActivityIndex), unless the clock steps back: up
         # to LOAD_FLOOR_MARGIN back, every user is still there.
         floor = now - horizon - LOAD_FLOOR_MARGIN
-        client_floor = now - client_horizon - LOAD_FLOOR_MARGIN
+        windows_floor = now - windows_horizon - LOAD_FLOOR_MARGIN
         self._exact_since = now - LOAD_FLOOR_MARGIN
         self._online.clear()
         gc.disable()  # a million short-lived tuples and no cycle: collecting would only cost time
         try:
             scan = self._scan_store(
-                floor, client_floor, closed_at if close_stale_sessions else None
+                floor, windows_floor, closed_at if close_stale_sessions else None
             )
         finally:
             gc.enable()
         self._families = Families()
         self._families.admit_stored(scan.families)
         self._indexes = {
-            domain: part.index(floor, horizon, client_floor, client_horizon)
+            domain: part.index(floor, horizon, windows_floor, windows_horizon)
             for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
         }
         for key, record in scan.stale:
@@ -213,7 +213,7 @@ class ActivityTracker:
             hidden=scan.hidden,
         )
 
-    def _scan_store(self, floor: int, client_floor: int, close_sessions_at: int | None) -> _Scan:
+    def _scan_store(self, floor: int, windows_floor: int, close_sessions_at: int | None) -> _Scan:
         """One pass over the store for all domains; per user only ints are kept, and keys are
         decoded only for the few users online (a million users load in seconds)."""
         scan = _Scan(domains={domain.encode(): _Loading() for domain in self._indexes})
@@ -227,7 +227,7 @@ class ActivityTracker:
                 scan.hidden += 1
                 continue
             part.known_users += 1
-            if first_seen > floor:
+            if first_seen > windows_floor:
                 part.first_seen.append(first_seen)
             if sessions:
                 key = raw_key.decode(errors="replace")
@@ -235,7 +235,7 @@ class ActivityTracker:
                     self._online[key] = record
                     part.online_users += 1
                     part.online_sessions += len(sessions)
-                    part.add_client_states(record, client_floor)
+                    part.add_client_states(record, windows_floor)
                     continue
                 # Left open by a stop or crash: they ended at the last sign of life.
                 scan.recovered_sessions += len(sessions)
@@ -251,12 +251,12 @@ class ActivityTracker:
             # activity: one int object in both lists. Dormant families are not kept (they free
             # their place among the host families, see clients.Families).
             time = clients[1]
-            if time > client_floor:  # type: ignore[operator]
+            if time > windows_floor:  # type: ignore[operator]
                 append = part.client_appends.get(clients[0]) or part.client_append(clients[0])
                 append(last_active if time == last_active else time)  # type: ignore[arg-type]
             for i in range(2, len(clients), 2):
                 time = clients[i + 1]
-                if time > client_floor:  # type: ignore[operator]
+                if time > windows_floor:  # type: ignore[operator]
                     part.client_append(clients[i])(time)  # type: ignore[arg-type]
         return scan
 
@@ -277,13 +277,14 @@ class ActivityTracker:
         self._check_clock(now)
         windows = self.windows if windows is None else tuple(windows)
         parts = [index.counts(now, windows) for index in self._indexes.values()]
+        new_windows = parts[0].new_users if parts else windows  # not NodeInfo's 180 days
         return Counts(
             computed_at=now,
             active={w: sum(part.active[w] for part in parts) for w in windows},
             online_users=sum(part.online_users for part in parts),
             online_sessions=sum(part.online_sessions for part in parts),
             known_users=sum(part.known_users for part in parts),
-            new_users={w: sum(part.new_users[w] for part in parts) for w in windows},
+            new_users={w: sum(part.new_users[w] for part in parts) for w in new_windows},
         )
 
     def counts_by_domain(self, now: int, windows: Iterable[int] | None = None) -> dict[str, Counts]:

@@ -147,10 +147,10 @@ class ActivityIndex:
     floor: int | None = None
     horizon: int | None = None  # the longest window it answers
     clients: dict[str, ClientIndex] = field(default_factory=dict)  # by family
-    # The client families answer only the configured windows: their own floor and horizon
-    # (shorter than the index's own when NodeInfo's 180 days are kept for the totals).
-    client_floor: int | None = None
-    client_horizon: int | None = None
+    # New users and the client families answer only the configured windows: their own floor
+    # and horizon (shorter than the totals' when NodeInfo's 180 days are kept for them).
+    windows_floor: int | None = None
+    windows_horizon: int | None = None
 
     @classmethod
     def build(cls, records: Iterable[UserRecord]) -> ActivityIndex:
@@ -189,12 +189,12 @@ class ActivityIndex:
         floor: int,
         horizon: int,
         clients: Mapping[str, ClientParts] | None = None,
-        client_floor: int | None = None,
-        client_horizon: int | None = None,
+        windows_floor: int | None = None,
+        windows_horizon: int | None = None,
     ) -> ActivityIndex:
         """The index from a start-up scan's lists, which hold only timestamps after `floor`
-        (= load time - `horizon`, the longest window; for the client families, after
-        `client_floor`); they are sorted here, in place."""
+        (= load time - `horizon`, the longest window; for first seen and the client families,
+        after `windows_floor`); they are sorted here, in place."""
         offline_last_active.sort()
         first_seen.sort()
         index = cls(
@@ -203,15 +203,15 @@ class ActivityIndex:
             known_users=known_users,
             floor=floor,
             horizon=horizon,
-            client_floor=floor if client_floor is None else client_floor,
-            client_horizon=horizon if client_horizon is None else client_horizon,
+            windows_floor=floor if windows_floor is None else windows_floor,
+            windows_horizon=horizon if windows_horizon is None else windows_horizon,
         )
         index._offline_last_active = SortedList()
         index._offline_last_active.update(offline_last_active)
         index._first_seen = SortedList()
         index._first_seen.update(first_seen)
         index.clients = {
-            family: ClientIndex.from_parts(parts, index.client_floor)
+            family: ClientIndex.from_parts(parts, index.windows_floor)
             for family, parts in (clients or {}).items()
         }
         return index
@@ -219,10 +219,13 @@ class ActivityIndex:
     def _kept(self, timestamp: int) -> bool:
         return self.floor is None or timestamp > self.floor
 
+    def _first_seen_kept(self, timestamp: int) -> bool:
+        return self.windows_floor is None or timestamp > self.windows_floor
+
     def _client(self, family: str) -> ClientIndex:
         index = self.clients.get(family)
         if index is None:  # families are bounded (clients.Families)
-            index = self.clients[family] = ClientIndex(floor=self.client_floor)
+            index = self.clients[family] = ClientIndex(floor=self.windows_floor)
         return index
 
     def replace(self, before: UserRecord | None, after: UserRecord | None) -> None:
@@ -231,10 +234,10 @@ class ActivityIndex:
         same_first_seen = (
             before is not None and after is not None and before.first_seen == after.first_seen
         )
-        kept = self._kept
+        kept, first_seen_kept = self._kept, self._first_seen_kept
         if before is not None:
             self.known_users -= 1
-            if not same_first_seen and kept(before.first_seen):
+            if not same_first_seen and first_seen_kept(before.first_seen):
                 self._first_seen.remove(before.first_seen)
             if before.sessions:
                 self.online_users -= 1
@@ -243,7 +246,7 @@ class ActivityIndex:
                 self._offline_last_active.remove(before.last_active)
         if after is not None:
             self.known_users += 1
-            if not same_first_seen and kept(after.first_seen):
+            if not same_first_seen and first_seen_kept(after.first_seen):
                 self._first_seen.add(after.first_seen)
             if after.sessions:
                 self.online_users += 1
@@ -296,20 +299,26 @@ class ActivityIndex:
 
     def new_users(self, now: int, window: int) -> int:
         """Users first seen within the window (`now - first_seen < window`)."""
-        self._check_window(window)
+        if not self._answers_new_users(window):
+            raise ValueError(f"new users are counted for windows up to {self.windows_horizon} s")
         return len(self._first_seen) - self._first_seen.bisect_right(now - window)
 
     def client_counts(self, now: int, windows: Iterable[int]) -> dict[str, ClientCounts]:
         """Per client family: users active with it per window, users and sessions online."""
         windows = tuple(windows)
-        if self.client_horizon is not None and windows and max(windows) > self.client_horizon:
+        if self.windows_horizon is not None and windows and max(windows) > self.windows_horizon:
             raise ValueError(
-                f"client families are counted for windows up to {self.client_horizon} s, "
+                f"client families are counted for windows up to {self.windows_horizon} s, "
                 f"not {max(windows)} s"
             )
         return {family: index.counts(now, windows) for family, index in self.clients.items()}
 
+    def _answers_new_users(self, window: int) -> bool:
+        return self.windows_horizon is None or window <= self.windows_horizon
+
     def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:
+        """The figures over `windows`; new users over those of them the index keeps first
+        seen times for (not NodeInfo's 180 days)."""
         windows = tuple(windows)
         return Counts(
             computed_at=now,
@@ -317,5 +326,9 @@ class ActivityIndex:
             online_users=self.online_users,
             online_sessions=self.online_sessions,
             known_users=self.known_users,
-            new_users={window: self.new_users(now, window) for window in windows},
+            new_users={
+                window: self.new_users(now, window)
+                for window in windows
+                if self._answers_new_users(window)
+            },
         )

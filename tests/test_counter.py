@@ -195,3 +195,26 @@ def test_a_user_on_two_clients_counts_once_for_each():
     assert clients["conversations"].active == {DAY: 1, 7 * DAY: 1, 30 * DAY: 1}
     assert clients["gajim"].active == {DAY: 0, 7 * DAY: 1, 30 * DAY: 1}
     assert (clients["conversations"].online_users, clients["gajim"].online_users) == (1, 0)
+
+
+def test_new_users_and_clients_stop_at_the_configured_windows_when_the_totals_go_further():
+    """With NodeInfo on, the totals answer 180 days; first seen times and client families are
+    kept for the configured windows only (30 days), and refuse longer ones."""
+    index = ActivityIndex.from_parts(
+        offline_last_active=[NOW - 100 * DAY, NOW - 10],
+        first_seen=[NOW - 10],
+        online_users=0,
+        online_sessions=0,
+        known_users=2,
+        floor=NOW - 181 * DAY,
+        horizon=180 * DAY,
+        windows_floor=NOW - 31 * DAY,
+        windows_horizon=30 * DAY,
+    )
+    counts = index.counts(NOW, (30 * DAY, 180 * DAY))
+    assert counts.active == {30 * DAY: 1, 180 * DAY: 2}
+    assert counts.new_users == {30 * DAY: 1}  # no 180-day figure rather than a wrong one
+    with pytest.raises(ValueError, match="new users are counted for windows up to"):
+        index.new_users(NOW, 180 * DAY)
+    with pytest.raises(ValueError, match="client families are counted for windows up to"):
+        index.client_counts(NOW, (180 * DAY,))

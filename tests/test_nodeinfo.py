@@ -124,6 +124,7 @@ async def test_nodeinfo_is_served_publicly_valid_and_says_what_the_adhoc_answer_
     # The seed's rule over the history: alice, bob and recent in the month; spring too in the
     # half year; lastyear on record only.
     assert doc["usage"]["users"] == {"total": 5, "activeMonth": 3, "activeHalfyear": 4}
+    assert "new_180d" not in adhoc  # the index keeps 180 days of activity, not of first logins
 
 
 async def test_nodeinfo_is_off_unless_enabled(start_bot):
