@@ -1,6 +1,7 @@
 """Benchmark of the core (store, index, tracker) against the seed's loop, on real stores.
 
     .venv/bin/python benchmarks/bench_core.py [--sizes 10000,100000,1000000] [--keep DIR]
+                                              [--nodeinfo] [--spread-days 60]
 
 For each size N: builds a store of N synthetic users through `Store` (put + flush in batches),
 runs a port of the seed's loop over it, then measures load, memory, counts, index updates and
@@ -34,15 +35,33 @@ from machine import bot_version, cpu_model, progress
 
 from bot.activity import ActivityTracker
 from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
-from bot.model import UserRecord
+from bot.model import UserRecord, with_client_activity
 from bot.shelf import SqliteDict
 from bot.store import Store
 from bot.testbed.seed import SeedRecord, seed_counts
 
 DOMAIN = "example.test"
 USER_KEY_PREFIX = "user:"  # the store's key layout (bot/store.py); the seed port reads it raw
-SPREAD = 60 * DAY  # last activity of offline users: uniform over the past 60 days
+SPREAD_DAYS = 60  # last activity of offline users: uniform over the past 60 days (--spread-days)
 ONLINE_SHARE = 0.01  # ~1% online, with 1 or 2 sessions
+NODEINFO_WINDOW = 180 * DAY  # --nodeinfo: the index also keeps NodeInfo's half year
+# Client families of the synthetic users, by share (a realistic mix: a big mobile client, a few
+# others, a host family, no caps); 15% of the users also use a second one.
+FAMILIES = (
+    ("conversations", 35),
+    ("monal", 12),
+    ("gajim", 10),
+    ("dino", 8),
+    ("cheogram", 6),
+    ("siskin", 6),
+    ("unknown", 8),
+    ("profanity", 3),
+    ("movim", 3),
+    ("chat.example.net", 4),
+    ("other", 5),
+)
+TWO_CLIENTS_SHARE = 0.15
+CAPS_NODE = "http://conversations.im"  # what the sessions of the timed events announce
 RESOURCES = ("phone", "laptop", "web", "tablet")
 BUILD_BATCH = 50_000  # records put, then flushed in one transaction
 WRITE_EVENTS = 200_000  # events of the store-write run
@@ -59,10 +78,33 @@ def jid(i: int) -> str:
     return f"u{i:06d}@{DOMAIN}"
 
 
-def synthetic_record(rng: random.Random, now: int, i: int) -> UserRecord:
-    """One user: ~1% online; the others last active over the past 60 days, some exactly on a
-    window's edge (so that an off-by-one in either implementation shows), some with a lost
-    logout (crash) or a missed login."""
+def with_clients(rng: random.Random, record: UserRecord, client_share: float) -> UserRecord:
+    """The client families of one synthetic user (none, for a `1 - client_share` of them, as
+    users last seen before the bot learnt clients): one, sometimes two; online sessions run
+    one of them."""
+    if rng.random() >= client_share:
+        return record
+    names, weights = zip(*FAMILIES, strict=True)
+    families = rng.choices(names, weights)
+    if rng.random() < TWO_CLIENTS_SHARE:
+        families += [f for f in rng.choices(names, weights) if f not in families]
+    clients: tuple = ()
+    for n, family in enumerate(families):  # the first one was used last
+        clients = with_client_activity(clients, family, record.last_active - n * 3600)
+    session_clients = tuple(families[n % len(families)] for n in range(len(record.sessions)))
+    return record._replace(clients=clients, session_clients=session_clients)
+
+
+def synthetic_record(
+    rng: random.Random, now: int, i: int, spread: int, client_share: float = 1.0
+) -> UserRecord:
+    return with_clients(rng, synthetic_activity(rng, now, i, spread), client_share)
+
+
+def synthetic_activity(rng: random.Random, now: int, i: int, spread: int) -> UserRecord:
+    """One user: ~1% online; the others last active over the past `spread` seconds, some
+    exactly on a window's edge (so that an off-by-one in either implementation shows), some
+    with a lost logout (crash) or a missed login."""
     if rng.random() < ONLINE_SHARE:
         login = now - rng.randrange(12 * 3600)
         logout = login - rng.randrange(1, 7 * DAY)
@@ -71,7 +113,7 @@ def synthetic_record(rng: random.Random, now: int, i: int) -> UserRecord:
     if i % 997 == 0:
         last_active = now - rng.choice(DEFAULT_WINDOWS) + rng.choice((-1, 0, 1))
     else:
-        last_active = now - rng.randrange(SPREAD)
+        last_active = now - rng.randrange(spread)
     session = rng.randrange(60, 8 * 3600)
     roll = rng.random()
     if roll < 0.90:  # logged in, later out
@@ -84,7 +126,7 @@ def synthetic_record(rng: random.Random, now: int, i: int) -> UserRecord:
     return UserRecord(first_seen, login, logout)
 
 
-def build_store(path: Path, n: int, now: int, seed: int) -> float:
+def build_store(path: Path, n: int, now: int, seed: int, spread: int, client_share: float) -> float:
     """N users written through Store: put BUILD_BATCH records, flush once, repeat."""
     rng = random.Random(seed)
     started = time.perf_counter()
@@ -92,7 +134,7 @@ def build_store(path: Path, n: int, now: int, seed: int) -> float:
     try:
         for first in range(0, n, BUILD_BATCH):
             for i in range(first, min(n, first + BUILD_BATCH)):
-                store.put(jid(i), synthetic_record(rng, now, i))
+                store.put(jid(i), synthetic_record(rng, now, i, spread, client_share))
             store.flush(now)
     finally:
         store.close(now)  # heartbeat = now: the writer was alive until now
@@ -166,7 +208,7 @@ def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[first : first + size]
 
 
-def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
+def measure(path: Path, n: int, now: int, seed: int, nodeinfo: bool) -> dict[str, Any]:
     """Everything but the build and the seed port, in this (fresh) process."""
     # The whole bot's code (slixmpp included) is loaded first, so that "whole process" is the
     # bot's process: the baseline is the interpreter with every module the daemon imports.
@@ -176,7 +218,8 @@ def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
     # Load: the bot's start-up path (writer; sessions left open are closed at the heartbeat).
     started = time.perf_counter()
     store = Store(path)
-    tracker = ActivityTracker(store, [DOMAIN])
+    extra_windows = (NODEINFO_WINDOW,) if nodeinfo else ()
+    tracker = ActivityTracker(store, [DOMAIN], extra_windows=extra_windows)
     report = tracker.load(now)
     load_s = time.perf_counter() - started
     rss_loaded = proc_status_kib("VmRSS")
@@ -191,6 +234,18 @@ def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
     count_s = statistics.median(
         total / COUNT_NUMBER for total in timer.repeat(repeat=COUNT_REPEAT, number=COUNT_NUMBER)
     )
+    families = len(tracker.client_counts(now))
+    timer = timeit.Timer(lambda: tracker.client_counts(now))
+    client_count_s = statistics.median(
+        total / COUNT_NUMBER for total in timer.repeat(repeat=COUNT_REPEAT, number=COUNT_NUMBER)
+    )
+    nodeinfo_s = None
+    if nodeinfo:
+        windows = (30 * DAY, NODEINFO_WINDOW)
+        timer = timeit.Timer(lambda: tracker.counts(now, windows))
+        nodeinfo_s = statistics.median(
+            total / COUNT_NUMBER for total in timer.repeat(repeat=COUNT_REPEAT, number=COUNT_NUMBER)
+        )
 
     rng = random.Random(seed + 1)
     clock = now + 1
@@ -203,7 +258,7 @@ def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
     for batch in batches(sample, PAIR_BATCH):
         started = time.perf_counter()
         for bare_jid in batch:
-            tracker.session_started(bare_jid, "bench", clock)
+            tracker.session_started(bare_jid, "bench", clock, CAPS_NODE)
             tracker.session_ended(bare_jid, "bench", clock)
         event_s.append((time.perf_counter() - started) / (2 * len(batch)))
         clock += 1
@@ -217,8 +272,19 @@ def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
     for bare_jid in sample:
         before = store.get(bare_jid)
         if before is not None and not before.sessions:
-            online = before._replace(last_login=clock, sessions=("bench",))
-            pairs.append((before, online, online._replace(last_logout=clock + 60, sessions=())))
+            online = before._replace(
+                last_login=clock,
+                sessions=("bench",),
+                clients=with_client_activity(before.clients, "conversations", clock),
+                session_clients=("conversations",),
+            )
+            after = online._replace(
+                last_logout=clock + 60,
+                sessions=(),
+                clients=with_client_activity(online.clients, "conversations", clock + 60),
+                session_clients=(),
+            )
+            pairs.append((before, online, after))
     replace_s: list[float] = []
     for batch in batches(pairs, PAIR_BATCH):
         started = time.perf_counter()
@@ -236,7 +302,7 @@ def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
         clock += 1
         for is_login, bare_jid, resource in batch:
             if is_login:
-                tracker.session_started(bare_jid, resource, clock)
+                tracker.session_started(bare_jid, resource, clock, CAPS_NODE)
             else:
                 tracker.session_ended(bare_jid, resource, clock)
         flush_started = time.perf_counter()
@@ -252,6 +318,9 @@ def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
         "rss_loaded_kib": rss_loaded,
         "peak_loaded_kib": peak_loaded,
         "count_s": count_s,
+        "client_count_s": client_count_s,
+        "families": families,
+        "nodeinfo_count_s": nodeinfo_s,
         "event_s": statistics.median(event_s),
         "write_events": len(events),
         "write_s": write_s,
@@ -260,8 +329,10 @@ def measure(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
     }
 
 
-def measure_in_subprocess(path: Path, n: int, now: int, seed: int) -> dict[str, Any]:
-    job = json.dumps({"path": str(path), "n": n, "now": now, "seed": seed})
+def measure_in_subprocess(
+    path: Path, n: int, now: int, seed: int, nodeinfo: bool
+) -> dict[str, Any]:
+    job = json.dumps({"path": str(path), "n": n, "now": now, "seed": seed, "nodeinfo": nodeinfo})
     done = subprocess.run(
         [sys.executable, __file__, "--measure", job],
         stdout=subprocess.PIPE,
@@ -288,12 +359,14 @@ def remove_store(path: Path) -> None:
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
-def bench_size(workdir: Path, n: int, now: int, seed: int) -> dict[str, Any]:
+def bench_size(workdir: Path, n: int, now: int, args: argparse.Namespace) -> dict[str, Any]:
+    seed = args.seed
     path = workdir / f"users-{n}.db"
     remove_store(path)
     progress(f"[{n:,}] building the store: {path}")
-    build_s = build_store(path, n, now, seed)
-    progress(f"[{n:,}] built in {build_s:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
+    build_s = build_store(path, n, now, seed, args.spread_days * DAY, args.client_share)
+    store_bytes = path.stat().st_size
+    progress(f"[{n:,}] built in {build_s:.1f} s ({store_bytes / 2**20:.0f} MiB)")
 
     runs = 3 if n <= SEED_RUNS_UP_TO else 1
     seed_times = []
@@ -305,14 +378,20 @@ def bench_size(workdir: Path, n: int, now: int, seed: int) -> dict[str, Any]:
         progress(f"[{n:,}] seed port run {run + 1}/{runs}: {seed_times[-1]:.2f} s {seed_active}")
 
     progress(f"[{n:,}] load, counts, index updates, store writes (subprocess)")
-    result = measure_in_subprocess(path, n, now, seed)
+    result = measure_in_subprocess(path, n, now, seed, args.nodeinfo)
     if tuple(result["active"]) != seed_active:
         raise AssertionError(
             f"N={n}, now={now}: our counts {tuple(result['active'])} differ from the seed "
             f"port's {seed_active} (24 h, 7 d, 30 d)"
         )
     progress(f"[{n:,}] ours == seed port's; load {result['load_s']:.2f} s")
-    result.update(n=n, build_s=build_s, seed_s=statistics.median(seed_times), seed_runs=runs)
+    result.update(
+        n=n,
+        build_s=build_s,
+        seed_s=statistics.median(seed_times),
+        seed_runs=runs,
+        store_bytes=store_bytes,
+    )
     return result
 
 
@@ -338,6 +417,8 @@ COLUMNS = (
     "speed-up",
     "index update µs",
     "tracker event µs",
+    "client counts µs (families)",
+    "store B/user",
 )
 
 
@@ -361,6 +442,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{d['speedup']:,.0f}x",
             f"{row['replace_s'] * 1e6:.2f}",
             f"{row['event_s'] * 1e6:.1f}",
+            f"{row['client_count_s'] * 1e6:.1f} ({row['families']})",
+            f"{row['store_bytes'] / row['n']:.0f}",
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -385,11 +468,14 @@ def targets(row: dict[str, Any]) -> list[str]:
     return lines
 
 
-def report(rows: list[dict[str, Any]], total_s: float) -> str:
+def report(rows: list[dict[str, Any]], total_s: float, args: argparse.Namespace) -> str:
+    horizon = "30 days + NodeInfo's 180 days (--nodeinfo)" if args.nodeinfo else "30 days"
     out = [
         f"Machine: {cpu_model()}, {cpu_count()} CPUs; Python {platform.python_version()}; "
         f"SQLite {sqlite3.sqlite_version}; sortedcontainers {version('sortedcontainers')}",
         f"Core measured: {bot_version()}",
+        f"Users last active over the past {args.spread_days} days; {args.client_share:.0%} with "
+        f"client families; the index keeps {horizon}",
         "",
         table(rows),
         "",
@@ -411,6 +497,11 @@ def report(rows: list[dict[str, Any]], total_s: float) -> str:
             f"RSS before opening the store {row['rss_before_open_kib'] / 1024:.1f} MiB, "
             f"after load {row['rss_loaded_kib'] / 1024:.0f} MiB; "
             f"store write spent {row['write_flush_s'] / row['write_s']:.0%} in flush"
+            + (
+                f"; NodeInfo's counts (30 and 180 days) {row['nodeinfo_count_s'] * 1e6:.1f} µs"
+                if row.get("nodeinfo_count_s")
+                else ""
+            )
         )
     out.append(f"Total run time: {total_s:.0f} s")
     return "\n".join(out)
@@ -442,12 +533,29 @@ def main() -> int:
         "store-write run adds its events); default: a temporary folder, removed at the end",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic data")
+    parser.add_argument(
+        "--nodeinfo",
+        action="store_true",
+        help="load the index as with [nodeinfo] enabled: it also keeps NodeInfo's 180 days",
+    )
+    parser.add_argument(
+        "--spread-days",
+        type=int,
+        default=SPREAD_DAYS,
+        help=f"offline users' last activity: uniform over this many days (default {SPREAD_DAYS})",
+    )
+    parser.add_argument(
+        "--client-share",
+        type=float,
+        default=1.0,
+        help="share of the users with client families in their record (default 1: all)",
+    )
     parser.add_argument("--measure", metavar="JOB", help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args()
 
     if args.measure:
         job = json.loads(args.measure)
-        result = measure(Path(job["path"]), job["n"], job["now"], job["seed"])
+        result = measure(Path(job["path"]), job["n"], job["now"], job["seed"], job["nodeinfo"])
         print(json.dumps(result))
         return 0
 
@@ -461,13 +569,13 @@ def main() -> int:
     try:
         rows = []
         for n in args.sizes:
-            rows.append(bench_size(workdir, n, now, args.seed))
+            rows.append(bench_size(workdir, n, now, args))
             if args.keep is None:
                 remove_store(workdir / f"users-{n}.db")
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(report(rows, time.perf_counter() - started))
+    print(report(rows, time.perf_counter() - started, args))
     return 0
 
 

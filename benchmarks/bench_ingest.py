@@ -1,13 +1,16 @@
 """Ingest ceiling: how many presence stanzas per second the real bot counts, fed at full speed.
 
-    .venv/bin/python benchmarks/bench_ingest.py [--stanzas 200000] [--users 50000]
+    .venv/bin/python benchmarks/bench_ingest.py [--stanzas 200000] [--users 50000] [--caps mix]
 
 This script is a synthetic XMPP server side of XEP-0114 on 127.0.0.1: it accepts the bot's
 component stream (checking the SHA-1 handshake), grants it presence like Prosody's
 mod_privilege, then streams presence stanzas at it in large writes: every full JID
 `uN@example.test/rK` goes available (with priority and entity caps, as Prosody forwards them),
 then unavailable, about 1,000 sessions online at a time; the second session of each user comes
-after all the first ones, so its login reads the user's record back from the store.
+after all the first ones, so its login reads the user's record back from the store. The caps
+(`--caps`): `mix`, the nodes of real clients in a realistic mix (CAPS_MIX: most sessions of a
+few well-known clients, some of a client known by its host only, one in ten without caps), or
+`single`, every session with one made-up node (the stream of the benchmark's first version).
 
 The bot runs as it does in production, in its own process (`python -m bot run --config`, a store
 in a temporary folder), so that its CPU time and memory are its own (/proc/PID/stat and
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import os
@@ -67,9 +71,21 @@ MIB = 2**20
 
 TARGET_RATE = 5_000  # stanzas/s
 TARGET_FLAT_MIB = 2.0  # RSS growth allowed between the end of run 1 and the end of run 2
-CAPS = (
-    "<priority>0</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
-    "node='https://bench.example.test/client' ver='q07IKJEyjvHSyhy//CH0CxmKi8w='/>"
+SINGLE_NODE = "https://bench.example.test/client"
+# (caps node, share of the sessions): real clients' nodes, as they announce them; None: no caps.
+CAPS_MIX = (
+    ("http://conversations.im", 30),
+    ("http://monal.im/", 12),
+    ("https://gajim.org", 10),
+    ("https://dino.im", 8),
+    ("https://cheogram.com", 6),
+    ("https://siskin.im", 5),
+    ("http://profanity-im.github.io", 4),
+    ("https://movim.eu/", 3),
+    ("https://conversejs.org", 3),
+    ("https://chat.example.net/client", 4),
+    ("urn:example:a-bot", 5),
+    (None, 10),
 )
 STREAM_HEADER = re.compile(rb"<stream:stream\b[^>]*>")
 HANDSHAKE = re.compile(rb"<handshake>([^<]*)</handshake>")
@@ -85,15 +101,35 @@ def session_jid(j: int, users: int) -> str:
     return f"u{j % users}@{DOMAIN}/r{j // users}"
 
 
-def presence_stanzas(stanzas: int, users: int) -> list[bytes]:
+def caps_element(node: str | None) -> str:
+    """What a client puts in its available presence: its priority and its caps (if any)."""
+    if node is None:
+        return "<priority>0</priority>"
+    ver = hashlib.sha1(node.encode()).digest()  # a hash per client, as real ones differ
+    return (
+        "<priority>0</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
+        f"node='{node}' ver='{base64.b64encode(ver).decode()}'/>"
+    )
+
+
+def session_caps(caps: str) -> list[str]:
+    """The caps of each session, by j modulo the list's length (100 entries for `mix`)."""
+    if caps == "single":
+        return [caps_element(SINGLE_NODE)]
+    return [caps_element(node) for node, share in CAPS_MIX for _ in range(share)]
+
+
+def presence_stanzas(stanzas: int, users: int, caps: str = "mix") -> list[bytes]:
     """`stanzas` presences: session j logs in, session j - ONLINE_AT_ONCE logs out, ...;
     the sessions still online at the end log out last, so nobody is online after a run."""
     sessions = stanzas // 2
     lag = min(ONLINE_AT_ONCE, sessions)
     to = f"to='{COMPONENT}'"
+    elements = session_caps(caps)
 
     def available(j: int) -> bytes:
-        return f"<presence from='{session_jid(j, users)}' {to}>{CAPS}</presence>".encode()
+        body = elements[j % len(elements)]
+        return f"<presence from='{session_jid(j, users)}' {to}>{body}</presence>".encode()
 
     def unavailable(j: int) -> bytes:
         return f"<presence type='unavailable' from='{session_jid(j, users)}' {to}/>".encode()
@@ -438,7 +474,7 @@ async def one_run(
 
 async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[RunResult], int]:
     progress(f"Building {args.stanzas:,} presence stanzas for {args.users:,} users")
-    stanzas = presence_stanzas(args.stanzas, args.users)
+    stanzas = presence_stanzas(args.stanzas, args.users, args.caps)
     stream = segments(stanzas)
     size_mib = sum(len(chunk) for chunk, _ in stream) / MIB
     sessions = args.stanzas // 2
@@ -525,7 +561,7 @@ def report(args: argparse.Namespace, results: list[RunResult], exit_code: int) -
     for r in results:
         rows.append(
             f"| {r.label} | {r.stanzas:,} | {r.wall_s:.1f} | {r.rate:,.0f} "
-            f"| {r.slowest_segment_rate:,.0f} | {r.cpu_s:.1f} | {r.cpu_us:.0f} "
+            f"| {r.slowest_segment_rate:,.0f} | {r.cpu_s:.2f} | {r.cpu_us:.1f} "
             f"| {1e6 / r.cpu_us:,.0f} | {r.rss_before_kib / 1024:.1f} "
             f"| {r.rss_after_kib / 1024:.1f} |"
         )
@@ -543,7 +579,7 @@ def report(args: argparse.Namespace, results: list[RunResult], exit_code: int) -
         f"Bot measured: {bot_version()}" + (" (under cProfile: slower)" if args.profile else ""),
         f"Stream: {args.stanzas:,} presence stanzas per run, {args.users:,} users, "
         f"{ONLINE_AT_ONCE:,} sessions online at a time; one write and one ping per "
-        f"{SEGMENT:,} stanzas",
+        f"{SEGMENT:,} stanzas; caps: {args.caps}",
         "",
         *rows,
         "",
@@ -600,6 +636,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--users", type=int, default=50_000, help="distinct users uN@example.test (default 50000)"
+    )
+    parser.add_argument(
+        "--caps",
+        choices=("mix", "single"),
+        default="mix",
+        help="the caps nodes of the sessions: real clients' in a realistic mix (default), or "
+        "one made-up node for all (the stream of the first version of this benchmark)",
     )
     parser.add_argument(
         "--profile",

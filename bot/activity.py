@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 
-from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
-from .model import UserRecord, domain_of
+from .clients import Families
+from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, ClientCounts, ClientParts, Counts
+from .model import UserRecord, domain_of, with_client_activity
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,32 @@ class _Loading:
     known_users: int = 0
     online_users: int = 0
     online_sessions: int = 0
+    clients: dict[str, ClientParts] = field(default_factory=dict)
+    # family -> its `offline` list's append: the scan's inner loop, one lookup per family
+    client_appends: dict[str, Callable[[int], None]] = field(default_factory=dict)
 
-    def index(self, floor: int, horizon: int) -> ActivityIndex:
+    def client(self, family: str) -> ClientParts:
+        parts = self.clients.get(family)
+        if parts is None:
+            parts = self.clients[family] = ClientParts()
+            self.client_appends[family] = parts.offline.append
+        return parts
+
+    def client_append(self, family: str) -> Callable[[int], None]:
+        append = self.client_appends.get(family)
+        return self.client(family).offline.append if append is None else append
+
+    def add_client_states(self, record: UserRecord, floor: int) -> None:
+        """A user with sessions online: per family, online with it, or its last activity."""
+        for family, (time, online) in record.client_states().items():
+            parts = self.client(family)
+            if online:
+                parts.online_users += 1
+                parts.online_sessions += online
+            elif time > floor:
+                parts.offline.append(time)
+
+    def index(self, floor: int, horizon: int, windows_floor: int, windows: int) -> ActivityIndex:
         return ActivityIndex.from_parts(
             offline_last_active=self.offline,
             first_seen=self.first_seen,
@@ -68,6 +93,9 @@ class _Loading:
             known_users=self.known_users,
             floor=floor,
             horizon=horizon,
+            clients=self.clients,
+            windows_floor=windows_floor,
+            windows_horizon=windows,
         )
 
 
@@ -80,12 +108,21 @@ class _Scan:
     recovered_sessions: int = 0
     hidden: int = 0
 
+    @property
+    def families(self) -> set[str]:
+        """The client families with activity the index keeps (or sessions online)."""
+        return {family for part in self.domains.values() for family in part.clients}
+
 
 class ActivityTracker:
     """The live state: one ActivityIndex per counted domain, and the online users' records.
 
     Every change goes to the store (grouped writes) and to the index, in that order of truth:
     the store is what survives, the index is what answers.
+
+    `windows` are the figures counted everywhere; `extra_windows` are longer ones that some
+    figures need too (NodeInfo's 180 days): the index keeps what they need, the client
+    families only what `windows` need.
 
     Two ways in. The methods below (`session_started`, ...) apply a change at once, reading a
     user's record from the store (its disk) when it is not in memory: the command line and the
@@ -104,6 +141,7 @@ class ActivityTracker:
         *,
         exclude: Iterable[str] = (),
         windows: Iterable[int] = DEFAULT_WINDOWS,
+        extra_windows: Iterable[int] = (),
         read_in_threads: bool = False,
     ) -> None:
         self._store = store
@@ -124,6 +162,8 @@ class ActivityTracker:
         self._excluded = exclusion_matcher(exclude)
         self._has_exclusions = bool(exclude)
         self.windows = tuple(windows)
+        self.extra_windows = tuple(extra_windows)
+        self._families = Families()
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # store key -> record, online users only
         self._peaks = _DailyPeaks()
@@ -146,19 +186,25 @@ class ActivityTracker:
         the stored sessions are live. Users of domains no longer configured stay, uncounted.
         """
         closed_at = self._store.heartbeat or now
-        horizon = max(self.windows)
+        horizon = max(self.windows + self.extra_windows)
+        windows_horizon = max(self.windows)
         # Older timestamps can never count (see ActivityIndex), unless the clock steps back: up
         # to LOAD_FLOOR_MARGIN back, every user is still there.
         floor = now - horizon - LOAD_FLOOR_MARGIN
+        windows_floor = now - windows_horizon - LOAD_FLOOR_MARGIN
         self._exact_since = now - LOAD_FLOOR_MARGIN
         self._online.clear()
         gc.disable()  # a million short-lived tuples and no cycle: collecting would only cost time
         try:
-            scan = self._scan_store(floor, closed_at if close_stale_sessions else None)
+            scan = self._scan_store(
+                floor, windows_floor, closed_at if close_stale_sessions else None
+            )
         finally:
             gc.enable()
+        self._families = Families()
+        self._families.admit_stored(scan.families)
         self._indexes = {
-            domain: part.index(floor, horizon)
+            domain: part.index(floor, horizon, windows_floor, windows_horizon)
             for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
         }
         for key, record in scan.stale:
@@ -170,12 +216,13 @@ class ActivityTracker:
             hidden=scan.hidden,
         )
 
-    def _scan_store(self, floor: int, close_sessions_at: int | None) -> _Scan:
+    def _scan_store(self, floor: int, windows_floor: int, close_sessions_at: int | None) -> _Scan:
         """One pass over the store for all domains; per user only ints are kept, and keys are
         decoded only for the few users online (a million users load in seconds)."""
         scan = _Scan(domains={domain.encode(): _Loading() for domain in self._indexes})
         excluded = self._excluded if self._has_exclusions else None
-        for raw_key, (first_seen, login, logout, sessions) in self._store.users_by_raw_key():
+        for raw_key, record in self._store.users_by_raw_key():
+            first_seen, login, logout, sessions, clients, _session_clients = record
             part = scan.domains.get(raw_key[raw_key.rfind(b"@") + 1 :])
             if part is None:
                 continue
@@ -183,22 +230,37 @@ class ActivityTracker:
                 scan.hidden += 1
                 continue
             part.known_users += 1
-            if first_seen > floor:
+            if first_seen > windows_floor:
                 part.first_seen.append(first_seen)
             if sessions:
                 key = raw_key.decode(errors="replace")
                 if close_sessions_at is None:  # live sessions: a reader of a running bot
-                    self._online[key] = UserRecord(first_seen, login, logout, sessions)
+                    self._online[key] = record
                     part.online_users += 1
                     part.online_sessions += len(sessions)
+                    part.add_client_states(record, windows_floor)
                     continue
                 # Left open by a stop or crash: they ended at the last sign of life.
                 scan.recovered_sessions += len(sessions)
-                logout = max(logout, close_sessions_at)
-                scan.stale.append((key, UserRecord(first_seen, login, logout)))
+                record = _closed(record, close_sessions_at)
+                logout, clients = record.last_logout, record.clients
+                scan.stale.append((key, record))
             last_active = login if login > logout else logout
             if last_active > floor:
                 part.offline.append(last_active)
+            if not clients:
+                continue
+            # Per client family its time; one family, mostly, whose time is the user's last
+            # activity: one int object in both lists. Dormant families are not kept (they free
+            # their place among the host families, see clients.Families).
+            time = clients[1]
+            if time > windows_floor:  # type: ignore[operator]
+                append = part.client_appends.get(clients[0]) or part.client_append(clients[0])
+                append(last_active if time == last_active else time)  # type: ignore[arg-type]
+            for i in range(2, len(clients), 2):
+                time = clients[i + 1]
+                if time > windows_floor:  # type: ignore[operator]
+                    part.client_append(clients[i])(time)  # type: ignore[arg-type]
         return scan
 
     def _check_clock(self, now: int) -> None:
@@ -218,19 +280,38 @@ class ActivityTracker:
         self._check_clock(now)
         windows = self.windows if windows is None else tuple(windows)
         parts = [index.counts(now, windows) for index in self._indexes.values()]
+        new_windows = parts[0].new_users if parts else windows  # not NodeInfo's 180 days
         return Counts(
             computed_at=now,
             active={w: sum(part.active[w] for part in parts) for w in windows},
             online_users=sum(part.online_users for part in parts),
             online_sessions=sum(part.online_sessions for part in parts),
             known_users=sum(part.known_users for part in parts),
-            new_users={w: sum(part.new_users[w] for part in parts) for w in windows},
+            new_users={w: sum(part.new_users[w] for part in parts) for w in new_windows},
         )
 
     def counts_by_domain(self, now: int, windows: Iterable[int] | None = None) -> dict[str, Counts]:
         self._check_clock(now)
         windows = self.windows if windows is None else tuple(windows)
         return {domain: index.counts(now, windows) for domain, index in self._indexes.items()}
+
+    def client_counts_by_domain(self, now: int) -> dict[str, dict[str, ClientCounts]]:
+        """Per domain and client family: users active with it per window (`windows`), users
+        and sessions online with it."""
+        self._check_clock(now)
+        return {
+            domain: index.client_counts(now, self.windows)
+            for domain, index in self._indexes.items()
+        }
+
+    def client_counts(self, now: int) -> dict[str, ClientCounts]:
+        """Per client family, all counted domains together (they never share a user)."""
+        total: dict[str, ClientCounts] = {}
+        for by_family in self.client_counts_by_domain(now).values():
+            for family, counts in by_family.items():
+                known = total.get(family)
+                total[family] = counts if known is None else _sum_client_counts(known, counts)
+        return total
 
     def online_sessions(self) -> set[tuple[str, str]]:
         """(key, session key) of every session online: with pseudonymize, pseudonyms."""
@@ -261,12 +342,16 @@ class ActivityTracker:
         record = self._online.get(self._store.key_of(bare_jid))
         return record is not None and self._store.session_key(resource) in record.sessions
 
-    def session_started(self, bare_jid: str, resource: str, now: int) -> bool:
-        """A session became available. Returns False if nothing changed (not counted, or an
-        already known session whose presence merely changed)."""
+    def session_started(
+        self, bare_jid: str, resource: str, now: int, caps_node: str | None = None
+    ) -> bool:
+        """A session became available, announcing `caps_node` (XEP-0115; None: no caps), which
+        names its client family. Returns False if nothing changed (not counted, or an already
+        known session whose presence merely changed: its client stays the first one given)."""
         if not self.is_counted(bare_jid):
             return False
-        return self._start(self._store.key_of(bare_jid), self._store.session_key(resource), now)
+        key, session = self._store.key_of(bare_jid), self._store.session_key(resource)
+        return self._start(key, session, now, caps_node)
 
     def session_ended(self, bare_jid: str, resource: str, now: int) -> bool:
         """A session became unavailable. An unknown session still counts as activity (its
@@ -503,16 +588,22 @@ class ActivityTracker:
 
     # --- internals: by key ---------------------------------------------------------------------
 
-    def _start(self, key: str, session: str, now: int) -> bool:
+    def _start(self, key: str, session: str, now: int, caps_node: str | None = None) -> bool:
         self._confirm(key, session)
         before = self._record(key)
         if before is not None and session in before.sessions:
             return False
+        family = self._families.family_of(caps_node)
         if before is None:
-            after = UserRecord(first_seen=now, last_login=now, last_logout=0, sessions=(session,))
-        else:
-            after = before._replace(
-                last_login=max(before.last_login, now), sessions=(*before.sessions, session)
+            after = UserRecord(now, now, 0, (session,), (family, now), (family,))
+        else:  # positional: this runs for every login
+            after = UserRecord(
+                before.first_seen,
+                max(before.last_login, now),
+                before.last_logout,
+                (*before.sessions, session),
+                with_client_activity(before.clients, family, now),
+                (*before.session_families(), family),
             )
         self._apply(key, before, after, now)
         return True
@@ -522,9 +613,10 @@ class ActivityTracker:
         before = self._record(key)
         if before is None:
             after = UserRecord(first_seen=now, last_login=0, last_logout=now)
+        elif session not in before.sessions:  # its start was missed: its client is not known
+            after = before._replace(last_logout=max(before.last_logout, now))
         else:
-            sessions = tuple(s for s in before.sessions if s != session)
-            after = before._replace(last_logout=max(before.last_logout, now), sessions=sessions)
+            after = _ended(before, before.sessions.index(session), now)
         self._apply(key, before, after, now)
 
     def _forget(self, key: str) -> bool:
@@ -602,6 +694,37 @@ class ActivityTracker:
             self._online[key] = after
         else:
             self._online.pop(key, None)
+
+
+def _ended(record: UserRecord, position: int, now: int) -> UserRecord:
+    """`record` after its session at `position` ended at `now`: a logout, for the user and
+    for that session's client."""
+    families = record.session_families()
+    family = families[position]
+    session_clients = families[:position] + families[position + 1 :]
+    return UserRecord(  # positional: this runs for every logout
+        record.first_seen,
+        record.last_login,
+        max(record.last_logout, now),
+        record.sessions[:position] + record.sessions[position + 1 :],
+        with_client_activity(record.clients, family, now) if family else record.clients,
+        session_clients if any(session_clients) else (),
+    )
+
+
+def _closed(record: UserRecord, at: int) -> UserRecord:
+    """`record` with every session ended at `at` (left open by a stop or crash)."""
+    for position in range(len(record.sessions) - 1, -1, -1):
+        record = _ended(record, position, at)
+    return record
+
+
+def _sum_client_counts(a: ClientCounts, b: ClientCounts) -> ClientCounts:
+    return ClientCounts(
+        active={window: a.active[window] + b.active[window] for window in a.active},
+        online_users=a.online_users + b.online_users,
+        online_sessions=a.online_sessions + b.online_sessions,
+    )
 
 
 def _run(change: Callable[[], None]) -> None:

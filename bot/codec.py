@@ -1,7 +1,13 @@
 """How a UserRecord is stored: one encoder, one decoder, one definition of a valid record.
 
-A stored record is a pickled plain tuple `(first_seen, last_login, last_logout, (resource, ...))`
-of ints and strings, never an object of this package (so no stored value depends on our code).
+A stored record is a pickled plain tuple of ints, strings and tuples, never an object of this
+package (so no stored value depends on our code), in one of two shapes:
+    (first_seen, last_login, last_logout, (resource, ...))
+        a user without client information (an imported one; every record of schema 1);
+    (first_seen, last_login, last_logout, (resource, ...), (family, time, ...), (family, ...))
+        with the last activity per client family, flat, and the family of each session online
+        (or () when none is known).
+Each value is a pickle without back-references, so that many can be read by one unpickler.
 Everything that reads records (the store, the start-up scan, the importer through the store, the
 retention scan) decodes them here, and decoding never runs code found in the file (see
 `shelf.PrimitivesUnpickler`): a value that is not a valid record is a `DamagedRecord`.
@@ -24,11 +30,24 @@ class DamagedRecord(ValueError):
     """A stored value that is not a valid record; the message says what is wrong with it."""
 
 
+_NO_CLIENTS: tuple[tuple[()], tuple[()]] = ((), ())
+
+
 def encode_record(record: UserRecord) -> bytes:
-    first_seen, last_login, last_logout, sessions = record
-    return pickle.dumps(
-        (first_seen, last_login, last_logout, tuple(sessions)), pickle.HIGHEST_PROTOCOL
-    )
+    """A pickle without back-references (see `decode_records`)."""
+    first_seen, last_login, last_logout, sessions, clients, session_clients = record
+    fields: tuple[Any, ...] = (first_seen, last_login, last_logout, tuple(sessions))
+    if not clients and not any(session_clients):
+        return pickle.dumps(fields, pickle.HIGHEST_PROTOCOL)
+    if not any(session_clients):  # every string once: pickle has nothing to refer back to
+        return pickle.dumps((*fields, tuple(clients), ()), pickle.HIGHEST_PROTOCOL)
+    # A family's name is also a session's (and may be two sessions'): written in full each
+    # time, not as a reference to its first occurrence (a few bytes, for users online only).
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True  # no memo: no back-reference
+    pickler.dump((*fields, tuple(clients), record.session_families()))
+    return buffer.getvalue()
 
 
 def decode_record(value: bytes) -> UserRecord:
@@ -44,9 +63,11 @@ def decode_records(values: Sequence[bytes]) -> list[UserRecord | DamagedRecord]:
     """`decode_record` of each value, the damaged ones as their DamagedRecord.
 
     The start-up scan decodes a million records: one unpickler reads a whole batch from one
-    buffer (a new unpickler per value costs as much again as the decoding). If anything in the
-    batch is amiss (a damaged value may also have read into its neighbours), the batch is
-    decoded again value by value, so that each damaged value is named and no other is lost.
+    buffer (a new unpickler per value costs as much again as the decoding). That unpickler's
+    memo runs on from value to value, which is right only because `encode_record` writes no
+    back-reference into it. If anything in the batch is amiss (a damaged value may also have
+    read into its neighbours), the batch is decoded again value by value, so that each damaged
+    value is named and no other is lost.
     """
     stream = io.BytesIO(b"".join(values))
     load = PrimitivesUnpickler(stream).load
@@ -67,15 +88,42 @@ def _decoded_or_damage(value: bytes) -> UserRecord | DamagedRecord:
 
 
 def _record(fields: Any) -> UserRecord:
-    """The one definition of a valid record; four type checks, cheap enough for a million."""
-    if type(fields) is not tuple or len(fields) != 4:
-        raise DamagedRecord(f"not a 4-tuple: {_short(fields)}")
-    first_seen, last_login, last_logout, sessions = fields
+    """The one definition of a valid record: a few type checks, cheap enough for a million
+    (the common shapes, no client or one client and no session, take no loop)."""
+    if type(fields) is not tuple:
+        raise DamagedRecord(f"not a 4- or 6-tuple: {_short(fields)}")
+    size = len(fields)
+    if size == 6:
+        first_seen, last_login, last_logout, sessions, clients, session_clients = fields
+    elif size == 4:
+        first_seen, last_login, last_logout, sessions = fields
+    else:
+        raise DamagedRecord(f"not a 4- or 6-tuple: {_short(fields)}")
     if type(first_seen) is not int or type(last_login) is not int or type(last_logout) is not int:
         raise DamagedRecord(f"a timestamp is not a whole number: {_short(fields)}")
-    if type(sessions) is not tuple or (sessions and not all(type(s) is str for s in sessions)):
+    if type(sessions) is not tuple or (sessions and not _strings(sessions)):
         raise DamagedRecord(f"sessions are not a tuple of strings: {_short(fields)}")
+    if size == 4:
+        return _new_record(UserRecord, fields + _NO_CLIENTS)  # type: ignore[no-any-return]
+    if type(clients) is not tuple or not (
+        (len(clients) == 2 and type(clients[0]) is str and type(clients[1]) is int)
+        or not clients
+        or (
+            len(clients) % 2 == 0
+            and _strings(clients[::2])
+            and all(type(time) is int for time in clients[1::2])
+        )
+    ):
+        raise DamagedRecord(f"clients are not (family, time, ...): {_short(fields)}")
+    if type(session_clients) is not tuple or (
+        session_clients and (len(session_clients) != len(sessions) or not _strings(session_clients))
+    ):
+        raise DamagedRecord(f"not one client family per session: {_short(fields)}")
     return _new_record(UserRecord, fields)  # type: ignore[no-any-return]
+
+
+def _strings(values: tuple[Any, ...]) -> bool:
+    return all(type(value) is str for value in values)
 
 
 def _short(value: object) -> str:

@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 
 from slixmpp.plugins.xep_0004 import Form
 
-from .counter import DAY, DEFAULT_WINDOWS, Counts, window_label, window_short
+from .clients import describe
+from .counter import DAY, DEFAULT_WINDOWS, ClientCounts, Counts, window_label, window_short
 from .history import Day, chat_chart, history_form
 
 ADHOC_STATS_NODE = "active-users"
+ADHOC_CLIENTS_NODE = "clients"
 ADHOC_HISTORY_NODE = "history"
 ADHOC_FORGET_NODE = "forget-user"
 HISTORY_DEFAULT_DAYS = 30
@@ -33,6 +35,7 @@ class Figures:
 
 
 FiguresSource = Callable[[], Figures]
+ClientFigures = Mapping[str, ClientCounts]  # by client family, all counted domains together
 
 
 def iso_utc(timestamp: int) -> str:
@@ -96,6 +99,75 @@ def stats_text(figures: Figures) -> str:
     return "\n".join(lines)
 
 
+# --- tables: one definition, rendered as a data form and as chat text -------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """An answer made of rows: an XEP-0004 result with reported fields and items, or lines of
+    chat. `columns` are (field name, label); every row has a value for each."""
+
+    title: str
+    columns: tuple[tuple[str, str], ...]
+    rows: tuple[Mapping[str, str], ...]
+    note: str  # what the figures mean (and, with no rows, why there are none)
+
+    def form(self) -> Form:
+        form = Form()
+        form["type"] = "result"
+        form["title"] = self.title
+        form["instructions"] = self.note
+        for name, label in self.columns:
+            form.add_reported(name, ftype="text-single", label=label)
+        for row in self.rows:
+            form.add_item(dict(row))
+        return form
+
+
+def clients_table(clients: ClientFigures, windows: tuple[int, ...]) -> Table:
+    """Active users by client family: one row per family with anyone active or online, the
+    most used first (by the longest window)."""
+    longest = max(windows)
+    rows = []
+    for family, counts in sorted(
+        clients.items(), key=lambda item: (-item[1].active[longest], describe(item[0])[0])
+    ):
+        if not any(counts.active.values()) and not counts.online_users:
+            continue
+        name, platform = describe(family)
+        row = {"client": name, "platform": platform or "", "family": family}
+        row |= {f"active_{window_short(w)}": str(counts.active[w]) for w in windows}
+        row["online_users"] = str(counts.online_users)
+        rows.append(row)
+    columns = (
+        ("client", "Client"),
+        ("platform", "Platform"),
+        *((f"active_{window_short(w)}", f"Active, {window_label(w)}") for w in windows),
+        ("online_users", "Online now"),
+        ("family", "Metrics label"),
+    )
+    note = (
+        "Users active with each client (XEP-0115 caps node of their sessions): online now with "
+        "it, or their last login or logout with it within the window. A user on two clients "
+        "counts for each."
+    )
+    if not rows:
+        note += " No client is known yet: each session's client is learnt at its login."
+    return Table("Active users by client", columns, tuple(rows), note)
+
+
+def clients_text(table: Table, windows: tuple[int, ...]) -> str:
+    """The table as chat lines: 'Conversations (mobile): 12 / 30 / 45; online 8'."""
+    spans = " / ".join(window_label(w) for w in windows)
+    lines = [f"Active users by client ({spans}; online now):"]
+    for row in table.rows:
+        platform = f" ({row['platform']})" if row["platform"] else ""
+        figures = " / ".join(row[f"active_{window_short(w)}"] for w in windows)
+        lines.append(f"  {row['client']}{platform}: {figures}; online {row['online_users']}")
+    lines.append(table.note)
+    return "\n".join(lines)
+
+
 # The status line of the bot in a contact list: the figures for admins, a fixed text for others.
 PLAIN_STATUS = "Counts the active users of this service (figures for its administrators)"
 _STATUS_NAMES = {DAY: "DAU", 7 * DAY: "WAU", 30 * DAY: "MAU"}
@@ -138,14 +210,16 @@ CHAT_HELP = (
     "I count the active users of this XMPP service. Send:\n"
     "  stats: users active in the last 24 hours, 7 days and 30 days, new users, DAU/MAU,\n"
     "         and who is online now\n"
+    "  clients: active users by client software (Conversations, Gajim, ...)\n"
     "  history [DAYS]: a chart of the last DAYS days (30 by default)\n"
     "  help: this list\n"
-    f"The same figures are in the ad-hoc commands '{ADHOC_STATS_NODE}' (Active users) and "
-    f"'{ADHOC_HISTORY_NODE}' (Activity history)."
+    f"The same figures are in the ad-hoc commands '{ADHOC_STATS_NODE}' (Active users), "
+    f"'{ADHOC_CLIENTS_NODE}' (Active users by client) and '{ADHOC_HISTORY_NODE}' "
+    "(Activity history)."
 )
 CHAT_UNKNOWN = (
-    "Sorry, I don't know that command. Send 'stats' for the figures, 'history' for a chart, "
-    "or 'help'."
+    "Sorry, I don't know that command. Send 'stats' for the figures, 'clients' for them by "
+    "client, 'history' for a chart, or 'help'."
 )
 CHAT_REFUSED = (
     "Sorry, only the administrators of this service may ask me for statistics. "
@@ -191,6 +265,7 @@ class CommandSet:
     history: Callable[[int], list[Day]] = lambda _days: []
     windows: tuple[int, ...] = DEFAULT_WINDOWS
     history_off_loop: Callable[[int], Awaitable[list[Day]]] | None = None
+    client_figures: Callable[[], ClientFigures] = dict
 
     def allowed(self, bare_jid: str) -> bool:
         return bare_jid in self.admins
@@ -227,6 +302,8 @@ class CommandSet:
         word, argument = _chat_command(text)
         if word == "stats":
             return stats_text(self.figures())
+        if word == "clients":
+            return clients_text(self.clients_table(), self.windows)
         if word == "history":
             try:
                 return parse_days(argument)
@@ -238,6 +315,9 @@ class CommandSet:
 
     def stats_form(self) -> Form:
         return stats_form(self.figures())
+
+    def clients_table(self) -> Table:
+        return clients_table(self.client_figures(), self.windows)
 
     def history_form(self, days: int) -> Form:
         return history_form(self.history(days), self.windows)

@@ -32,6 +32,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from .activity import ActivityTracker
 from .commands import (
+    ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
@@ -66,6 +67,9 @@ PRIVILEGE_NAMESPACES = ("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
 COMMANDS_NODE = "http://jabber.org/protocol/commands"
 # Presence permissions that send us every user's presence (XEP-0356 §presence).
 PRESENCE_GRANTS = ("managed_entity", "roster")
+
+# XEP-0115 entity capabilities in a presence: its `node` names the client (see clients.py).
+CAPS = "{http://jabber.org/protocol/caps}c"
 
 # Presence types counted by name in the metrics; anything else is "other" (bounded labels).
 PRESENCE_KINDS = frozenset(
@@ -451,22 +455,28 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             return
         if not sender.resource:  # from the account, not a session: Prosody answers the
             return  # subscription handshake of the fallback with an unavailable from the bare JID
+        now = int(self.clock())
         if kind is None:
-            change = self._available
+            caps_node = None
+            for child in presence.xml:  # a few children: quicker than ElementTree's find
+                if child.tag == CAPS:
+                    caps_node = child.get("node")
+                    break
+            change = partial(self._available, sender, now, caps_node)
         elif kind == "unavailable":
-            change = self._unavailable
+            change = partial(self._unavailable, sender, now)
         else:
             log.debug("Presence of unknown type %r from %s ignored", kind, sender)
             return
         # Now, or (an offline user's record is read off the event loop) in a moment, in order.
-        self.tracker.when_loaded(sender.bare, partial(change, sender, int(self.clock())))
+        self.tracker.when_loaded(sender.bare, change)
 
-    def _available(self, sender: JID, now: int) -> None:
+    def _available(self, sender: JID, now: int, caps_node: str | None = None) -> None:
         try:
             session = (sender.bare, sender.resource)
             self._said_unavailable.pop(session, None)  # this newer presence decides
             self._doubted.discard(session)
-            changed = self.tracker.session_started(sender.bare, sender.resource, now)
+            changed = self.tracker.session_started(sender.bare, sender.resource, now, caps_node)
             if self.pings_every_session and self.tracker.is_counted(sender.bare):
                 self._last_seen[session] = now  # only pings read it
             else:
@@ -771,6 +781,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     def _register_commands(self, _event: object) -> None:
         for node, name, first_step in (
             (ADHOC_STATS_NODE, "Active users", self._adhoc_stats),
+            (ADHOC_CLIENTS_NODE, "Active users by client", self._adhoc_clients),
             (ADHOC_HISTORY_NODE, "Activity history", self._adhoc_history),
             (ADHOC_FORGET_NODE, "Forget a user", self._adhoc_forget),
         ):
@@ -780,7 +791,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         # Only admins see the command list; to anyone else a command's node is unknown.
         disco = self.plugin["xep_0030"]
         disco.set_node_handler("get_items", self.boundjid, COMMANDS_NODE, self._command_items)
-        for node in (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
+        for node in (ADHOC_STATS_NODE, ADHOC_CLIENTS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
             disco.set_node_handler("get_info", self.boundjid, node, self._command_node_info)
             disco.set_node_handler("get_items", self.boundjid, node, self._command_node_items)
 
@@ -845,6 +856,10 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         answer = _answer(session, self.commands.stats_form())
         self.refresh_contacts()  # an admin asked: their contact list shows the same figures
         return answer
+
+    async def _adhoc_clients(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+        await self.tracker.caught_up()
+        return _answer(session, self.commands.clients_table().form())
 
     def _adhoc_history(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
         return _ask(session, history_request_form(), self._adhoc_history_result)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from slixmpp.jid import JID, InvalidJID
 
+from .nodeinfo import HALF_YEAR, NodeInfoSettings
 from .pseudonym import MIN_SECRET_LENGTH
 
 SECRET_ENV = "XMPP_ACTIVE_USERS_SECRET"
@@ -55,6 +56,7 @@ class Settings:
     liveness_max_rate: float = 20.0
     retention_days: int = 0  # 0: keep forever
     pseudonym_key: bytes | None = None  # set: the store keys users by a keyed hash
+    nodeinfo: NodeInfoSettings | None = None  # set: NodeInfo documents on the HTTP listener
 
     @property
     def announces_sessions(self) -> bool:
@@ -127,6 +129,27 @@ def _bare_jid(value: Any) -> str:
     if not jid.user or jid.resource:
         raise ValueError(f"{text!r} must be a bare JID such as 'admin@example.org'")
     return jid.bare
+
+
+def _software_name(value: Any) -> str:
+    text = _text(value)
+    if not re.fullmatch(r"[a-z0-9-]+", text):
+        raise ValueError(
+            f"must be lower-case letters, digits and dashes (NodeInfo's rule), got {text!r}"
+        )
+    return text
+
+
+def _version(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 100:
+        raise ValueError(f"must be a string of at most 100 characters, got {value!r}")
+    return value.strip()
+
+
+def _node_name(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 200:
+        raise ValueError(f"must be a string of at most 200 characters, got {value!r}")
+    return value.strip()
 
 
 def _window(value: Any) -> int:
@@ -228,6 +251,14 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
         "token": (False, _token, None, 'token = "output of: openssl rand -hex 32"'),
         "token_file": (False, _text, None, 'token_file = "/etc/xmpp-active-users/metrics-token"'),
     },
+    "nodeinfo": {
+        "enabled": (False, _boolean, False, "enabled = true"),
+        "domains": (False, _list_of(_domain), None, 'domains = ["example.org"]'),
+        "open_registrations": (False, _boolean, False, "open_registrations = false"),
+        "node_name": (False, _node_name, "", 'node_name = "Example chat service"'),
+        "software_name": (False, _software_name, None, 'software_name = "prosody"'),
+        "software_version": (False, _version, "", 'software_version = "13.0.1"'),
+    },
     "privacy": {
         "retention_days": (False, _non_negative_int, 0, "retention_days = 400"),
         "pseudonymize": (False, _boolean, False, "pseudonymize = true"),
@@ -258,7 +289,9 @@ def load_settings(
     secret = _resolve_secret(path, values, environ) if need_secret else ""
     token = _resolve_token(path, values, environ) if need_secret else None
     windows = values["counting.windows"] or Settings.windows
-    _check_retention(path, values["privacy.retention_days"], windows)
+    nodeinfo = _nodeinfo(path, values)
+    longest = max(windows) if nodeinfo is None else max(*windows, HALF_YEAR)
+    _check_retention(path, values["privacy.retention_days"], longest, nodeinfo is not None)
     return Settings(
         component_jid=values["component.jid"],
         secret=secret,
@@ -281,6 +314,7 @@ def load_settings(
         liveness_interval=_liveness_interval(values),
         liveness_timeout=values["liveness.timeout"],
         liveness_max_rate=values["liveness.max_rate"],
+        nodeinfo=nodeinfo,
     )
 
 
@@ -297,12 +331,46 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-def _check_retention(path: Path, retention_days: int, windows: tuple[int, ...]) -> None:
-    if retention_days and retention_days * 86_400 < max(windows):
+def _check_retention(path: Path, retention_days: int, longest: int, nodeinfo: bool) -> None:
+    if retention_days and retention_days * 86_400 < longest:
+        window = "NodeInfo's activeHalfyear" if nodeinfo else "the longest window"
         raise ConfigError(
-            f"{path}: [privacy] retention_days = {retention_days} is shorter than the longest "
-            f"window ({max(windows) // 86_400} days): users would vanish from its count; raise it"
+            f"{path}: [privacy] retention_days = {retention_days} is shorter than {window} "
+            f"({longest // 86_400} days): users would vanish from its count; raise it"
         )
+
+
+def _nodeinfo(path: Path, values: dict[str, Any]) -> NodeInfoSettings | None:
+    """`[nodeinfo]`: None unless enabled; its domains must be counted ones, and it needs the
+    HTTP listener."""
+    if not values["nodeinfo.enabled"]:
+        return None
+    counted = values["counting.domains"]
+    domains = values["nodeinfo.domains"] or counted
+    for domain in domains:
+        if domain not in counted:
+            raise ConfigError(
+                f"{path}: [nodeinfo] domains lists {domain!r}, which is not in [counting] "
+                f"domains ({', '.join(counted)}): the bot has no figures for it"
+            )
+    if values["metrics.listen"] is None:
+        raise ConfigError(
+            f'{path}: [nodeinfo] enabled = true needs the HTTP listener, but [metrics] listen = ""'
+            '; set listen = "127.0.0.1:9470" (a reverse proxy publishes it, see the README)'
+        )
+    software = values["nodeinfo.software_name"] or values["server.software"]
+    if software == "generic":
+        raise ConfigError(
+            f"{path}: [nodeinfo] software_name is missing: NodeInfo names the server software; "
+            'add for example: software_name = "tigase"'
+        )
+    return NodeInfoSettings(
+        domains=domains,
+        open_registrations=values["nodeinfo.open_registrations"],
+        node_name=values["nodeinfo.node_name"],
+        software_name=software,
+        software_version=values["nodeinfo.software_version"],
+    )
 
 
 def _pseudonym_key(path: Path, values: dict[str, Any]) -> bytes | None:

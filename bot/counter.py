@@ -4,6 +4,10 @@ The seed's rule (mod_measure_active_users): a user is active within a window if 
 `now - max(last login, last logout) < window`. So the index keeps the number of online users and a
 sorted list of `last_active` for the users who are offline: the offline users active within the
 window are those with `last_active > now - window`, which one bisection finds.
+
+Per client family the same rule, applied to the user's sessions of that client (online now with
+it, or its sessions' last login or logout within the window): a `ClientIndex` per family, so a
+client's count is one bisection too, and a user on two clients is in both.
 """
 
 from __future__ import annotations
@@ -64,6 +68,71 @@ class Counts:
         return self.dau / self.mau
 
 
+@dataclass(frozen=True)
+class ClientCounts:
+    """One client family's figures: users active with it per window, users and sessions online."""
+
+    active: Mapping[int, int]
+    online_users: int
+    online_sessions: int
+
+
+@dataclass
+class ClientParts:
+    """One family's ints while the store is read at start-up (see `ActivityIndex.from_parts`)."""
+
+    offline: list[int] = field(default_factory=list)
+    online_users: int = 0
+    online_sessions: int = 0
+
+
+@dataclass
+class ClientIndex:
+    """The users of one client family: those online with it, and a sorted list of the last
+    login or logout of their sessions with it for the others (after `floor`, if set)."""
+
+    _offline: SortedList = field(default_factory=SortedList)
+    online_users: int = 0
+    online_sessions: int = 0
+    floor: int | None = None
+
+    @classmethod
+    def from_parts(cls, parts: ClientParts, floor: int | None) -> ClientIndex:
+        parts.offline.sort()
+        index = cls(
+            online_users=parts.online_users, online_sessions=parts.online_sessions, floor=floor
+        )
+        index._offline.update(parts.offline)
+        return index
+
+    def add(self, state: tuple[int, int]) -> None:
+        time, online = state
+        if online:
+            self.online_users += 1
+            self.online_sessions += online
+        elif self.floor is None or time > self.floor:
+            self._offline.add(time)
+
+    def remove(self, state: tuple[int, int]) -> None:
+        time, online = state
+        if online:
+            self.online_users -= 1
+            self.online_sessions -= online
+        elif self.floor is None or time > self.floor:
+            self._offline.remove(time)
+
+    def active(self, now: int, window: int) -> int:
+        offline = self._offline
+        return self.online_users + len(offline) - offline.bisect_right(now - window)
+
+    def counts(self, now: int, windows: Iterable[int]) -> ClientCounts:
+        return ClientCounts(
+            active={window: self.active(now, window) for window in windows},
+            online_users=self.online_users,
+            online_sessions=self.online_sessions,
+        )
+
+
 @dataclass
 class ActivityIndex:
     """Counts for one set of users, updated in O(log n) per change of one user's record."""
@@ -77,6 +146,11 @@ class ActivityIndex:
     # (dormant accounts cost no memory and no sorting at start-up). See `from_parts`.
     floor: int | None = None
     horizon: int | None = None  # the longest window it answers
+    clients: dict[str, ClientIndex] = field(default_factory=dict)  # by family
+    # New users and the client families answer only the configured windows: their own floor
+    # and horizon (shorter than the totals' when NodeInfo's 180 days are kept for them).
+    windows_floor: int | None = None
+    windows_horizon: int | None = None
 
     @classmethod
     def build(cls, records: Iterable[UserRecord]) -> ActivityIndex:
@@ -97,6 +171,9 @@ class ActivityIndex:
                 self.online_sessions += len(record.sessions)
             else:
                 offline.append(record.last_active)
+            if record.clients or record.session_clients:
+                for family, state in record.client_states().items():
+                    self._client(family).add(state)
         self._offline_last_active.update(offline)
         self._first_seen.update(first_seen)
 
@@ -111,9 +188,13 @@ class ActivityIndex:
         known_users: int,
         floor: int,
         horizon: int,
+        clients: Mapping[str, ClientParts] | None = None,
+        windows_floor: int | None = None,
+        windows_horizon: int | None = None,
     ) -> ActivityIndex:
         """The index from a start-up scan's lists, which hold only timestamps after `floor`
-        (= load time - `horizon`, the longest window); they are sorted here, in place."""
+        (= load time - `horizon`, the longest window; for first seen and the client families,
+        after `windows_floor`); they are sorted here, in place."""
         offline_last_active.sort()
         first_seen.sort()
         index = cls(
@@ -122,15 +203,30 @@ class ActivityIndex:
             known_users=known_users,
             floor=floor,
             horizon=horizon,
+            windows_floor=floor if windows_floor is None else windows_floor,
+            windows_horizon=horizon if windows_horizon is None else windows_horizon,
         )
         index._offline_last_active = SortedList()
         index._offline_last_active.update(offline_last_active)
         index._first_seen = SortedList()
         index._first_seen.update(first_seen)
+        index.clients = {
+            family: ClientIndex.from_parts(parts, index.windows_floor)
+            for family, parts in (clients or {}).items()
+        }
         return index
 
     def _kept(self, timestamp: int) -> bool:
         return self.floor is None or timestamp > self.floor
+
+    def _first_seen_kept(self, timestamp: int) -> bool:
+        return self.windows_floor is None or timestamp > self.windows_floor
+
+    def _client(self, family: str) -> ClientIndex:
+        index = self.clients.get(family)
+        if index is None:  # families are bounded (clients.Families)
+            index = self.clients[family] = ClientIndex(floor=self.windows_floor)
+        return index
 
     def replace(self, before: UserRecord | None, after: UserRecord | None) -> None:
         """Account for one user's record changing from `before` to `after` (None: absent)."""
@@ -138,10 +234,10 @@ class ActivityIndex:
         same_first_seen = (
             before is not None and after is not None and before.first_seen == after.first_seen
         )
-        kept = self._kept
+        kept, first_seen_kept = self._kept, self._first_seen_kept
         if before is not None:
             self.known_users -= 1
-            if not same_first_seen and kept(before.first_seen):
+            if not same_first_seen and first_seen_kept(before.first_seen):
                 self._first_seen.remove(before.first_seen)
             if before.sessions:
                 self.online_users -= 1
@@ -150,13 +246,46 @@ class ActivityIndex:
                 self._offline_last_active.remove(before.last_active)
         if after is not None:
             self.known_users += 1
-            if not same_first_seen and kept(after.first_seen):
+            if not same_first_seen and first_seen_kept(after.first_seen):
                 self._first_seen.add(after.first_seen)
             if after.sessions:
                 self.online_users += 1
                 self.online_sessions += len(after.sessions)
             elif kept(after.last_active):
                 self._offline_last_active.add(after.last_active)
+        self._replace_clients(before, after)
+
+    def _replace_clients(self, before: UserRecord | None, after: UserRecord | None) -> None:
+        """The families whose (time, sessions online) changed: out with the old, in with the
+        new. Users without client information cost one comparison; a user with one client
+        (most users) no dict."""
+        if before is not None and after is not None:
+            one_before, one_after = before.only_client(), after.only_client()
+            if one_before is not None and one_after is not None and one_before[0] == one_after[0]:
+                if one_before[1] != one_after[1]:
+                    index = self._client(one_before[0])
+                    index.remove(one_before[1])
+                    index.add(one_after[1])
+                return
+        old = {} if before is None or not (before.clients or before.session_clients) else None
+        new = {} if after is None or not (after.clients or after.session_clients) else None
+        if old is not None and new is not None:
+            return  # nobody's client is known on either side
+        if (
+            old is None
+            and new is None
+            and before.clients == after.clients  # type: ignore[union-attr]
+            and before.session_clients == after.session_clients  # type: ignore[union-attr]
+        ):
+            return
+        old = before.client_states() if old is None else old  # type: ignore[union-attr]
+        new = after.client_states() if new is None else new  # type: ignore[union-attr]
+        for family, state in old.items():
+            if new.get(family) != state:
+                self._client(family).remove(state)
+        for family, state in new.items():
+            if old.get(family) != state:
+                self._client(family).add(state)
 
     def _check_window(self, window: int) -> None:
         if self.horizon is not None and window > self.horizon:
@@ -170,10 +299,26 @@ class ActivityIndex:
 
     def new_users(self, now: int, window: int) -> int:
         """Users first seen within the window (`now - first_seen < window`)."""
-        self._check_window(window)
+        if not self._answers_new_users(window):
+            raise ValueError(f"new users are counted for windows up to {self.windows_horizon} s")
         return len(self._first_seen) - self._first_seen.bisect_right(now - window)
 
+    def client_counts(self, now: int, windows: Iterable[int]) -> dict[str, ClientCounts]:
+        """Per client family: users active with it per window, users and sessions online."""
+        windows = tuple(windows)
+        if self.windows_horizon is not None and windows and max(windows) > self.windows_horizon:
+            raise ValueError(
+                f"client families are counted for windows up to {self.windows_horizon} s, "
+                f"not {max(windows)} s"
+            )
+        return {family: index.counts(now, windows) for family, index in self.clients.items()}
+
+    def _answers_new_users(self, window: int) -> bool:
+        return self.windows_horizon is None or window <= self.windows_horizon
+
     def counts(self, now: int, windows: Iterable[int] = DEFAULT_WINDOWS) -> Counts:
+        """The figures over `windows`; new users over those of them the index keeps first
+        seen times for (not NodeInfo's 180 days)."""
         windows = tuple(windows)
         return Counts(
             computed_at=now,
@@ -181,5 +326,9 @@ class ActivityIndex:
             online_users=self.online_users,
             online_sessions=self.online_sessions,
             known_users=self.known_users,
-            new_users={window: self.new_users(now, window) for window in windows},
+            new_users={
+                window: self.new_users(now, window)
+                for window in windows
+                if self._answers_new_users(window)
+            },
         )

@@ -23,10 +23,12 @@ from .activity import ActivityTracker
 from .commands import CommandSet, Figures
 from .component import ActiveUsersComponent, ConnectionFatal, Timing
 from .config import Settings
-from .counter import DAY, window_label
+from .counter import DAY, Counts, window_label
 from .history import Day, day_snapshot, last_days, utc_day
 from .liveness import LivenessSettings
 from .metrics import ActivityCollector, MetricsPage, Snapshot
+from .nodeinfo import PUBLIC_PATHS, NodeInfoPages
+from .nodeinfo import WINDOWS as NODEINFO_WINDOWS
 from .shelf import store_files
 from .statuspage import HISTORY_DAYS, Health, StatusView, status_page
 from .store import Store, flush_periodically, inactive_users
@@ -47,12 +49,19 @@ def stored_peaks(snapshot: dict[str, Any] | None) -> dict[str, int]:
     return peaks
 
 
-def figures_source(tracker: ActivityTracker, clock: Callable[[], float]) -> Callable[[], Figures]:
-    """Fresh figures on every call: the index answers in microseconds."""
+def figures_source(
+    tracker: ActivityTracker,
+    clock: Callable[[], float],
+    windows: tuple[int, ...] | None = None,
+) -> Callable[[], Figures]:
+    """Fresh figures on every call (the index answers in microseconds), for `windows` (by
+    default the tracker's)."""
 
     def figures() -> Figures:
         now = int(clock())
-        return Figures(total=tracker.counts(now), by_domain=tracker.counts_by_domain(now))
+        return Figures(
+            total=tracker.counts(now, windows), by_domain=tracker.counts_by_domain(now, windows)
+        )
 
     return figures
 
@@ -131,6 +140,8 @@ class Bot:
                 settings.domains,
                 exclude=settings.exclude,
                 windows=settings.windows,
+                # NodeInfo's 180 days: the index keeps them (its figures and the ad-hoc answer)
+                extra_windows=NODEINFO_WINDOWS if settings.nodeinfo else (),
                 read_in_threads=True,  # offline users' records are read off the event loop
             )
             self._loaded_heartbeat = self.store.heartbeat
@@ -184,10 +195,11 @@ class Bot:
         settings = self.settings
         commands = CommandSet(
             admins=settings.admins,
-            figures=figures_source(self.tracker, self.clock),
+            figures=figures_source(self.tracker, self.clock, self.answered_windows()),
             history=self.history,
             windows=settings.windows,
             history_off_loop=self.history_off_loop,
+            client_figures=lambda: self.tracker.client_counts(int(self.clock())),
         )
         return ActiveUsersComponent(
             jid=settings.component_jid,
@@ -304,9 +316,11 @@ class Bot:
 
     def metrics_snapshot(self) -> Snapshot:
         started = time.perf_counter()
-        by_domain = self.tracker.counts_by_domain(int(self.clock()))
+        now = int(self.clock())
+        by_domain = self.tracker.counts_by_domain(now)
         return Snapshot(
             by_domain=by_domain,
+            clients_by_domain=self.tracker.client_counts_by_domain(now),
             presence_events=dict(self.component.presence_events),
             connected=self.component.connected_since is not None,
             duty_restarts=dict(self.duty_restarts),
@@ -335,6 +349,7 @@ class Bot:
             service=self.settings.component_jid,
             now=now,
             by_domain=by_domain,
+            clients_by_domain=self.tracker.client_counts_by_domain(int(now)),
             days=days,
             windows=self.settings.windows,
             health=Health(
@@ -345,18 +360,35 @@ class Bot:
             ),
         )
 
+    def answered_windows(self) -> tuple[int, ...]:
+        """The windows of the admins' answer: the configured ones, and with NodeInfo on, the
+        windows it publishes (so that the admin reads there what the network reads)."""
+        if self.settings.nodeinfo is None:
+            return self.settings.windows
+        return tuple(sorted({*self.settings.windows, *NODEINFO_WINDOWS}))
+
+    async def nodeinfo_figures(self) -> dict[str, Counts]:
+        """Each domain's figures over NodeInfo's windows, after the changes received so far."""
+        await self.tracker.caught_up()
+        return self.tracker.counts_by_domain(int(self.clock()), NODEINFO_WINDOWS)
+
     def http_routes(self) -> dict[str, Handler]:
         """The documents of the HTTP listener, by path: a new document is one more entry."""
-        return {
+        routes: dict[str, Handler] = {
             "/": status_page(self.status_view),
             "/metrics": MetricsPage(ActivityCollector(self.metrics_snapshot)).handle,
         }
+        if self.settings.nodeinfo is not None:
+            routes |= NodeInfoPages(self.settings.nodeinfo, self.nodeinfo_figures).routes()
+        return routes
 
     async def _start_web(self) -> WebServer | None:
         if self.settings.metrics_listen is None:
             return None
         host, port = self.settings.metrics_listen
-        server = WebServer(host, port, self.http_routes(), token=self.settings.metrics_token)
+        server = WebServer(
+            host, port, self.http_routes(), token=self.settings.metrics_token, public=PUBLIC_PATHS
+        )
         try:
             await server.start()
         except OSError as exc:  # asyncio words it at length; the errno says it in a few words
@@ -371,6 +403,12 @@ class Bot:
             server.url,
             " (token required)" if self.settings.metrics_token else "",
         )
+        if self.settings.nodeinfo is not None:
+            log.info(
+                "NodeInfo of %s on %s/.well-known/nodeinfo (public, no token)",
+                ", ".join(self.settings.nodeinfo.domains),
+                server.url,
+            )
         return server
 
     async def serve(self, stop: asyncio.Event) -> int:

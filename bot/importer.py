@@ -282,11 +282,10 @@ def merge(existing: UserRecord | None, activity: Activity) -> UserRecord:
         return UserRecord(first_seen, activity.last_login, activity.last_logout)
     if existing.first_seen and first_seen:
         first_seen = min(existing.first_seen, first_seen)
-    return UserRecord(
+    return existing._replace(  # its sessions and clients stay (an import knows no client)
         first_seen=first_seen or existing.first_seen,
         last_login=max(existing.last_login, activity.last_login),
         last_logout=max(existing.last_logout, activity.last_logout),
-        sessions=existing.sessions,
     )
 
 

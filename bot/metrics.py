@@ -16,7 +16,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from .counter import Counts, window_short
+from .counter import ClientCounts, Counts, window_short
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Snapshot:
     last_presence_at: float | None = None  # the last login or logout tracked (Unix time)
     store_last_write_at: float | None = None  # the last successful write of the store
     store_failed_writes: int = 0
+    # domain -> client family -> figures; the families are bounded (clients.Families)
+    clients_by_domain: Mapping[str, Mapping[str, ClientCounts]] = field(default_factory=dict)
 
 
 class ActivityCollector(Collector):
@@ -41,6 +43,7 @@ class ActivityCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self._take_snapshot()
         yield from _figures(snapshot.by_domain)
+        yield from _client_figures(snapshot.clients_by_domain)
         yield from _bot_health(snapshot)
 
 
@@ -79,6 +82,27 @@ def _figures(by_domain: Mapping[str, Counts]) -> Iterator[Metric]:
         online_sessions.add_metric([domain], counts.online_sessions)
         known.add_metric([domain], counts.known_users)
     yield from (active, new, stickiness, online_users, online_sessions, known)
+
+
+def _client_figures(by_domain: Mapping[str, Mapping[str, ClientCounts]]) -> Iterator[Metric]:
+    """Per domain and client family (a bounded set of labels: see clients.py)."""
+    active = GaugeMetricFamily(
+        "xmpp_active_users_by_client",
+        "Distinct users online now with this client, or whose last login or logout with it is "
+        "within the window (a user on two clients counts for each)",
+        labels=["domain", "client", "window"],
+    )
+    online = GaugeMetricFamily(
+        "xmpp_online_users_by_client",
+        "Users with at least one session of this client online",
+        labels=["domain", "client"],
+    )
+    for domain, clients in by_domain.items():
+        for client, counts in sorted(clients.items()):
+            for window, value in counts.active.items():
+                active.add_metric([domain, client, window_short(window)], value)
+            online.add_metric([domain, client], counts.online_users)
+    yield from (active, online)
 
 
 def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:

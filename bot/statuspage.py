@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from aiohttp import web
 
-from .counter import DAY, Counts, window_label, window_short
+from .commands import Table, clients_table
+from .counter import DAY, ClientCounts, Counts, window_label, window_short
 from .history import Day
 
 HISTORY_DAYS = 90  # the charts' span, today included
@@ -43,6 +44,7 @@ class StatusView:
     days: Sequence[Day]  # oldest first, today (live) last; None domains: the bot was down
     windows: tuple[int, ...]
     health: Health
+    clients_by_domain: Mapping[str, Mapping[str, ClientCounts]] = field(default_factory=dict)
 
 
 def status_page(
@@ -90,6 +92,10 @@ vertical-align:-.1rem}.nodata{background:var(--line)}
 .health{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:0}
 .health dt{color:var(--muted)}.health dd{margin:0}
 .bad{color:var(--bad);font-weight:600}.good{color:var(--good);font-weight:600}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.9rem;min-width:100%}
+th,td{padding:.25rem .5rem;border-bottom:1px solid var(--line);text-align:right;
+white-space:nowrap}th:first-child,td:first-child{text-align:left}
+th{color:var(--muted);font-weight:500}td{font-variant-numeric:tabular-nums}
 @media(max-width:36rem){svg text{font-size:20px}.health{grid-template-columns:1fr}
 .health dd{margin-bottom:.5rem}}
 """
@@ -109,14 +115,15 @@ def render(view: StatusView) -> str:
         "if their last login or logout is within it.</p></header><main>",
     ]
     for domain, counts in view.by_domain.items():
-        parts.append(_domain_section(domain, counts, view.days, view.windows))
+        clients = clients_table(view.clients_by_domain.get(domain, {}), view.windows)
+        parts.append(_domain_section(domain, counts, view.days, view.windows, clients))
     parts.append(_health_section(view.health, view.now))
     parts.append("</main></body></html>")
     return "\n".join(parts)
 
 
 def _domain_section(
-    domain: str, counts: Counts, days: Sequence[Day], windows: Iterable[int]
+    domain: str, counts: Counts, days: Sequence[Day], windows: Iterable[int], clients: Table
 ) -> str:
     windows = tuple(windows)
     history = [None if day.domains is None else day.domains.get(domain) for day in days]
@@ -145,6 +152,7 @@ def _domain_section(
             _figures(counts),
             _chart(f"Active users, last {len(days)} days", active_series, dates, gaps),
             _chart(f"New users per day, last {len(days)} days", new_series, dates, gaps),
+            _clients_section(clients, windows),
             "</section>",
         ]
     )
@@ -189,6 +197,29 @@ def _active_label(window: int) -> str:
     name = _ACTIVE_NAMES.get(window)
     label = f"active users, {window_label(window)}"
     return f"{name}: {label}" if name else label
+
+
+def _clients_section(table: Table, windows: tuple[int, ...]) -> str:
+    """The `clients` command's table: a row per client family, `data-client` its metrics label,
+    `data-client-figure` named like the command's fields."""
+    head = "".join(
+        f'<th scope="col">{_e(label)}</th>' for name, label in table.columns if name != "family"
+    )
+    figures = [f"active_{window_short(w)}" for w in windows] + ["online_users"]
+    rows = []
+    for row in table.rows:
+        cells = f"<td>{_e(row['client'])}</td><td>{_e(row['platform'])}</td>"
+        cells += "".join(
+            f'<td data-client-figure="{name}">{_number(int(row[name]))}</td>' for name in figures
+        )
+        rows.append(f'<tr data-client="{_e(row["family"])}">{cells}</tr>')
+    body = (
+        f'<div class="scroll"><table class="clients"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        if rows
+        else ""
+    )
+    return f'<h3>{_e(table.title)}</h3>{body}<p class="muted">{_e(table.note)}</p>'
 
 
 # --- charts ---------------------------------------------------------------------------------

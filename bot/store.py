@@ -6,7 +6,8 @@ classes, so no pickle ever depends on this package's code. Keys:
     "meta:schema"     -> int, SCHEMA_VERSION
     "meta:heartbeat"  -> int, the last time (Unix seconds) the writer was known alive
     "meta:pseudonymized" -> bool, users keyed by a keyed hash instead of their JID
-    "user:<bare JID>" -> (first_seen, last_login, last_logout, (resource, ...))
+    "user:<bare JID>" -> (first_seen, last_login, last_logout, (resource, ...)[, clients, ...])
+                         (see codec.py)
     "day:<YYYY-MM-DD>" -> {domain: {"active": {"1d": n, ...}, "new": {...}, "peak_online": n}}
 """
 
@@ -44,7 +45,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 2: records may carry client families (codec.py). A store of schema 1 is read as it is and
+# marked 2 by the first writer, so that an older release refuses it (it would take records
+# with clients for damaged ones) instead of setting them aside.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arrives
 _USER = "user:"
 _USER_PREFIX = _USER.encode()
@@ -145,6 +150,15 @@ class Store:
                     with db.transaction():
                         shelf[_SCHEMA_KEY] = SCHEMA_VERSION
                         shelf[_PSEUDONYMIZED_KEY] = self._pseudonyms.enabled
+                elif version != SCHEMA_VERSION:
+                    with db.transaction():
+                        shelf[_SCHEMA_KEY] = SCHEMA_VERSION
+                    log.info(
+                        "%s: store of schema %d, now marked %d (records with client families)",
+                        self.path,
+                        version,
+                        SCHEMA_VERSION,
+                    )
             self._heartbeat_written = int(shelf.get(_HEARTBEAT_KEY, 0))
         except (sqlite3.DatabaseError, pickle.UnpicklingError) as exc:
             if db is not None:
@@ -176,10 +190,11 @@ class Store:
                 f"{path}: an SQLite database but not a store of xmpp-active-users (no table "
                 "Dict); it was left untouched. Set [store] path to another file."
             )
-        if version is not None and version != SCHEMA_VERSION:
+        if version is not None and (type(version) is not int or version not in READABLE_SCHEMAS):
             raise StoreCorruptError(
-                f"{path}: schema version {version!r}, but this program reads version "
-                f"{SCHEMA_VERSION}; run the xmpp-active-users release that wrote it"
+                f"{path}: schema version {version!r}, but this program reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}; run the xmpp-active-users release "
+                "that wrote it"
             )
         return version
 

@@ -7,7 +7,8 @@ they read the bot's state directly; anything slow (the disk) they hand to a work
 With a token (`[metrics] token_file`), every request must carry it, as a bearer token
 (`Authorization: Bearer TOKEN`, what Prometheus sends with `authorization.credentials_file`) or
 as the password of basic auth, any user name (what a browser asks for). A request without it gets
-a 401 that says nothing else: no figure, no path known or unknown.
+a 401 that says nothing else: no figure, no path known or unknown. The exception: the `public`
+paths, documents published for anyone (NodeInfo, when the admin turns it on).
 """
 
 from __future__ import annotations
@@ -65,11 +66,17 @@ class WebServer:
     which once started)."""
 
     def __init__(
-        self, host: str, port: int, routes: Mapping[str, Handler], token: str | None = None
+        self,
+        host: str,
+        port: int,
+        routes: Mapping[str, Handler],
+        token: str | None = None,
+        public: frozenset[str] = frozenset(),
     ) -> None:
         self.host = host
         self.port = port
         self._token = token
+        self._public = public & set(routes)  # served without the token
         self.observers: list[Callable[[str, int], None]] = []  # told (path, status) of answers
         self._internal_errors: Counter[tuple[str, str]] = Counter()
         app = web.Application(middlewares=[self._guard])
@@ -114,8 +121,10 @@ class WebServer:
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """The handler's answer; a fault of a handler is logged once per path and kind, and
         answered with a plain 500."""
-        if self._token is not None and not authorized(
-            request.headers.get(hdrs.AUTHORIZATION), self._token
+        if (
+            self._token is not None
+            and request.path not in self._public
+            and not authorized(request.headers.get(hdrs.AUTHORIZATION), self._token)
         ):
             return unauthorized()
         try:

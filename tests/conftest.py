@@ -102,16 +102,24 @@ PASSWORDS = {f"{user}@example.test": password for user, password in USERS.items(
 
 @pytest_asyncio.fixture
 async def clients(prosody):
-    """Log in real clients: `await clients.login("alice@example.test/phone")`."""
+    """Log in real clients: `await clients.login("alice@example.test/phone")` (with
+    `caps_node=...`: announcing XEP-0115 caps)."""
 
     class Clients:
         def __init__(self) -> None:
             self.connected = []
 
-        async def login(self, full_jid: str, *, presence: bool = True):
+        async def login(
+            self, full_jid: str, *, presence: bool = True, caps_node: str | None = None
+        ):
             bare, _, resource = full_jid.partition("/")
             client = await connect_client(
-                prosody, bare, PASSWORDS[bare], resource=resource, presence=presence
+                prosody,
+                bare,
+                PASSWORDS[bare],
+                resource=resource,
+                presence=presence,
+                caps_node=caps_node,
             )
             self.connected.append(client)
             return client

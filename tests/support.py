@@ -21,7 +21,7 @@ from slixmpp.test import SlixTest
 from slixmpp.test import TestTransport as Transport  # not collected as a test
 
 from bot.activity import ActivityTracker
-from bot.commands import ADHOC_STATS_NODE, CommandSet
+from bot.commands import ADHOC_CLIENTS_NODE, ADHOC_STATS_NODE, CommandSet
 from bot.component import ActiveUsersComponent, Timing
 from bot.config import Settings, load_settings
 from bot.counter import DAY
@@ -93,12 +93,12 @@ def bot_settings(server, store_path: Path, **changes) -> Settings:
         "metrics_listen": None,  # the metrics test turns it on (closing it costs 0.5 s)
     } | changes
     listen = options.pop("metrics_listen")
-    # A config file cannot ask for any free port (it refuses port 0): that one request is set on
-    # the settings read from the file.
+    # A config file cannot ask for any free port (it refuses port 0): the file names port 1 (a
+    # listener all the same, for the checks that need one), and the settings read from it get 0.
     any_port = listen is not None and listen[1] == 0
     config = write_config(
         store_path.with_name(store_path.name + ".toml"),
-        metrics_listen="" if listen is None or any_port else listen_text(*listen),
+        metrics_listen="" if listen is None else listen_text(listen[0], listen[1] or 1),
         **options,
     )
     settings = load_settings(config, environ={})  # the test's secret, never the environment's
@@ -262,6 +262,16 @@ async def ask_adhoc(client, node: str = ADHOC_STATS_NODE) -> dict[str, str]:
     return {k: v for k, v in result["command"]["form"].get_values().items() if k != "FORM_TYPE"}
 
 
+async def ask_adhoc_clients(client) -> dict[str, dict[str, str]]:
+    """The ad-hoc command 'clients' (Active users by client): its rows, by metrics label."""
+    result = await client.plugin["xep_0050"].send_command(
+        jid="active.example.test", node=ADHOC_CLIENTS_NODE
+    )
+    assert result["command"]["status"] == "completed"
+    rows = [dict(item) for item in result["command"]["form"]["items"]]
+    return {row["family"]: row for row in rows}
+
+
 class Chat:
     """Chat with the bot from one client; replies come back in order on the same stream."""
 
@@ -314,11 +324,19 @@ def history_figures(days_back: int) -> dict[str, object]:
 
 def seed_store(store_path: Path, domain: str, now: int) -> None:
     """Users of earlier days, so that DAU, WAU and MAU differ once alice, bob and carol log in
-    (3, 5, 6; new: 3, 4, 4; 7 known), and the snapshots of HISTORY_DAYS_BACK."""
+    (3, 5, 6; new: 3, 4, 4; 7 known), week on Gajim and month on Dino (so that a client's
+    figures differ per window too), and the snapshots of HISTORY_DAYS_BACK."""
     with Store(store_path) as store:
-        store.put(f"week@{domain}", UserRecord(now - 40 * DAY, now - 3 * DAY, now - 3 * DAY + 600))
+        week_out, month_out = now - 3 * DAY + 600, now - 20 * DAY + 9
+        store.put(
+            f"week@{domain}",
+            UserRecord(now - 40 * DAY, now - 3 * DAY, week_out, (), ("gajim", week_out)),
+        )
         store.put(f"newcomer@{domain}", UserRecord(now - 5 * DAY, now - 2 * DAY, now - 2 * DAY + 9))
-        store.put(f"month@{domain}", UserRecord(now - 50 * DAY, now - 20 * DAY, now - 20 * DAY + 9))
+        store.put(
+            f"month@{domain}",
+            UserRecord(now - 50 * DAY, now - 20 * DAY, month_out, (), ("dino", month_out)),
+        )
         store.put(f"dormant@{domain}", UserRecord(now - 90 * DAY, now - 60 * DAY, now - 60 * DAY))
         for back in HISTORY_DAYS_BACK:
             store.put_day(utc_day(now - back * DAY), {domain: history_figures(back)})
@@ -327,17 +345,28 @@ def seed_store(store_path: Path, domain: str, now: int) -> None:
 
 @dataclass
 class World:
-    """A running bot with a seeded store, users online, and the admin's ad-hoc answer."""
+    """A running bot with a seeded store, users online, and the admin's ad-hoc answers."""
 
     bot: RunningBot
     adhoc: dict[str, str]
     admin: object  # the admin's slixmpp client, logged in without presence (never counted)
+    clients: dict[str, dict[str, str]]  # the 'clients' command's rows, by metrics label
+
+
+# The XEP-0115 caps node each session of `seeded_world` announces (None: no caps).
+SEEDED_CAPS = {
+    ("alice", "phone"): "http://conversations.im",
+    ("alice", "laptop"): "https://gajim.org",
+    ("bob", "phone"): "http://conversations.im",
+    ("carol", "pc"): "https://chat.example.net/client",
+}
 
 
 @contextlib.asynccontextmanager
 async def seeded_world(server, folder: Path, **bot_changes) -> AsyncIterator[World]:
     """`seed_store`, then a real bot (`bot_changes` as for `bot_settings`), then alice (two
-    sessions) and bob online, carol in and out; the admin asks the ad-hoc command last."""
+    sessions) and bob online, carol in and out, each with the client of SEEDED_CAPS; the admin
+    asks the ad-hoc commands last."""
     store_path = folder / "activity.db"
     seed_store(store_path, server.domain, int(time.time()))
     async with bot_starter(server, store_path) as start:
@@ -346,16 +375,25 @@ async def seeded_world(server, folder: Path, **bot_changes) -> AsyncIterator[Wor
         try:
             for user, resource in (("alice", "phone"), ("alice", "laptop"), ("bob", "phone")):
                 bare = f"{user}@{server.domain}"
-                clients.append(await connect_client(server, bare, USERS[user], resource))
+                caps = SEEDED_CAPS[(user, resource)]
+                clients.append(
+                    await connect_client(server, bare, USERS[user], resource, caps_node=caps)
+                )
                 await running.expect("available", f"{bare}/{resource}")
-            carol = await connect_client(server, f"carol@{server.domain}", USERS["carol"], "pc")
+            carol = await connect_client(
+                server,
+                f"carol@{server.domain}",
+                USERS["carol"],
+                "pc",
+                caps_node=SEEDED_CAPS[("carol", "pc")],
+            )
             await running.expect("available", f"carol@{server.domain}/pc")
             await disconnect_client(carol)
             await running.expect("unavailable", f"carol@{server.domain}/pc")
             admin = await connect_client(server, ADMIN, USERS["admin"], "desk", presence=False)
             clients.append(admin)
             adhoc = await ask_adhoc(admin)
-            yield World(running, adhoc, admin)
+            yield World(running, adhoc, admin, await ask_adhoc_clients(admin))
         finally:
             for client in clients:
                 with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import shelve
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.activity import ActivityTracker
+from bot.clients import UNKNOWN
 from bot.codec import DamagedRecord, decode_record, decode_records, encode_record
 from bot.importer import Activity, import_activities
 from bot.model import UserRecord
@@ -23,16 +25,26 @@ from bot.store import Store, inactive_users
 
 T0 = 1_800_000_000
 timestamps = st.integers(min_value=0, max_value=2**40)
-records = st.builds(
-    UserRecord,
-    timestamps,
-    timestamps,
-    timestamps,
-    st.lists(st.text(min_size=1, max_size=20), max_size=3).map(tuple),
-)
+families = st.sampled_from(["conversations", "gajim", "unknown", "other", "kaidan.im"])
 
 
-@given(records)
+@st.composite
+def records(draw):
+    """Records as the tracker makes them: without client information (imported), or with a
+    time per family and a family per session online ("" for a session of unknown client)."""
+    sessions = tuple(draw(st.lists(st.text(min_size=1, max_size=20), max_size=3, unique=True)))
+    record = UserRecord(draw(timestamps), draw(timestamps), draw(timestamps), sessions)
+    if draw(st.booleans()):
+        used = draw(st.lists(families, min_size=1, max_size=3, unique=True))
+        clients = tuple(x for family in used for x in (family, draw(timestamps)))
+        session_clients = tuple(draw(st.sampled_from([*used, ""])) for _ in sessions)
+        if not any(session_clients):
+            session_clients = ()
+        record = record._replace(clients=clients, session_clients=session_clients)
+    return record
+
+
+@given(records())
 def test_every_record_survives_encoding(record):
     decoded = decode_record(encode_record(record))
     assert decoded == record
@@ -43,6 +55,53 @@ def test_a_stored_record_is_a_plain_tuple_that_plain_pickle_reads():
     record = UserRecord(T0, T0 + 1, T0 + 2, ("phone",))
     assert pickle.loads(encode_record(record)) == (T0, T0 + 1, T0 + 2, ("phone",))
     assert b"UserRecord" not in encode_record(record)  # no class of ours in the file
+    with_clients = UserRecord(
+        T0, T0 + 1, T0 + 2, ("phone", "pc"), ("conversations", T0 + 1), ("conversations", "")
+    )
+    stored = (T0, T0 + 1, T0 + 2, ("phone", "pc"), ("conversations", T0 + 1), ("conversations", ""))
+    assert pickle.loads(encode_record(with_clients)) == stored
+
+
+def test_a_record_of_the_first_schema_decodes_without_clients():
+    """Schema 1 wrote 4-tuples only: they load as users without client information."""
+    old = pickle.dumps((T0, T0 + 1, T0 + 2, ("phone",)), pickle.HIGHEST_PROTOCOL)
+    assert decode_record(old) == UserRecord(T0, T0 + 1, T0 + 2, ("phone",), (), ())
+    assert decode_record(old).session_families() == ("",)  # online, client not known
+
+
+def test_a_users_client_families_cost_a_few_bytes_per_family():
+    without = encode_record(UserRecord(T0, T0 + 1, T0 + 2))
+    one = encode_record(UserRecord(T0, T0 + 1, T0 + 2, (), ("conversations", T0 + 2)))
+    two = encode_record(
+        UserRecord(T0, T0 + 1, T0 + 2, (), ("conversations", T0 + 2, "gajim", T0 + 1))
+    )
+    assert len(without) == 31  # what schema 1 stored, unchanged for users without clients
+    assert len(one) - len(without) == len("conversations") + 11
+    assert len(two) - len(one) == len("gajim") + 9
+    # A user online: the family is written again for the session, as a plain string.
+    online = UserRecord(
+        T0, T0 + 1, T0 + 2, ("phone",), ("conversations", T0 + 2), ("conversations",)
+    )
+    assert encode_record(online).count(b"conversations") == 2
+
+
+@given(records())
+def test_no_stored_record_refers_back_into_the_pickle_memo(record):
+    """The start-up scan reads a batch of records with one unpickler, whose memo runs on from
+    record to record: a back-reference would read a neighbour's string."""
+    opcodes = {op.name for op, _arg, _pos in pickletools.genops(encode_record(record))}
+    assert not opcodes & {"BINGET", "LONG_BINGET", "GET"}, opcodes
+
+
+def test_the_batch_decoder_reads_users_online_with_their_clients_exactly():
+    values = [
+        encode_record(
+            UserRecord(T0, T0 + n, T0, ("pc", "phone"), (f"f{n}", T0 + n), (f"f{n}", f"f{n}"))
+        )
+        for n in range(20)
+    ]
+    assert decode_records(values) == [decode_record(value) for value in values]
+    assert decode_records(values)[7].session_clients == ("f7", "f7")
 
 
 DAMAGED = {
@@ -55,6 +114,16 @@ DAMAGED = {
     "a bool timestamp": pickle.dumps((T0, True, T0, ())),
     "sessions as a list": pickle.dumps((T0, T0, T0, ["phone"])),
     "a session that is not text": pickle.dumps((T0, T0, T0, (7,))),
+    "five fields": pickle.dumps((T0, T0, T0, (), ("gajim", T0))),
+    "a family without its time": pickle.dumps((T0, T0, T0, (), ("gajim",), ())),
+    "a family that is not text": pickle.dumps((T0, T0, T0, (), (7, T0), ())),
+    "a family's time as text": pickle.dumps((T0, T0, T0, (), ("gajim", "5"), ())),
+    "a family's time as a float": pickle.dumps((T0, T0, T0, (), ("gajim", 1.5), ())),
+    "clients as a list": pickle.dumps((T0, T0, T0, (), ["gajim", T0], ())),
+    "fewer session families than sessions": pickle.dumps(
+        (T0, T0, T0, ("pc", "phone"), ("gajim", T0), ("gajim",))
+    ),
+    "a session family that is not text": pickle.dumps((T0, T0, T0, ("pc",), ("gajim", T0), (1,))),
 }
 
 
@@ -112,7 +181,9 @@ def test_the_live_bot_sets_a_damaged_record_aside_and_tracks_the_user_afresh(
         assert tracker.counts(T0 + 10).dau == 1
     assert caplog.text.count("set aside") == 1  # logged once
     with Store(path, readonly=True) as store:
-        assert store.get("mallory@example.test") == UserRecord(T0, T0, T0 + 5)
+        assert store.get("mallory@example.test") == UserRecord(
+            T0, T0, T0 + 5, (), (UNKNOWN, T0 + 5)
+        )
     with shelve.Shelf(SqliteDict(path, readonly=True)) as shelf:
         assert shelf.dict[b"damaged:user:mallory@example.test"] == value
 
@@ -147,7 +218,12 @@ def test_a_value_that_would_run_code_is_a_damaged_record_and_runs_nothing(tmp_pa
 
 
 def test_the_batch_decoder_equals_one_by_one_decoding_around_damaged_values():
-    good = [encode_record(UserRecord(T0 + n, T0 + n, n, ("pc",) * (n % 2))) for n in range(50)]
+    good = [
+        encode_record(
+            UserRecord(T0 + n, T0 + n, n, ("pc",) * (n % 2), ("gajim", n), ("gajim",) * (n % 2))
+        )
+        for n in range(50)
+    ]
     for damaged in DAMAGED.values():
         for where in (0, 1, 25, 50):
             values = [*good[:where], damaged, *good[where:]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.commands import CHAT_REFUSED, CommandSet, Figures, parse_days, stats_form
-from bot.counter import DAY, ActivityIndex
+from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
 from bot.model import UserRecord
 
 NOW = 1_800_000_000
@@ -75,3 +75,80 @@ def test_history_days_are_ascii_digits_of_a_sane_length():
     assert reply.startswith("Sorry, the number of days must be 1 to 366")
     assert "Exceeds the limit" not in reply
     assert len(reply) < 200
+
+
+# --- active users by client ----------------------------------------------------------------
+
+ALICE_TWO_CLIENTS = UserRecord(
+    NOW - 10 * DAY,
+    NOW - 60,
+    NOW - 2 * DAY,
+    ("phone",),
+    ("conversations", NOW - 60, "gajim", NOW - 2 * DAY),
+    ("conversations",),
+)
+BOB_GAJIM = UserRecord(
+    NOW - 9 * DAY, NOW - 3 * DAY, NOW - 3 * DAY + 5, (), ("gajim", NOW - 3 * DAY + 5)
+)
+CAROL_IMPORTED = UserRecord(NOW - 9 * DAY, NOW - 3600, NOW - 3000)  # no client known
+
+
+def client_commands() -> CommandSet:
+    index = ActivityIndex.build([ALICE_TWO_CLIENTS, BOB_GAJIM, CAROL_IMPORTED])
+    return CommandSet(
+        admins=frozenset({"admin@a.test"}),
+        figures=lambda: TWO_DOMAINS,
+        client_figures=lambda: index.client_counts(NOW, DEFAULT_WINDOWS),
+    )
+
+
+def test_clients_are_one_table_rendered_as_a_form_and_as_chat():
+    commands = client_commands()
+    form = commands.clients_table().form()
+    assert form["type"] == "result"
+    assert list(form.get_reported()) == [
+        "client",
+        "platform",
+        "active_1d",
+        "active_7d",
+        "active_30d",
+        "online_users",
+        "family",
+    ]
+    assert form["items"] == [
+        {
+            "client": "Gajim",
+            "platform": "desktop",
+            "family": "gajim",
+            "active_1d": "0",
+            "active_7d": "2",
+            "active_30d": "2",
+            "online_users": "0",
+        },
+        {
+            "client": "Conversations",
+            "platform": "mobile",
+            "family": "conversations",
+            "active_1d": "1",
+            "active_7d": "1",
+            "active_30d": "1",
+            "online_users": "1",
+        },
+    ]
+    assert commands.chat_reply("admin@a.test", " Clients ") == (
+        "Active users by client (24 hours / 7 days / 30 days; online now):\n"
+        "  Gajim (desktop): 0 / 2 / 2; online 0\n"
+        "  Conversations (mobile): 1 / 1 / 1; online 1\n" + commands.clients_table().note
+    )
+    assert "A user on two clients counts for each." in commands.clients_table().note
+
+
+def test_no_client_known_yet_is_said_rather_than_an_empty_table():
+    commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
+    reply = commands.chat_reply("admin@a.test", "clients")
+    assert reply.splitlines()[1:] == [commands.clients_table().note]
+    assert "No client is known yet" in reply
+
+
+def test_non_admins_get_no_clients_either():
+    assert client_commands().chat_reply("alice@a.test", "clients") == CHAT_REFUSED

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from bot.commands import (
+    ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
@@ -334,7 +335,12 @@ class CommandNodesTest(ComponentHarness):
         for kind in ("info", "items"):
             unknown = self.disco("alice@example.test/phone", kind, "no-such-node")
             assert "<item-not-found" in unknown
-            for node in (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
+            for node in (
+                ADHOC_STATS_NODE,
+                ADHOC_CLIENTS_NODE,
+                ADHOC_HISTORY_NODE,
+                ADHOC_FORGET_NODE,
+            ):
                 answer = self.disco("alice@example.test/phone", kind, node)
                 assert answer == unknown.replace("no-such-node", node), (kind, node)
 

@@ -209,3 +209,65 @@ def test_bad_tokens_are_one_line_errors_that_never_show_the_token(
     assert "\n" not in str(error.value)
     for secret in ("short-secret", "with spaces", TOKEN):
         assert secret not in str(error.value)
+
+
+# --- [nodeinfo] -------------------------------------------------------------------------------
+
+
+def test_nodeinfo_is_off_by_default(tmp_path):
+    assert load_settings(write(tmp_path, MINIMAL), environ={}).nodeinfo is None
+    text = MINIMAL + "[nodeinfo]\nenabled = false\nnode_name = 'unused'\n"
+    assert load_settings(write(tmp_path, text), environ={}).nodeinfo is None
+
+
+def test_nodeinfo_defaults_to_every_counted_domain_and_the_servers_software(tmp_path):
+    text = MINIMAL.replace('domains = ["example.test"]', 'domains = ["a.test", "b.test"]')
+    text += "[nodeinfo]\nenabled = true\n"
+    nodeinfo = load_settings(write(tmp_path, text), environ={}).nodeinfo
+    assert nodeinfo.domains == ("a.test", "b.test")
+    assert (nodeinfo.software_name, nodeinfo.software_version) == ("prosody", "")
+    assert (nodeinfo.open_registrations, nodeinfo.node_name) == (False, "")
+    text += 'domains = ["b.test"]\nopen_registrations = true\nnode_name = " Chat "\n'
+    text += 'software_name = "ejabberd"\nsoftware_version = "23.01"\n'
+    nodeinfo = load_settings(write(tmp_path, text), environ={}).nodeinfo
+    assert nodeinfo.domains == ("b.test",)
+    assert (nodeinfo.open_registrations, nodeinfo.node_name) == (True, "Chat")
+    assert (nodeinfo.software_name, nodeinfo.software_version) == ("ejabberd", "23.01")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            '[nodeinfo]\nenabled = true\ndomains = ["other.test"]\n',
+            "[nodeinfo] domains lists 'other.test', which is not in [counting] domains",
+        ),
+        (
+            '[nodeinfo]\nenabled = true\n[metrics]\nlisten = ""\n',
+            "[nodeinfo] enabled = true needs the HTTP listener",
+        ),
+        (
+            '[nodeinfo]\nenabled = true\nsoftware_name = "Prosody IM"\n',
+            "[nodeinfo] software_name must be lower-case letters, digits and dashes",
+        ),
+        (
+            '[server]\nsoftware = "generic"\n[nodeinfo]\nenabled = true\n',
+            "[nodeinfo] software_name is missing",
+        ),
+        (
+            "[nodeinfo]\nenabled = true\n[privacy]\nretention_days = 100\n",
+            "retention_days = 100 is shorter than NodeInfo's activeHalfyear (180 days)",
+        ),
+        ('[nodeinfo]\nenabled = "yes"\n', "[nodeinfo] enabled must be true or false"),
+    ],
+)
+def test_bad_nodeinfo_settings_are_one_line_each(tmp_path, extra, message):
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write(tmp_path, MINIMAL + extra), environ={})
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_retention_of_100_days_is_fine_without_nodeinfo(tmp_path):
+    text = MINIMAL + "[privacy]\nretention_days = 100\n"
+    assert load_settings(write(tmp_path, text), environ={}).retention_days == 100

@@ -42,16 +42,26 @@ GRAFANA_GLOBALS = re.compile(r"\$__\w+")  # $__rate_interval, $__interval...
 def scrape(windows: tuple[int, ...]) -> dict[str, dict[str, set[str]]]:
     """Sample name -> label name -> values seen, from the real collector over real counts."""
     records = [
-        UserRecord(NOW - 40 * DAY, NOW - 3600, NOW - 40 * DAY, ("phone",)),  # online now
+        UserRecord(  # online now, with Conversations
+            NOW - 40 * DAY,
+            NOW - 3600,
+            NOW - 40 * DAY,
+            ("phone",),
+            ("conversations", NOW - 3600),
+            ("conversations",),
+        ),
         UserRecord(NOW - 5 * DAY, NOW - 3 * DAY, NOW - 3 * DAY + 60),  # active this week
         UserRecord(NOW - 90 * DAY, NOW - 20 * DAY, NOW - 20 * DAY + 60),  # active this month
     ]
-    by_domain = {
-        "example.org": ActivityIndex.build(records).counts(NOW, windows),
-        "chat.example.org": ActivityIndex.build(records[:1]).counts(NOW, windows),
+    indexes = {
+        "example.org": ActivityIndex.build(records),
+        "chat.example.org": ActivityIndex.build(records[:1]),
     }
     snapshot = Snapshot(
-        by_domain=by_domain,
+        by_domain={domain: index.counts(NOW, windows) for domain, index in indexes.items()},
+        clients_by_domain={
+            domain: index.client_counts(NOW, windows) for domain, index in indexes.items()
+        },
         presence_events={"available": 5, "unavailable": 3},
         connected=True,
         count_seconds=0.001,
@@ -85,6 +95,8 @@ def test_the_scrape_has_every_family_the_dashboard_is_built_for(exported):
         "xmpp_online_users",
         "xmpp_online_sessions",
         "xmpp_known_users",
+        "xmpp_active_users_by_client",
+        "xmpp_online_users_by_client",
         "xmpp_presence_events_total",
         "xmpp_component_connected",
         "xmpp_count_duration_seconds",
@@ -284,6 +296,8 @@ def test_window_values_in_the_dashboard_are_produced_by_the_default_windows(
         "xmpp_stickiness_ratio",
         "xmpp_online_users",
         "xmpp_online_sessions",
+        "xmpp_active_users_by_client",
+        "xmpp_online_users_by_client",
         "xmpp_presence_events_total",
         "xmpp_component_connected",
         "xmpp_count_duration_seconds",

@@ -23,6 +23,8 @@ records = st.builds(
     last_login=timestamps,
     last_logout=timestamps,
     sessions=st.sampled_from([(), (), ("phone",), ("phone", "laptop")]),
+    clients=st.just(()),  # the families have their own tests, below
+    session_clients=st.just(()),
 )
 
 
@@ -115,3 +117,104 @@ def test_index_built_at_load_refuses_windows_beyond_its_horizon():
     assert index.active(NOW, 30 * DAY) == 1
     with pytest.raises(ValueError, match="windows up to"):
         index.active(NOW, 90 * DAY)
+
+
+# --- per client family -----------------------------------------------------------------------
+
+FAMILIES = ("conversations", "gajim", "unknown")
+
+
+@st.composite
+def client_records(draw):
+    """A user with a time per family used and, online, a family per session ("": not known)."""
+    sessions = draw(st.sampled_from([(), (), ("phone",), ("phone", "laptop")]))
+    used = draw(st.lists(st.sampled_from(FAMILIES), max_size=3, unique=True))
+    clients = tuple(x for family in used for x in (family, draw(timestamps)))
+    session_clients = tuple(draw(st.sampled_from([*used, ""])) for _ in sessions)
+    return UserRecord(1, draw(timestamps), draw(timestamps), sessions, clients, session_clients)
+
+
+def seed_counts_per_client(users) -> dict[str, tuple]:
+    """The seed's rule per family, by brute force: (users active per window, users online with
+    it, its sessions online); families with nothing to count left out."""
+    expected = {}
+    for family in FAMILIES:
+        online = [sum(1 for f in u.session_families() if f == family) for u in users]
+        times = [dict(u.client_times()).get(family) for u in users]
+        active = tuple(
+            sum(
+                1
+                for sessions, time in zip(online, times, strict=True)
+                if sessions or (time is not None and NOW - time < window)
+            )
+            for window in DEFAULT_WINDOWS
+        )
+        entry = (active, sum(1 for n in online if n), sum(online))
+        if any(active) or entry[1]:
+            expected[family] = entry
+    return expected
+
+
+def our_counts_per_client(index: ActivityIndex) -> dict[str, tuple]:
+    return {
+        family: (tuple(c.active.values()), c.online_users, c.online_sessions)
+        for family, c in index.client_counts(NOW, DEFAULT_WINDOWS).items()
+        if any(c.active.values()) or c.online_users
+    }
+
+
+@given(
+    st.lists(client_records(), min_size=1, max_size=20),
+    st.lists(st.tuples(st.integers(0, 19), client_records() | st.none()), max_size=40),
+)
+def test_each_client_family_counts_like_the_seed_change_after_change(initial, changes):
+    users = dict(enumerate(initial))
+    index = ActivityIndex.build(users.values())
+    assert our_counts_per_client(index) == seed_counts_per_client(users.values())
+    for position, after in changes:
+        key = position % len(initial)
+        index.replace(users.get(key), after)  # None: forgotten (or, again, created)
+        if after is None:
+            users.pop(key, None)
+        else:
+            users[key] = after
+        assert our_counts_per_client(index) == seed_counts_per_client(users.values())
+        assert our_counts(index, NOW) == seed_counts(users.values(), NOW)
+
+
+def test_a_user_on_two_clients_counts_once_for_each():
+    alice = UserRecord(
+        1,
+        NOW - 60,
+        NOW - 2 * DAY,
+        ("phone",),
+        ("conversations", NOW - 60, "gajim", NOW - 2 * DAY),
+        ("conversations",),
+    )
+    clients = ActivityIndex.build([alice]).client_counts(NOW, DEFAULT_WINDOWS)
+    assert clients["conversations"].active == {DAY: 1, 7 * DAY: 1, 30 * DAY: 1}
+    assert clients["gajim"].active == {DAY: 0, 7 * DAY: 1, 30 * DAY: 1}
+    assert (clients["conversations"].online_users, clients["gajim"].online_users) == (1, 0)
+
+
+def test_new_users_and_clients_stop_at_the_configured_windows_when_the_totals_go_further():
+    """With NodeInfo on, the totals answer 180 days; first seen times and client families are
+    kept for the configured windows only (30 days), and refuse longer ones."""
+    index = ActivityIndex.from_parts(
+        offline_last_active=[NOW - 100 * DAY, NOW - 10],
+        first_seen=[NOW - 10],
+        online_users=0,
+        online_sessions=0,
+        known_users=2,
+        floor=NOW - 181 * DAY,
+        horizon=180 * DAY,
+        windows_floor=NOW - 31 * DAY,
+        windows_horizon=30 * DAY,
+    )
+    counts = index.counts(NOW, (30 * DAY, 180 * DAY))
+    assert counts.active == {30 * DAY: 1, 180 * DAY: 2}
+    assert counts.new_users == {30 * DAY: 1}  # no 180-day figure rather than a wrong one
+    with pytest.raises(ValueError, match="new users are counted for windows up to"):
+        index.new_users(NOW, 180 * DAY)
+    with pytest.raises(ValueError, match="client families are counted for windows up to"):
+        index.client_counts(NOW, (180 * DAY,))

@@ -22,6 +22,7 @@ import pytest
 from slixmpp.plugins.xep_0004 import Form
 
 from bot.activity import ActivityTracker
+from bot.clients import UNKNOWN
 from bot.daemon import Bot
 from bot.model import UserRecord
 from bot.store import Store, StoreError, flush_periodically
@@ -142,7 +143,9 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
     assert noting.off_loop, "the test did not read or write the store at all"
     with Store(path, readonly=True) as store:
         record = store.get(ALICE)
-        assert record == UserRecord(T0 - 10 * DAY, T0, MIDNIGHT + 600)
+        assert record == UserRecord(
+            T0 - 10 * DAY, T0, MIDNIGHT + 600, (), (UNKNOWN, MIDNIGHT + 600)
+        )
         days = store.days()
     assert days["2027-01-15"]["example.test"]["peak_online"] == 1  # alice, before midnight
     assert days["2027-01-14"]["example.test"]["active"] == {"1d": 3}
@@ -233,7 +236,9 @@ async def test_login_and_logout_of_an_offline_user_wait_for_the_read_in_order(tr
     assert await tracker.until_applied(5) == 0
     assert slow.reads == [[ALICE], [BOB]]
     assert applied == ["alice in", "alice out", "bob in", "alice in 2"]
-    assert tracker._store.get(ALICE) == UserRecord(T0 - 10 * DAY, T0 + 7, T0 + 5, ("pc",))
+    assert tracker._store.get(ALICE) == UserRecord(
+        T0 - 10 * DAY, T0 + 7, T0 + 5, ("pc",), (UNKNOWN, T0 + 7), (UNKNOWN,)
+    )
     assert tracker.online_sessions() == {(ALICE, "pc"), (BOB, "pc")}
     assert tracker.counts(T0 + 8).known_users == 3
 
@@ -279,7 +284,9 @@ async def test_a_change_read_while_the_record_is_being_written_is_not_stale(trac
     assert applied == ["in"]  # no read needed
     gate.set()
     assert await flushing == 1
-    assert store.get(ALICE) == UserRecord(T0 - 10 * DAY, T0 + 2, T0 + 1, ("pc",))
+    assert store.get(ALICE) == UserRecord(
+        T0 - 10 * DAY, T0 + 2, T0 + 1, ("pc",), (UNKNOWN, T0 + 2), (UNKNOWN,)
+    )
 
 
 # --- resync, forget, retention in turn with a waiting read ----------------------------------
@@ -322,7 +329,7 @@ async def test_a_login_after_forget_starts_afresh(tracker):
     assert await tracker.forget_soon(ALICE) is True
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
     await tracker.until_applied(5)
-    assert tracker._store.get(ALICE) == UserRecord(T0, T0, 0, ("phone",))
+    assert tracker._store.get(ALICE) == UserRecord(T0, T0, 0, ("phone",), (UNKNOWN, T0), (UNKNOWN,))
 
 
 async def test_forget_during_a_resync_does_not_bring_the_user_back(tracker):
@@ -364,7 +371,8 @@ async def test_a_failing_read_is_retried_and_logged_once(tracker, caplog, monkey
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
     tracker.when_loaded(ALICE, lambda: tracker.session_ended(ALICE, "phone", T0 + 1))
     assert await tracker.until_applied(5) == 0
-    assert store.get(ALICE) == UserRecord(T0 - 10 * DAY, T0, T0 + 1)  # the stored first_seen
+    # the stored first_seen; no caps announced: the client is unknown
+    assert store.get(ALICE) == UserRecord(T0 - 10 * DAY, T0, T0 + 1, (), (UNKNOWN, T0 + 1))
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "disk I/O error" in errors[0].getMessage()

@@ -24,10 +24,13 @@ What is driven, in-process and without a network (the real objects, not their ca
   component's handler does.
 
 The reference is `Model`: per bare JID a record (first seen, last login, last logout, sessions
-online) written from the README's rules only, never from the code under test; the records as
+online, and per client family the last login or logout of the user's sessions of that client,
+and the family of each session online) written from the README's rules only, never from the
+code under test; the records as
 the last flush left them on disk; the heartbeat; each session's last sign of life as the
 component knows it; each UTC day's peak. The figures are the seed's loop
-(`bot.testbed.seed.seed_counts`) over the model's records.
+(`bot.testbed.seed.seed_counts`) over the model's records, and per client family the seed's rule
+over that family's sessions (the README's "Active users by client").
 
 Decisions where the README leaves room (here so that the engineer can disagree):
 - A clock step back is taken as given: events carry the clock's time. "Last login" and "last
@@ -48,6 +51,10 @@ Decisions where the README leaves room (here so that the engineer can disagree):
   still believes online until the grace ends).
 - Retention reads its candidates from the file and re-checks them in memory: the model forgets
   the users inactive for more than `retention_days` both in the last flushed state and now.
+- A session's client is the one its first available presence announced (CAPS below: the caps
+  node, and the family the README's rules give it). A server re-announcing a session after a
+  restart announces the node that session announced last. An unavailable presence of a session
+  the bot does not know online changes no client's time (its client is not known).
 
 Known faults: FAULTS names every fault this machine found in the code under test, with its
 diagnosis; FAULT_EXAMPLES its shrunk example. While a fault is in KNOWN_FAULTS, the one scenario
@@ -70,6 +77,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
+from xml.etree import ElementTree
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -90,6 +98,7 @@ from bot.config import Settings
 from bot.daemon import Bot
 from bot.history import utc_day
 from bot.importer import Activity, import_activities
+from bot.model import UserRecord
 from bot.pseudonym import Pseudonyms
 from bot.store import Store
 from bot.testbed.seed import seed_counts
@@ -200,6 +209,19 @@ PROFILES = {
 
 HEAVY = os.environ.get("MODEL_CHECK", "") == "heavy"
 
+# The XEP-0115 caps nodes the sessions announce (None: no <c/>), and the client family each is
+# counted under by the README's rules: a well-known client by its name, any other URL by its
+# host, anything else "other", no caps "unknown".
+CAPS = {
+    None: "unknown",
+    "http://conversations.im": "conversations",
+    "https://gajim.org": "gajim",
+    "https://dino.im/": "dino",
+    "https://Chat.Example.NET/client#1.2": "chat.example.net",
+    "urn:example:a-bot": "other",
+}
+NODES = tuple(CAPS)
+
 
 def resource_of(bare: str, index: int) -> str:
     return RESOURCES[index].format(local=bare.partition("@")[0])
@@ -231,6 +253,8 @@ class Rec:
     login: int
     logout: int
     sessions: frozenset[str] = frozenset()
+    clients: dict[str, int] = field(default_factory=dict)  # family -> last login or logout
+    session_family: dict[str, str] = field(default_factory=dict)  # session online -> family
 
     @property
     def last_active(self) -> int:
@@ -252,28 +276,37 @@ class Model:
     last_seen: dict[tuple[str, str], int] = field(default_factory=dict)  # session -> sign of life
     day_max: dict[str, dict[str, int]] = field(default_factory=dict)  # UTC day -> domain -> peak
     flushed_day_max: dict[str, dict[str, int]] = field(default_factory=dict)  # on disk
+    nodes: dict[tuple[str, str], str | None] = field(default_factory=dict)  # session -> its node
 
     # events
 
-    def start(self, bare: str, resource: str, now: int) -> None:
+    def start(self, bare: str, resource: str, now: int, node: str | None = None) -> None:
         """Available presence: a login, unless the session is already online (an update)."""
         if not is_counted(bare):
             return
         self.last_seen[(bare, resource)] = now
         record = self.records.get(bare)
-        if record is None:
-            self.records[bare] = Rec(now, now, 0, frozenset({resource}))
-        elif resource in record.sessions:
+        family = CAPS[node]
+        if record is not None and resource in record.sessions:
             return
+        self.nodes[(bare, resource)] = node
+        if record is None:
+            self.records[bare] = Rec(
+                now, now, 0, frozenset({resource}), {family: now}, {resource: family}
+            )
         else:
             self.records[bare] = replace(
-                record, login=max(record.login, now), sessions=record.sessions | {resource}
+                record,
+                login=max(record.login, now),
+                sessions=record.sessions | {resource},
+                clients=with_time(record.clients, family, now),
+                session_family={**record.session_family, resource: family},
             )
         self.pending = True
 
     def end(self, bare: str, resource: str, at: int) -> None:
         """Unavailable presence, or a session closed by the bot: always a logout (an unknown
-        session's end still counts as activity)."""
+        session's end still counts as activity, for no client)."""
         if not is_counted(bare):
             return
         self.last_seen.pop((bare, resource), None)
@@ -281,9 +314,7 @@ class Model:
         if record is None:
             self.records[bare] = Rec(at, 0, at)
         else:
-            self.records[bare] = replace(
-                record, logout=max(record.logout, at), sessions=record.sessions - {resource}
-            )
+            self.records[bare] = ended(record, resource, at)
         self.pending = True
 
     def forget(self, bare: str) -> None:
@@ -345,9 +376,9 @@ class Model:
                 for resource in record.sessions:
                     self.last_seen[(bare, resource)] = alive_until
             else:
-                self.records[bare] = replace(
-                    record, sessions=frozenset(), logout=max(record.logout, alive_until)
-                )
+                for resource in record.sessions:
+                    record = ended(record, resource, alive_until)
+                self.records[bare] = record
                 self.pending = True
 
     # figures
@@ -366,6 +397,42 @@ class Model:
         peaks = self.day_max.setdefault(utc_day(now), {})
         for domain in DOMAINS:
             peaks[domain] = max(peaks.get(domain, 0), self.online_users(domain))
+
+    def client_figures(self, domain: str, now: int) -> dict[str, tuple]:
+        """Per client family: (active per window, users online with it, its sessions online),
+        families with all zero left out; by the seed's rule applied to each family's sessions."""
+        figures = {}
+        records = self.of_domain(domain)
+        for family in {f for r in records for f in (*r.clients, *r.session_family.values())}:
+            online = [sum(1 for f in r.session_family.values() if f == family) for r in records]
+            active = tuple(
+                sum(
+                    1
+                    for r, sessions in zip(records, online, strict=True)
+                    if sessions or (family in r.clients and now - r.clients[family] < window)
+                )
+                for window in WINDOWS
+            )
+            entry = (active, sum(1 for n in online if n), sum(online))
+            if any(active) or entry[1]:
+                figures[family] = entry
+        return figures
+
+
+def with_time(clients: dict[str, int], family: str, at: int) -> dict[str, int]:
+    return {**clients, family: max(clients.get(family, 0), at)}
+
+
+def ended(record: Rec, resource: str, at: int) -> Rec:
+    """A logout of one session: of the user, and of that session's client if it was online."""
+    family = record.session_family.get(resource) if resource in record.sessions else None
+    return replace(
+        record,
+        logout=max(record.logout, at),
+        sessions=record.sessions - {resource},
+        clients=record.clients if family is None else with_time(record.clients, family, at),
+        session_family={s: f for s, f in record.session_family.items() if s != resource},
+    )
 
 
 def next_midnight(now: int) -> int:
@@ -397,7 +464,8 @@ user_index = st.integers(0, len(USERS) - 1)
 resource_index = st.integers(0, len(RESOURCES) - 1)
 verdict_list = st.lists(st.booleans(), max_size=10)  # per online session, sorted: True = alive
 EVERYONE = [True] * len(USERS) * len(RESOURCES)  # every session still online answers
-sessions_list = st.lists(st.tuples(user_index, resource_index), max_size=3)
+node_index = st.integers(0, len(NODES) - 1)
+sessions_list = st.lists(st.tuples(user_index, resource_index, node_index), max_size=3)
 
 
 class CoreMachine(RuleBasedStateMachine):
@@ -496,7 +564,8 @@ class CoreMachine(RuleBasedStateMachine):
         bare, _, resource = full_jid.partition("/")
         return None if (bare, resource) in self.alive else "service-unavailable"
 
-    def _presence(self, bare: str, resource: str, available: bool) -> None:
+    def _presence(self, bare: str, resource: str, available: bool, node: str | None = None) -> None:
+        """A presence as Prosody forwards it: available ones with the caps `node` (if any)."""
         component = self.bot.component
         stanza = component.make_presence(
             pfrom=f"{bare}/{resource}",
@@ -505,9 +574,17 @@ class CoreMachine(RuleBasedStateMachine):
         )
         if not available:  # the client logs out: its session is gone (the bot's ping says so)
             self.alive.discard((bare, resource))
+        if available and node is not None:
+            ElementTree.SubElement(
+                stanza.xml,
+                "{http://jabber.org/protocol/caps}c",
+                hash="sha-1",
+                node=node,
+                ver="QgayPKawpkPSDYmwT/WM94uAlu0=",
+            )
         self._in_loop(component._on_presence, stanza)
         if available:
-            self.model.start(bare, resource, self.now)
+            self.model.start(bare, resource, self.now, node)
         else:
             self.model.end(bare, resource, self.now)
         self.model.observe(self.now)
@@ -540,10 +617,13 @@ class CoreMachine(RuleBasedStateMachine):
         alive: set[tuple[str, str]] = frozenset(),
         forget: str | None = None,
         leave: list[tuple[str, str]] = (),
+        fresh: dict[tuple[str, str], str | None] | None = None,
     ) -> None:
         """The handshake succeeded: the server re-announces `announce` (Prosody), or the
         component pings every stored session, `alive` answering (ejabberd). An admin may
-        `forget` a user meanwhile (within the resync's grace, or before the pings)."""
+        `forget` a user meanwhile (within the resync's grace, or before the pings). `fresh`:
+        the caps nodes of sessions that began during the outage."""
+        fresh = fresh or {}
         component = self.bot.component
         self.alive = set(alive)
         dropped_at = component._dropped_at
@@ -551,8 +631,9 @@ class CoreMachine(RuleBasedStateMachine):
 
         async def handshake() -> None:
             component._on_session_start(None)
-            for bare, resource in announce:
-                self._presence(bare, resource, available=True)
+            for bare, resource in announce:  # with the node each session announced last
+                node = self.model.nodes.get((bare, resource), fresh.get((bare, resource)))
+                self._presence(bare, resource, available=True, node=node)
             for bare, resource in leave:  # clients that log out before any ping or grace ends
                 self._presence(bare, resource, available=False)
             await self.bot.tracker.caught_up()
@@ -713,10 +794,10 @@ class CoreMachine(RuleBasedStateMachine):
 
     # --- presence -------------------------------------------------------------------------------
 
-    @rule(user=user_index, resource=resource_index)
-    def login(self, user, resource):
+    @rule(user=user_index, resource=resource_index, node=node_index)
+    def login(self, user, resource, node=0):
         bare = USERS[user]
-        self._presence(bare, resource_of(bare, resource), available=True)
+        self._presence(bare, resource_of(bare, resource), available=True, node=NODES[node])
 
     @rule(user=user_index, resource=resource_index)
     def logout(self, user, resource):
@@ -725,14 +806,17 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(
         events=st.lists(
-            st.tuples(st.booleans(), user_index, resource_index), min_size=2, max_size=6
+            st.tuples(st.booleans(), user_index, resource_index, node_index),
+            min_size=2,
+            max_size=6,
         )
     )
     def burst(self, events):
         """Several presences at the same second (True: available)."""
-        for available, user, resource in events:
+        for available, user, resource, node in events:
             bare = USERS[user]
-            self._presence(bare, resource_of(bare, resource), available=available)
+            resource = resource_of(bare, resource)
+            self._presence(bare, resource, available=available, node=NODES[node])
 
     @precondition(lambda self: self.model.sessions())
     @rule(pick=st.integers(0, 100))
@@ -850,9 +934,9 @@ class CoreMachine(RuleBasedStateMachine):
         )
         if self.announces:
             kept = [s for s, keep in zip(online_before, announce, strict=False) if keep]
-            fresh = [(USERS[u], resource_of(USERS[u], r)) for u, r in newcomers]
+            fresh = {(USERS[u], resource_of(USERS[u], r)): NODES[n] for u, r, n in newcomers}
             announced = kept + [s for s in fresh if s not in kept]
-            self._connect(announce=announced, leave=leaving, forget=forgotten)
+            self._connect(announce=announced, leave=leaving, forget=forgotten, fresh=fresh)
         else:
             alive_set = {s for s, ok in zip(online_before, alive, strict=False) if ok}
             self._connect(alive=alive_set, leave=leaving, forget=forgotten)
@@ -961,17 +1045,25 @@ class CoreMachine(RuleBasedStateMachine):
             f"{where}: users stored {sorted(stored)} != model {sorted(expected)}"
         )
         for key, record in expected.items():
-            first_seen, login, logout, sessions = stored[key]
+            first_seen, login, logout, sessions, clients, _ = stored[key]
             assert (first_seen, login, logout) == (
                 record.first_seen,
                 record.login,
                 record.logout,
             ), f"{where}: {key}: stored {stored[key]} != model {record}"
+            assert dict(zip(clients[::2], clients[1::2], strict=True)) == record.clients, (
+                f"{where}: {key}: clients stored {clients} != model {record.clients}"
+            )
+            families = UserRecord(*stored[key]).session_families()
             if self.pseudonymize:
                 assert len(sessions) == len(record.sessions), (where, key, sessions, record)
+                assert sorted(families) == sorted(record.session_family.values()), (where, key)
             else:
                 assert sorted(sessions) == sorted(record.sessions), (where, key, sessions, record)
                 assert len(set(sessions)) == len(sessions), (where, key, sessions)
+                assert dict(zip(sessions, families, strict=True)) == record.session_family, (
+                    f"{where}: {key}: session families {families} != {record.session_family}"
+                )
 
     def _check_file_equals(self, records: dict[str, Rec]) -> None:
         """What is on disk, read by another connection (as `count` reads it)."""
@@ -999,6 +1091,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def check_everything(self) -> None:
         self.figures_are_the_seeds()
+        self.client_figures_are_the_seeds_per_client()
         self.online_sessions_are_the_models()
         self.store_equals_the_model()
         self.pseudonymized_file_holds_no_address()
@@ -1014,6 +1107,37 @@ class CoreMachine(RuleBasedStateMachine):
             self._check_figures(f"{domain} at {now}", by_domain[domain], (domain,))
         got_total = self._figures_of(tracker.counts(now))
         assert got_total == expected_total, f"total at {now}: {got_total}, model {expected_total}"
+
+    @invariant()
+    def client_figures_are_the_seeds_per_client(self):
+        """Per counted domain and client family: the seed's rule over that family's sessions
+        in the model (online with it now, or their last login or logout within the window);
+        in total, the sum over the domains."""
+        tracker, now = self.bot.tracker, self.now
+        by_domain = tracker.client_counts_by_domain(now)
+        for domain in DOMAINS:
+            got = {
+                family: (tuple(c.active[w] for w in WINDOWS), c.online_users, c.online_sessions)
+                for family, c in by_domain[domain].items()
+                if any(c.active.values()) or c.online_users
+            }
+            expected = self.model.client_figures(domain, now)
+            assert got == expected, f"clients of {domain} at {now}: {got}, model {expected}"
+        total = {
+            family: (tuple(c.active[w] for w in WINDOWS), c.online_users, c.online_sessions)
+            for family, c in tracker.client_counts(now).items()
+            if any(c.active.values()) or c.online_users
+        }
+        expected_total: dict[str, tuple] = {}
+        for domain in DOMAINS:
+            for family, (active, users, sessions) in self.model.client_figures(domain, now).items():
+                known = expected_total.get(family, ((0, 0, 0), 0, 0))
+                expected_total[family] = (
+                    tuple(a + b for a, b in zip(known[0], active, strict=True)),
+                    known[1] + users,
+                    known[2] + sessions,
+                )
+        assert total == expected_total, f"clients in total at {now}: {total}, {expected_total}"
 
     def _expected_figures(self, domains) -> dict[str, tuple[int, ...]]:
         records = [r for domain in domains for r in self.model.of_domain(domain)]

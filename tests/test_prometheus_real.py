@@ -123,9 +123,10 @@ def by(label: str, values: dict[str, float]) -> dict[frozenset[tuple[str, str]],
     return {frozenset({(label, key)}): value for key, value in values.items()}
 
 
-def expected_answers(adhoc: dict[str, str]) -> dict[str, Any]:
-    """What each of the dashboard's queries must answer, from the admin's ad-hoc answer (a
-    callable: a check of what cannot be known exactly, such as a rate)."""
+def expected_answers(adhoc: dict[str, str], clients: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """What each of the dashboard's queries must answer, from the admin's ad-hoc answers
+    (`active-users`, and `clients` by metrics label; a callable: a check of what cannot be known
+    exactly, such as a rate)."""
     figure = {name: float(value) for name, value in adhoc.items() if value.isdigit()}
     dau, wau, mau = figure["dau"], figure["wau"], figure["mau"]
     domain = by("domain", {"example.test": dau / mau})
@@ -158,6 +159,12 @@ def expected_answers(adhoc: dict[str, str]) -> dict[str, Any]:
             "window", {w: figure[f"new_{w}"] for w in ("1d", "7d", "30d")}
         ),
         f'xmpp_stickiness_ratio{{domain=~"{d}"}}': domain,
+        f'sum by (client) (xmpp_active_users_by_client{{domain=~"{d}", window="30d"}})': by(
+            "client", {family: float(row["active_30d"]) for family, row in clients.items()}
+        ),
+        f'sum by (client) (xmpp_online_users_by_client{{domain=~"{d}"}})': by(
+            "client", {family: float(row["online_users"]) for family, row in clients.items()}
+        ),
         "sum by (kind) (rate(xmpp_presence_events_total[5m]))": presence_rates,
         "xmpp_count_duration_seconds": count_duration,
     }
@@ -169,10 +176,20 @@ async def test_the_seeded_figures_differ_per_window(scraped):
     assert (adhoc["dau"], adhoc["wau"], adhoc["mau"]) == ("3", "5", "6"), adhoc
     assert (adhoc["new_1d"], adhoc["new_7d"], adhoc["online_sessions"]) == ("3", "4", "3")
     assert adhoc["stickiness"] == "50%"
+    rows = scraped.world.clients
+    clients = {family: (row["active_7d"], row["active_30d"]) for family, row in rows.items()}
+    online = {family: row["online_users"] for family, row in rows.items()}
+    assert clients == {
+        "conversations": ("2", "2"),  # alice, bob
+        "gajim": ("2", "2"),  # alice, and week@ 3 days ago
+        "chat.example.net": ("1", "1"),  # carol, gone
+        "dino": ("0", "1"),  # month@, 20 days ago
+    }
+    assert online == {"conversations": "2", "gajim": "1", "chat.example.net": "0", "dino": "0"}
 
 
 async def test_every_dashboard_query_answers_what_the_adhoc_command_says(scraped):
-    expected = expected_answers(scraped.world.adhoc)
+    expected = expected_answers(scraped.world.adhoc, scraped.world.clients)
     queries = dashboard_queries()
     assert len(queries) >= 10, queries
     for title, expr in queries:

@@ -15,6 +15,7 @@ import pytest
 from slixmpp.exceptions import IqError
 
 from bot.commands import (
+    ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
@@ -59,9 +60,9 @@ async def test_only_admins_see_and_run_the_command(start_bot, clients):
         )
         return {node for _, node, _ in items["disco_items"]["items"]}
 
-    assert await command_nodes(admin) == {ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE}
+    assert await command_nodes(admin) == set(COMMAND_NODES)
     assert await command_nodes(alice) == set()
-    for node in (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
+    for node in COMMAND_NODES:
         with pytest.raises(IqError) as refused:
             await alice.plugin["xep_0050"].send_command(jid="active.example.test", node=node)
         assert refused.value.iq["error"]["condition"] == "forbidden"
@@ -180,7 +181,7 @@ async def test_error_and_groupchat_messages_get_no_reply(start_bot, clients):
 
 # --- what probing non-admins get, and what admins' bad input gets --------------------------------
 
-COMMAND_NODES = (ADHOC_STATS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE)
+COMMAND_NODES = (ADHOC_STATS_NODE, ADHOC_CLIENTS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE)
 
 
 async def disco_error(client, kind: str, node: str) -> tuple[str, str]:
@@ -210,7 +211,7 @@ async def test_non_admins_find_the_command_nodes_as_unknown_as_any_other(start_b
             assert await disco_error(alice, kind, node) == unknown, (kind, node)
 
 
-async def test_840_probes_of_a_non_admin_are_all_forbidden_and_logged_once(
+async def test_1050_probes_of_a_non_admin_are_all_forbidden_and_logged_once(
     start_bot, clients, caplog
 ):
     await start_bot()
@@ -240,7 +241,7 @@ async def test_840_probes_of_a_non_admin_are_all_forbidden_and_logged_once(
     answers = await asyncio.gather(
         *(probe(n, a, s) for n in nodes for a in actions for s in sessionids)
     )
-    assert len(answers) == 840
+    assert len(answers) == 1050
     assert set(answers) == {"forbidden"}
     refusal_lines = [r for r in caplog.records if "refused" in r.getMessage()]
     # Stanzas of one stream arrive in order: the first probe is the one logged.

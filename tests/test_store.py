@@ -158,7 +158,7 @@ def test_store_of_a_newer_schema_is_refused(tmp_path):
     Store(path).close()
     with shelve.Shelf(SqliteDict(path, readonly=False)) as shelf:
         shelf["meta:schema"] = SCHEMA_VERSION + 1
-    with pytest.raises(StoreCorruptError, match="schema version 2"):
+    with pytest.raises(StoreCorruptError, match=f"schema version {SCHEMA_VERSION + 1}"):
         Store(path)
 
 

@@ -40,6 +40,12 @@ def write_config(
     pseudonymize: bool | None = None,
     pseudonym_secret: str | None = None,
     flush_interval: float | None = None,
+    nodeinfo: bool | None = None,
+    nodeinfo_domains: Sequence[str] | None = None,
+    nodeinfo_open_registrations: bool | None = None,
+    nodeinfo_node_name: str | None = None,
+    nodeinfo_software_name: str | None = None,
+    nodeinfo_software_version: str | None = None,
     comment: str = "",
 ) -> Path:
     """Write the config to `path` and return `path`.
@@ -77,6 +83,14 @@ def write_config(
             "pseudonym_secret": pseudonym_secret,
         },
         "store": {"path": store_path, "flush_interval": flush_interval},
+        "nodeinfo": {
+            "enabled": nodeinfo,
+            "domains": nodeinfo_domains,
+            "open_registrations": nodeinfo_open_registrations,
+            "node_name": nodeinfo_node_name,
+            "software_name": nodeinfo_software_name,
+            "software_version": nodeinfo_software_version,
+        },
     }
     lines = [f"# {line}".rstrip() for line in comment.splitlines()]
     for section, keys in sections.items():

@@ -23,16 +23,22 @@ async def connect_client(
     *,
     presence: bool = True,
     plugins: tuple[str, ...] = (),
+    caps_node: str | None = None,
     timeout: float = 10,
 ) -> slixmpp.ClientXMPP:
     """Log in (no TLS, plain auth: loopback only) and wait for session_start.
 
     `plugins`: more slixmpp plugins, e.g. "xep_0198" (stream management, as mobile clients do).
+    `caps_node`: announce XEP-0115 entity capabilities with this node in every available
+    presence, through slixmpp's own xep_0115 plugin (its `ver`: the hash of the client's disco
+    features, as real clients compute it); None: no caps.
     Fails fast on a refused password or connection instead of waiting for the timeout.
     """
     client = slixmpp.ClientXMPP(f"{jid}/{resource}" if resource else jid, password)
     for plugin in (*PLUGINS, *plugins):
         client.register_plugin(plugin)
+    if caps_node is not None:
+        client.register_plugin("xep_0115", {"caps_node": caps_node})
     client.enable_starttls = False
     client.enable_direct_tls = False
     client.enable_plaintext = True
@@ -58,6 +64,8 @@ async def connect_client(
         client.cancel_connection_attempt()
         client.abort()
         raise
+    if caps_node is not None:  # the hash of our features first, then the presence carrying it
+        await client.plugin["xep_0115"].update_caps(broadcast=False)
     if presence:
         client.send_presence()
     return client
