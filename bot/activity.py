@@ -371,7 +371,11 @@ class ActivityTracker:
         before = self._record(key)
         if before is None or session in before.sessions:
             return False
-        self._apply(key, before, before._replace(sessions=(*before.sessions, session)), now)
+        # Its client is not known any more (NO_CLIENT, as `session_families` pads it).
+        after = before._replace(
+            sessions=(*before.sessions, session), session_clients=before.session_families()
+        )
+        self._apply(key, before, after, now)
         return True
 
     def forget(self, bare_jid: str) -> bool:

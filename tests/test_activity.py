@@ -273,7 +273,10 @@ def test_a_resumed_session_is_online_again_without_a_new_login(tracker, store):
     tracker.session_started("alice@example.test", "phone", T0)
     tracker.session_ended("alice@example.test", "phone", T0 + 60)  # said unavailable
     assert tracker.session_resumed("alice@example.test", "phone", T0 + 62)  # answered pings
-    assert store.get("alice@example.test") == UserRecord(T0, T0, T0 + 60, ("phone",))
+    # Its client is not known any more: the session runs NO_CLIENT; its family keeps its time.
+    assert store.get("alice@example.test") == UserRecord(
+        T0, T0, T0 + 60, ("phone",), ("unknown", T0 + 60), ()
+    )
     assert tracker.counts(T0 + 2 * DAY).online_users == 1
     assert not tracker.session_resumed("alice@example.test", "phone", T0 + 63)  # online already
 
