@@ -248,6 +248,15 @@ class Peer:
         if attrs.get("type") == "result":
             self.pongs[attrs.get("id", "")] = arrived
             self.pong_arrived.set()
+        elif attrs.get("type") in ("get", "set") and "/" in attrs.get("to", ""):
+            # The bot asks a session that said unavailable whether it is gone: it is, and the
+            # server says so as Prosody does (every session here leaves for good).
+            writer.write(
+                f"<iq type='error' id='{attrs.get('id', '')}' from='{attrs['to']}' "
+                f"to='{attrs.get('from', COMPONENT)}'><error type='cancel'>"
+                "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                "</error></iq>".encode()
+            )
         elif attrs.get("type") in ("get", "set"):  # the bot's keepalive ping: pong
             writer.write(
                 f"<iq type='result' id='{attrs.get('id', '')}' from='{attrs.get('to', DOMAIN)}' "

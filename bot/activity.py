@@ -12,7 +12,7 @@ import fnmatch
 import gc
 import logging
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -167,7 +167,10 @@ class ActivityTracker:
         self._indexes: dict[str, ActivityIndex] = {domain: ActivityIndex() for domain in domains}
         self._online: dict[str, UserRecord] = {}  # store key -> record, online users only
         self._peaks = _DailyPeaks()
-        self._unconfirmed: set[tuple[str, str]] | None = None  # during a resync, see below
+        # During a resync (see below): each session not re-announced yet -> the last time it
+        # was known online; and how many sessions have each such time.
+        self._unconfirmed: dict[tuple[str, str], int] | None = None
+        self._unconfirmed_times: Counter[int] = Counter()
         self._exact_since = 0  # the figures are exact for clocks from then on (see load)
         self._clock_warned = False
 
@@ -358,6 +361,23 @@ class ActivityTracker:
         self._end(self._store.key_of(bare_jid), self._store.session_key(resource), now)
         return True
 
+    def session_resumed(self, bare_jid: str, resource: str, now: int) -> bool:
+        """A session ended by its unavailable presence is still connected after all: online
+        again, with no new login (its last logout stays when it said unavailable). Returns
+        False if nothing changed: online again already, or the user was forgotten meanwhile."""
+        if not self.is_counted(bare_jid):
+            return False
+        key, session = self._store.key_of(bare_jid), self._store.session_key(resource)
+        before = self._record(key)
+        if before is None or session in before.sessions:
+            return False
+        # Its client is not known any more (NO_CLIENT, as `session_families` pads it).
+        after = before._replace(
+            sessions=(*before.sessions, session), session_clients=before.session_families()
+        )
+        self._apply(key, before, after, now)
+        return True
+
     def forget(self, bare_jid: str) -> bool:
         """Remove everything about one user (an account deletion request). False: unknown."""
         return self._forget(self._store.key_of(bare_jid))
@@ -531,30 +551,49 @@ class ActivityTracker:
 
     # --- reconnection ----------------------------------------------------------------------
 
-    def begin_resync(self) -> None:
+    def begin_resync(self, known_until: int) -> None:
         """The connection came back: the server is about to re-announce every online session.
-        Sessions it does not re-announce (or end) before `end_resync` are gone. (The running
-        bot gives both to `when_loaded`, so that changes of the old connection still waiting
-        for a record come before them.)"""
-        self._unconfirmed = self.online_sessions()
+        Sessions it does not re-announce (or end) before `end_resync` are gone; they end at
+        `known_until` (when the connection dropped), or earlier for those an earlier resync,
+        cut short by another drop, had not seen re-announced yet. (The running bot gives both
+        to `when_loaded`, so that changes of the old connection still waiting for a record
+        come before them.)"""
+        earlier = self._unconfirmed or {}
+        self._unconfirmed = {
+            session: earlier.get(session, known_until) for session in self.online_sessions()
+        }
+        self._unconfirmed_times = Counter(self._unconfirmed.values())
 
-    def end_resync(self, ended_at: int) -> int:
-        """Close the sessions not re-announced since `begin_resync`, at `ended_at` (the time
-        the connection dropped). Returns how many were closed."""
-        unconfirmed, self._unconfirmed = self._unconfirmed or set(), None
+    def end_resync(self) -> int:
+        """Close the sessions not re-announced since `begin_resync`, each at the last time it
+        was known online. Returns how many were closed."""
+        unconfirmed, self._unconfirmed = self._unconfirmed or {}, None
+        self._unconfirmed_times = Counter()
         closed = 0
-        for key, session in sorted(unconfirmed):
+        for (key, session), ended_at in sorted(unconfirmed.items()):
             record = self._online.get(key)
             if record is not None and session in record.sessions:  # not forgotten meanwhile
                 self._end(key, session, ended_at)
                 closed += 1
         return closed
 
+    def unconfirmed_since(self) -> int | None:
+        """During a resync, the earliest time a session not re-announced yet was known online
+        (None: every session is confirmed, or no resync)."""
+        return min(self._unconfirmed_times) if self._unconfirmed_times else None
+
+    def _confirm(self, key: str, session: str) -> None:
+        if self._unconfirmed is not None:
+            known_until = self._unconfirmed.pop((key, session), None)
+            if known_until is not None:
+                self._unconfirmed_times[known_until] -= 1
+                if not self._unconfirmed_times[known_until]:
+                    del self._unconfirmed_times[known_until]
+
     # --- internals: by key ---------------------------------------------------------------------
 
     def _start(self, key: str, session: str, now: int, caps_node: str | None = None) -> bool:
-        if self._unconfirmed is not None:
-            self._unconfirmed.discard((key, session))
+        self._confirm(key, session)
         before = self._record(key)
         if before is not None and session in before.sessions:
             return False
@@ -574,8 +613,7 @@ class ActivityTracker:
         return True
 
     def _end(self, key: str, session: str, now: int) -> None:
-        if self._unconfirmed is not None:
-            self._unconfirmed.discard((key, session))
+        self._confirm(key, session)
         before = self._record(key)
         if before is None:
             after = UserRecord(first_seen=now, last_login=0, last_logout=now)
@@ -595,7 +633,8 @@ class ActivityTracker:
         self._online.pop(key, None)
         self._changed(key, None)
         if self._unconfirmed:
-            self._unconfirmed = {s for s in self._unconfirmed if s[0] != key}  # not brought back
+            for session in [s for s in self._unconfirmed if s[0] == key]:  # not brought back
+                self._confirm(*session)
         self._store.delete(key)
         return True
 

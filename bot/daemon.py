@@ -182,9 +182,10 @@ class Bot:
             "count": lambda: count_periodically(
                 self.tracker, settings, self.clock, after_count=self.after_count
             ),
+            # Every session's pings, or (liveness off) those of sessions that said unavailable
+            # but still answered.
+            "liveness": component.liveness.run_forever,
         }
-        if component.liveness is not None:
-            duties["liveness"] = component.liveness.run_forever
         return {
             name: supervise(name, duty, self.duty_restarts, self.backoff)
             for name, duty in duties.items()
@@ -331,8 +332,7 @@ class Bot:
         )
 
     def duty_names(self) -> tuple[str, ...]:
-        names = ("flush", "count")
-        return (*names, "liveness") if self.component.liveness is not None else names
+        return ("flush", "count", "liveness")
 
     async def status_view(self) -> StatusView:
         """What the status page shows: the figures as the ad-hoc command gives them (after the

@@ -1,9 +1,15 @@
-"""Session liveness checks: ping each session believed online, close the ones that are gone.
+"""Session liveness checks: ping sessions believed online, close the ones the server says are gone.
 
 Presence alone is not enough everywhere: ejabberd forwards no unavailable when a client's TCP
 connection drops, and announces nobody when the bot (re)connects. A XEP-0199 ping to the full
-JID settles it: an answer (even an error from the client itself) means alive; the server saying
-the recipient is not there, or silence until the timeout, means gone.
+JID settles it, with three verdicts (`Verdict`):
+- alive: a pong, or an error only the user's client sends (a client without XEP-0199 answers
+  feature-not-implemented);
+- gone: the server answers for the full JID that nobody is there (Prosody 0.12 and ejabberd 23.01
+  both say service-unavailable);
+- cannot tell: our own link is down or dropped before the answer, no answer within the timeout
+  (a silent link, on either side), any other error. The session is kept and pinged again in the
+  next round: only the server's word closes a session.
 
 Cost: N online sessions checked every `interval` seconds is N / interval pings per second (1,000
 sessions every 300 s: 3.3 pings/s), never more than `max_rate` per second.
@@ -12,27 +18,55 @@ sessions every 300 s: 3.3 pings/s), never more than `max_rate` per second.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "no such session" when the server answers for a full JID.
-GONE_CONDITIONS = frozenset(
-    {"service-unavailable", "recipient-unavailable", "item-not-found", "remote-server-not-found"}
+
+class Verdict(enum.Enum):
+    ALIVE = "alive"
+    GONE = "gone"
+    UNKNOWN = "cannot tell"
+
+
+# What a server answers for a full JID with no session behind it: service-unavailable (RFC 6121
+# §8.5.3.2.1; what Prosody and ejabberd send: tests/test_prosody_liveness.py,
+# tests/test_component_ejabberd.py);
+# recipient-unavailable and item-not-found are RFC 6120's words for the same, used by others.
+GONE_CONDITIONS = frozenset({"service-unavailable", "recipient-unavailable", "item-not-found"})
+# Errors that only the recipient's own client sends about the ping itself: it is there.
+ALIVE_CONDITIONS = frozenset(
+    {
+        "feature-not-implemented",
+        "bad-request",
+        "not-acceptable",
+        "not-allowed",
+        "unexpected-request",
+    }
 )
+
+
+def verdict_of_error(condition: str) -> Verdict:
+    """The verdict of an error answer to a ping, by its defined condition."""
+    if condition in GONE_CONDITIONS:
+        return Verdict.GONE
+    if condition in ALIVE_CONDITIONS:
+        return Verdict.ALIVE
+    return Verdict.UNKNOWN  # a server's own trouble (remote-server-timeout, ...) says nothing
 
 
 @dataclass(frozen=True)
 class LivenessSettings:
     interval: float  # seconds between two checks of the same session; 0: off
-    timeout: float = 30.0
+    timeout: float = 30.0  # how long a ping waits for its answer
     max_rate: float = 20.0  # pings per second at most
 
 
 Session = tuple[str, str]  # (bare JID, resource)
-Ping = Callable[[str], Awaitable[bool | None]]  # full JID -> alive? (None: cannot tell now)
+Ping = Callable[[str], Awaitable[Verdict]]  # full JID -> verdict; answers within the timeout
 
 
 class LivenessChecker:
@@ -51,6 +85,7 @@ class LivenessChecker:
         self._gone = gone
         self.pings_sent = 0
         self.sessions_closed = 0
+        self.undecided = 0  # pings that could not tell: those sessions were kept
 
     async def run_forever(self) -> None:
         while True:
@@ -86,15 +121,19 @@ class LivenessChecker:
         bare_jid, resource = session
         self.pings_sent += 1
         try:
-            alive = await asyncio.wait_for(
-                self._ping(f"{bare_jid}/{resource}"), self.settings.timeout
+            # The ping answers within its own timeout; this one only stops a ping that never
+            # returns (a bug) from holding the round.
+            verdict = await asyncio.wait_for(
+                self._ping(f"{bare_jid}/{resource}"), 2 * self.settings.timeout
             )
         except TimeoutError:
-            alive = False
+            verdict = Verdict.UNKNOWN
         except Exception:  # a bug here must not stop the other checks
             log.exception("Ping of %s/%s failed", bare_jid, resource)
-            return
-        log.debug("Ping of %s/%s: alive=%s", bare_jid, resource, alive)
-        if alive is False and session in self._sessions():
+            verdict = Verdict.UNKNOWN
+        log.debug("Ping of %s/%s: %s", bare_jid, resource, verdict.value)
+        if verdict is Verdict.UNKNOWN:
+            self.undecided += 1  # kept; pinged again in the next round
+        elif verdict is Verdict.GONE and session in self._sessions():
             self.sessions_closed += 1
             self._gone(session)

@@ -63,7 +63,12 @@ def write(tmp_path: Path, text: str) -> Path:
 # --- a real bot in the test's event loop --------------------------------------------------------
 
 FAST = Timing(
-    privileges_grace=0.5, resync_grace=1.0, handshake_timeout=10, shutdown_write_budget=1.0
+    privileges_grace=0.5,
+    resync_grace=1.0,
+    handshake_timeout=10,
+    shutdown_write_budget=1.0,
+    unavailable_recheck=1.0,
+    unavailable_followup=0.2,
 )
 
 
@@ -107,13 +112,16 @@ def listen_text(host: str, port: int) -> str:
 
 @contextlib.asynccontextmanager
 async def bot_starter(server, store_path: Path, **defaults) -> AsyncIterator:
-    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`; a
-    `clock=` keyword is the bot's wall clock); every bot started is stopped on the way out."""
+    """`start(**changes)` runs a real Bot against `server` (settings from `bot_settings`; the
+    keywords `clock` (the bot's wall clock) and `timing` go to the Bot); every bot started is
+    stopped on the way out."""
     running: list[RunningBot] = []
 
-    async def start(*, clock: Callable[[], float] = time.time, **changes) -> RunningBot:
+    async def start(
+        *, clock: Callable[[], float] = time.time, timing: Timing = FAST, **changes
+    ) -> RunningBot:
         settings = bot_settings(server, store_path, **(defaults | changes))
-        bot = await RunningBot(Bot(settings, clock=clock, timing=FAST)).start()
+        bot = await RunningBot(Bot(settings, clock=clock, timing=timing)).start()
         running.append(bot)
         return bot
 

@@ -114,12 +114,32 @@ def test_resync_closes_sessions_the_server_did_not_announce_again(tracker, store
     tracker.session_started("alice@example.test", "phone", T0)
     tracker.session_started("bob@example.test", "pc", T0)
     dropped_at = T0 + 100
-    tracker.begin_resync()
+    tracker.begin_resync(dropped_at)
+    assert tracker.unconfirmed_since() == dropped_at
     tracker.session_started("alice@example.test", "phone", T0 + 130)  # re-announced
-    assert tracker.end_resync(dropped_at) == 1
+    assert tracker.end_resync() == 1
+    assert tracker.unconfirmed_since() is None
     assert tracker.online_sessions() == {("alice@example.test", "phone")}
     assert store.get("alice@example.test").last_login == T0  # not a new login
     assert store.get("bob@example.test").last_logout == dropped_at
+
+
+def test_a_resync_cut_short_by_another_drop_closes_each_session_when_last_known(tracker, store):
+    """Drop at T0 + 100, reconnect: alice is re-announced, bob is not yet, and the link drops
+    again at T0 + 200. The next resync closes bob at the first drop (last known then) and
+    alice at the second (known online until then), when neither is re-announced."""
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_started("bob@example.test", "pc", T0)
+    tracker.begin_resync(T0 + 100)
+    tracker.session_started("alice@example.test", "phone", T0 + 101)  # re-announced
+    assert tracker.unconfirmed_since() == T0 + 100  # bob
+    tracker.begin_resync(T0 + 200)  # dropped again before bob was re-announced
+    assert tracker.unconfirmed_since() == T0 + 100
+    tracker.session_started("carol@example.test", "pc", T0 + 201)  # a new login meanwhile
+    assert tracker.end_resync() == 2
+    assert store.get("bob@example.test").last_logout == T0 + 100
+    assert store.get("alice@example.test").last_logout == T0 + 200
+    assert tracker.online_sessions() == {("carol@example.test", "pc")}
 
 
 def test_each_domain_is_counted_on_its_own_and_together(store):
@@ -249,15 +269,37 @@ def test_dormant_users_dropped_at_load_count_exactly_when_they_return(stored, ev
         assert counts.new_users[30 * DAY] == sum(later - r.first_seen < 30 * DAY for r in records)
 
 
+def test_a_resumed_session_is_online_again_without_a_new_login(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_ended("alice@example.test", "phone", T0 + 60)  # said unavailable
+    assert tracker.session_resumed("alice@example.test", "phone", T0 + 62)  # answered pings
+    # Its client is not known any more: the session runs NO_CLIENT; its family keeps its time.
+    assert store.get("alice@example.test") == UserRecord(
+        T0, T0, T0 + 60, ("phone",), ("unknown", T0 + 60), ()
+    )
+    assert tracker.counts(T0 + 2 * DAY).online_users == 1
+    assert not tracker.session_resumed("alice@example.test", "phone", T0 + 63)  # online already
+
+
+def test_a_session_of_a_user_forgotten_meanwhile_is_not_resumed(tracker, store):
+    tracker.session_started("alice@example.test", "phone", T0)
+    tracker.session_ended("alice@example.test", "phone", T0 + 60)
+    assert tracker.forget("alice@example.test")  # an admin erases alice meanwhile
+    assert not tracker.session_resumed("alice@example.test", "phone", T0 + 62)
+    assert store.get("alice@example.test") is None
+    assert tracker.counts(T0 + 62).known_users == 0
+
+
 def test_a_user_forgotten_during_a_resync_stays_forgotten(tmp_path):
     with Store(tmp_path / "activity.db") as store:
         tracker = ActivityTracker(store, [DOMAIN])
         tracker.load(T0)
         tracker.session_started("alice@example.test", "phone", T0)
         tracker.session_started("bob@example.test", "pc", T0)
-        tracker.begin_resync()  # the connection came back
+        tracker.begin_resync(T0 + 5)  # the connection came back
         assert tracker.forget("alice@example.test")  # an admin erases alice meanwhile
-        assert tracker.end_resync(T0 + 5) == 1  # bob was not re-announced: closed
+        assert tracker.end_resync() == 1  # bob was not re-announced: closed
+        assert store.get("bob@example.test").last_logout == T0 + 5
         assert store.get("alice@example.test") is None
         assert tracker.counts(T0 + 10).known_users == 1
 

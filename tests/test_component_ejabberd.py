@@ -6,6 +6,7 @@ drops, no initial presences when the bot connects. Pings fill both gaps.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -15,6 +16,7 @@ from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
 from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
+from bot.liveness import Verdict
 from bot.testbed.clients import connect_client, disconnect_client
 
 from .support import Chat, Clock, LogWatch, ask_adhoc, bot_starter
@@ -71,8 +73,11 @@ async def test_logins_explicit_logouts_and_figures(start_bot, login):
     await bot.expect("available", "alice@example.test/phone")
     laptop = await login("alice@example.test/laptop")
     await bot.expect("available", "alice@example.test/laptop")
-    laptop.send_presence(ptype="unavailable")  # a polite client says goodbye: forwarded
+    confirmed = asyncio.ensure_future(bot.component.wait_until("unavailable_confirmed", 10))
+    laptop.send_presence(ptype="unavailable")  # a polite client says goodbye (forwarded)...
+    await disconnect_client(laptop)  # ... and leaves: ejabberd itself says nothing more
     await bot.expect("unavailable", "alice@example.test/laptop")
+    assert str(await confirmed) == "alice@example.test/laptop"  # the pings find it gone
     figures = await ask_adhoc(admin)
     assert (figures["online_users"], figures["online_sessions"], figures["dau"]) == ("2", "2", "2")
     assert bot.component.privileges["example.test"] == {
@@ -94,6 +99,20 @@ async def test_a_dropped_client_is_closed_by_the_liveness_check(start_bot, login
     assert bot.bot.tracker.online_sessions() == set()
     record = bot.bot.store.get("bob@example.test")
     assert record.last_logout == record.last_login  # closed at its last sign of life
+
+
+async def test_ejabberd_says_a_gone_session_is_gone_and_a_directed_unavailable_is_not_a_logout(
+    start_bot, login
+):
+    bot = await start_bot()
+    alice = await login("alice@example.test/phone")  # slixmpp without XEP-0199
+    await bot.expect("available", "alice@example.test/phone")
+    assert await bot.component.ask_session("alice@example.test/phone") is Verdict.ALIVE
+    assert await bot.component.ask_session("alice@example.test/nope") is Verdict.GONE
+    alice.send_presence(pto="active.example.test", ptype="unavailable")  # to the bot alone
+    await bot.expect("unavailable", "alice@example.test/phone")
+    await bot.expect("resumed", "alice@example.test/phone")  # she answered: online again
+    assert bot.bot.tracker.online_sessions() == {("alice@example.test", "phone")}
 
 
 async def test_bot_restarted_while_users_stay_online_relearns_them_by_pings(start_bot, login):

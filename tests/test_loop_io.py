@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import logging
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -297,12 +298,12 @@ async def test_a_login_of_the_old_connection_waiting_for_its_read_is_resynced(tr
     announce again, and is closed at end_resync when it does not."""
     slow = SlowReads(tracker._store)
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
-    tracker.when_loaded(None, tracker.begin_resync)
+    tracker.when_loaded(None, partial(tracker.begin_resync, T0 + 1))
     tracker.when_loaded(CAROL, lambda: tracker.session_started(CAROL, "pc", T0 + 2))  # re-announced
     slow.release()
     await tracker.until_applied(5)
     closed: list[int] = []
-    tracker.when_loaded(None, lambda: closed.append(tracker.end_resync(T0 + 1)))
+    tracker.when_loaded(None, lambda: closed.append(tracker.end_resync()))
     await tracker.until_applied(5)
     assert closed == [1]
     assert tracker.online_sessions() == {(CAROL, "pc")}
@@ -334,9 +335,9 @@ async def test_a_login_after_forget_starts_afresh(tracker):
 async def test_forget_during_a_resync_does_not_bring_the_user_back(tracker):
     tracker.when_loaded(ALICE, lambda: tracker.session_started(ALICE, "phone", T0))
     await tracker.until_applied(5)
-    tracker.when_loaded(None, tracker.begin_resync)
+    tracker.when_loaded(None, partial(tracker.begin_resync, T0 + 1))
     assert await tracker.forget_soon(ALICE) is True
-    assert tracker.end_resync(T0 + 1) == 0
+    assert tracker.end_resync() == 0
     assert tracker._store.get(ALICE) is None
 
 

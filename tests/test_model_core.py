@@ -556,12 +556,13 @@ class CoreMachine(RuleBasedStateMachine):
             )
         component = self.bot.component
         component.loop = self.loop
-        component.plugin["xep_0199"].send_ping = self._fake_ping
+        component.pinger.ping = self._fake_ping
         self.loaded_at = self.now
 
-    async def _fake_ping(self, jid, ifrom=None, timeout=None) -> None:
-        if (jid.bare, jid.resource) not in self.alive:
-            raise gone_error(self.bot.component)
+    async def _fake_ping(self, full_jid: str, timeout: float) -> str | None:
+        """A pong from a session alive, else the server's service-unavailable."""
+        bare, _, resource = full_jid.partition("/")
+        return None if (bare, resource) in self.alive else "service-unavailable"
 
     def _presence(self, bare: str, resource: str, available: bool, node: str | None = None) -> None:
         """A presence as Prosody forwards it: available ones with the caps `node` (if any)."""
@@ -571,6 +572,8 @@ class CoreMachine(RuleBasedStateMachine):
             pto=COMPONENT_JID,
             ptype=None if available else "unavailable",
         )
+        if not available:  # the client logs out: its session is gone (the bot's ping says so)
+            self.alive.discard((bare, resource))
         if available and node is not None:
             ElementTree.SubElement(
                 stanza.xml,
@@ -593,6 +596,15 @@ class CoreMachine(RuleBasedStateMachine):
         async def handle() -> None:
             handler(*args)
             await self.bot.tracker.caught_up()
+            # An unavailable presence is confirmed by a ping first (a task of the component).
+            confirming = [
+                task
+                for task in self.bot.component._background
+                if task.get_coro().__name__ == "_confirm_unavailable"
+            ]
+            if confirming:
+                await asyncio.gather(*confirming)
+                await self.bot.tracker.caught_up()
 
         if self.loop.is_running():  # inside the handshake: it waits for the tracker itself
             handler(*args)
@@ -909,7 +921,7 @@ class CoreMachine(RuleBasedStateMachine):
         users who were online (`forget`: which of them, in order)."""
         online_before = sorted(self.model.sessions())
         self._drop_connection()
-        if check_while_down and self.bot.component.liveness is not None:
+        if check_while_down and self.bot.component.pings_every_session:
             # A periodic check while disconnected: every ping "cannot tell", nothing changes.
             self.loop.run_until_complete(self.bot.component.liveness.check_now())
         self._move_clock(self.now + outage)
