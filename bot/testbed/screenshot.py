@@ -28,7 +28,25 @@ from .chromium import Chromium
 from .clients import connect_client, disconnect_client
 from .sandbox import ProsodySandbox, free_ports
 
-ONLINE = ("alice", "bob", "carol")  # real clients logged in while the picture is taken
+# Real clients logged in while the picture is taken, with the caps node each announces.
+ONLINE = {
+    "alice": "http://conversations.im",
+    "bob": "https://gajim.org",
+    "carol": "http://monal.im/",
+}
+# The made-up users' clients, by share (a tenth of them without any: imported, or not seen
+# since the bot learnt clients).
+FAMILIES = (
+    ("conversations", 40),
+    ("monal", 15),
+    ("gajim", 12),
+    ("dino", 8),
+    ("cheogram", 6),
+    ("siskin", 5),
+    ("unknown", 4),
+    ("chat.example.net", 2),
+    ("", 10),
+)
 USERS = 2_400  # made-up users in the store
 INSTALLED_DAYS_AGO = 70  # the days before are gaps: the bot was not running yet
 OUTAGE_DAYS_AGO = range(24, 28)  # gaps: the bot was down
@@ -43,7 +61,12 @@ def made_up_store(path: Path, domain: str, now: int, rng: random.Random) -> None
             since, until = rng.choice(((0, 1), (1, 7), (7, 30), (30, 120), (30, 120)))
             last = int(now - rng.uniform(since * DAY, until * DAY))
             first = int(last - rng.uniform(0, 400 * DAY) * rng.random())
-            store.put(f"user{number:05d}@{domain}", UserRecord(first, last - 600, last))
+            names, shares = zip(*FAMILIES, strict=True)
+            family = rng.choices(names, shares)[0]
+            clients = (family, last) if family else ()
+            store.put(
+                f"user{number:05d}@{domain}", UserRecord(first, last - 600, last, (), clients)
+            )
         for back in range(1, INSTALLED_DAYS_AGO):
             if back in OUTAGE_DAYS_AGO:
                 continue
@@ -97,7 +120,9 @@ async def _picture(
         await connected
         for user, password in passwords.items():
             jid = f"{user}@{prosody.domain}"
-            clients.append(await connect_client(prosody, jid, password, "phone"))
+            clients.append(
+                await connect_client(prosody, jid, password, "phone", caps_node=ONLINE[user])
+            )
             await asyncio.wait_for(tracked.get(), 10)
         assert bot.web is not None
         async with Chromium() as browser:
