@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench_core import DOMAIN, build_store
+from bench_core import DOMAIN, SPREAD_DAYS, build_store
 from machine import bot_version, cpu_model, progress
 
 from bot.config import load_settings
@@ -152,7 +152,7 @@ async def measure(folder: Path, users: int, days: int, requests: int) -> dict[st
     now = int(time.time())
     store_path = folder / "activity.db"
     progress(f"Building a store of {users:,} users and {days} days of snapshots...")
-    build_store(store_path, users, now, seed=1)
+    build_store(store_path, users, now, seed=1, spread=SPREAD_DAYS * DAY, client_share=1.0)
     add_days(store_path, days, now)
     config = write_config(
         folder / "config.toml",

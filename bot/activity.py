@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 
-from .clients import Families
+from .client_families import Families
 from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, ClientCounts, ClientParts, Counts
 from .model import UserRecord, domain_of, with_client_activity
 from .store import Store

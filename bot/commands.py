@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from slixmpp.plugins.xep_0004 import Form
 
-from .clients import describe
+from .client_families import describe
 from .counter import DAY, DEFAULT_WINDOWS, ClientCounts, Counts, window_label, window_short
 from .history import Day, chat_chart, history_form
 

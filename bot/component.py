@@ -68,7 +68,7 @@ COMMANDS_NODE = "http://jabber.org/protocol/commands"
 # Presence permissions that send us every user's presence (XEP-0356 §presence).
 PRESENCE_GRANTS = ("managed_entity", "roster")
 
-# XEP-0115 entity capabilities in a presence: its `node` names the client (see clients.py).
+# XEP-0115 entity capabilities in a presence: its `node` names the client (see client_families.py).
 CAPS = "{http://jabber.org/protocol/caps}c"
 
 # Presence types counted by name in the metrics; anything else is "other" (bounded labels).

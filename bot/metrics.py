@@ -85,7 +85,7 @@ def _figures(by_domain: Mapping[str, Counts]) -> Iterator[Metric]:
 
 
 def _client_figures(by_domain: Mapping[str, Mapping[str, ClientCounts]]) -> Iterator[Metric]:
-    """Per domain and client family (a bounded set of labels: see clients.py)."""
+    """Per domain and client family (a bounded set of labels: see client_families.py)."""
     active = GaugeMetricFamily(
         "xmpp_active_users_by_client",
         "Distinct users online now with this client, or whose last login or logout with it is "

@@ -11,7 +11,7 @@ NO_CLIENT = ""  # a session whose client is not known (online since before clien
 class UserRecord(NamedTuple):
     """What we know of one user (bare JID). Timestamps are whole Unix seconds, 0 for never.
 
-    Per client family (see `clients.py`), the seed's rule needs one time: the last login or
+    Per client family (see `client_families.py`), the seed's rule needs one time: the last login or
     logout of the user's sessions of that client, kept flat in `clients` (`("conversations",
     t1, "gajim", t2)`: no tuple per family, and nothing at all for users without client
     information, such as imported ones). `session_clients` says which family each session in

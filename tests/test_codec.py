@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.activity import ActivityTracker
-from bot.clients import UNKNOWN
+from bot.client_families import UNKNOWN
 from bot.codec import DamagedRecord, decode_record, decode_records, encode_record
 from bot.importer import Activity, import_activities
 from bot.model import UserRecord

@@ -22,7 +22,7 @@ import pytest
 from slixmpp.plugins.xep_0004 import Form
 
 from bot.activity import ActivityTracker
-from bot.clients import UNKNOWN
+from bot.client_families import UNKNOWN
 from bot.daemon import Bot
 from bot.model import UserRecord
 from bot.store import Store, StoreError, flush_periodically

@@ -1,4 +1,4 @@
-"""Client families from caps nodes (bot/clients.py): the table, hosts, and the bound."""
+"""Client families from caps nodes (bot/client_families.py): the table, hosts, and the bound."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.clients import (
+from bot.client_families import (
     KNOWN,
     MAX_HOST_FAMILIES,
     OTHER,
