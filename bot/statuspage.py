@@ -94,7 +94,7 @@ vertical-align:-.1rem}.nodata{background:var(--line)}
 .bad{color:var(--bad);font-weight:600}.good{color:var(--good);font-weight:600}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.9rem;min-width:100%}
 th,td{padding:.25rem .5rem;border-bottom:1px solid var(--line);text-align:right;
-white-space:nowrap}th:first-child,td:first-child{text-align:left}
+white-space:nowrap}th:nth-child(-n+2),td:nth-child(-n+2){text-align:left}
 th{color:var(--muted);font-weight:500}td{font-variant-numeric:tabular-nums}
 @media(max-width:36rem){svg text{font-size:20px}.health{grid-template-columns:1fr}
 .health dd{margin-bottom:.5rem}}
