@@ -192,6 +192,14 @@ def test_seed_port_agrees_with_the_seed_itself_at_every_edge(tmp_path):
 # --- the load floor ------------------------------------------------------------------------------
 
 
+def write_store(path: Path, stored: dict[str, UserRecord], now: int) -> None:
+    """A store holding `stored`, flushed at `now` (its heartbeat)."""
+    with Store(path) as store:
+        for jid, record in stored.items():
+            store.put(jid, record)
+        store.flush(now)
+
+
 def test_users_on_the_load_floor_come_and_go_exactly(tmp_path):
     """At start-up the index keeps only timestamps after the floor (load time - longest window).
     Users stored exactly on the floor, and beside it, then log in and out, or are forgotten: the
@@ -207,10 +215,7 @@ def test_users_on_the_load_floor_come_and_go_exactly(tmp_path):
         "gone-on@example.test": UserRecord(floor, floor, 0),
         "gone-above@example.test": UserRecord(floor + 1, floor + 1, floor + 1),
     }
-    with Store(path) as store:
-        for jid, record in stored.items():
-            store.put(jid, record)
-        store.flush(loaded_at)
+    write_store(path, stored, loaded_at)
 
     with Store(path) as store:
         tracker = ActivityTracker(store, [DOMAIN])
@@ -269,10 +274,7 @@ def test_a_clock_stepped_back_up_to_the_margin_stays_exact_and_further_is_logged
         "edge@example.test": UserRecord(edge, edge, 0),
         "recent@example.test": UserRecord(loaded_at - 5, 0, loaded_at - 5),
     }
-    with Store(path) as store:
-        for jid, record in stored.items():
-            store.put(jid, record)
-        store.flush(loaded_at)
+    write_store(path, stored, loaded_at)
     with Store(path) as store:
         tracker = ActivityTracker(store, [DOMAIN])
         tracker.load(loaded_at)
