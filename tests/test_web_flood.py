@@ -177,3 +177,44 @@ async def test_half_open_connections_starve_neither_the_scrape_nor_the_xmpp_link
         f"Prosody restarted; {logged} bytes of log"
     )
     assert logged < 20_000, bot_process.log_text(log_before)[-3000:]
+
+
+MALFORMED = (  # each makes aiohttp answer 400 (and, unguarded, log an ERROR with a traceback)
+    b"GET /metrics HTTP/1.1\r\nHost: bot\r\nno colon here\r\n\r\n",
+    b"GET /metrics HTTP/1.x\r\nHost: bot\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: bot\r\nContent-Length: -1\r\n\r\n",
+    b"GET /" + b"%41" * 3000 + b" HTTP/1.1\r\nHost: bot\r\n\r\n",  # a request line too long
+    b"GET /metrics HTTP/1.1\r\nHost: bot\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+)
+
+
+async def send_malformed(port: int, count: int, workers: int = 16) -> None:
+    """`count` malformed requests, one per connection (aiohttp closes after a 400), each read
+    to the end of the bot's answer."""
+    remaining = iter(range(count))
+
+    async def worker() -> None:
+        for n in remaining:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(MALFORMED[n % len(MALFORMED)])
+                answer = await asyncio.wait_for(reader.read(), 5)
+                assert answer[:12] in (b"HTTP/1.1 400", b"HTTP/1.0 400"), answer[:200]
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+async def test_malformed_requests_are_counted_not_logged(bot_process):
+    port = int(bot_process.url.rsplit(":", 1)[1])
+    log_before = bot_process.log_bytes()
+    started = time.monotonic()
+    await send_malformed(port, 10_000)
+    took = time.monotonic() - started
+    status, metrics = await scrape(bot_process.url, timeout=2)
+    assert status == 200
+    logged = bot_process.log_bytes() - log_before
+    print(f"10,000 malformed requests in {took:.1f} s: {logged} bytes of log")
+    assert logged < 1_000_000, bot_process.log_text(log_before)[:3000]
+    assert gauge(metrics, 'xmpp_http_client_errors_total{kind="malformed"}') == 10_000
