@@ -294,8 +294,8 @@ class AcceptFailures:
             return
         error = context.get("exception")
         log.error(
-            "HTTP listener: accepting a connection failed %d times since the last report (%s); "
-            "the process has %d descriptors (RLIMIT_NOFILE): raise LimitNOFILE",
+            "HTTP listener: %d connections could not be accepted since the last report (%s); "
+            "the process may open %d descriptors (RLIMIT_NOFILE): raise LimitNOFILE",
             self._unlogged,
             error.strerror if isinstance(error, OSError) and error.strerror else error,
             self._budget,
