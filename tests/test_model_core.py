@@ -8,10 +8,9 @@ What is driven, in-process and without a network (the real objects, not their ca
   sessions closed at the heartbeat, or kept for the pings), `record_today`, `after_count`
   (today's snapshot), then `apply_retention` (the retention duty's pass, whose candidates a
   worker thread reads from the file), and at a clean stop what `Bot.serve` does on its way
-  out (`record_today`, then
-  `store.close` at `Bot.heartbeat_clock()`, the last time it knew who was online). A crash
-  drops the Bot without a flush, releasing the writer's lock as the kernel does
-  (`store._unlock()`, as tests/test_activity.py does);
+  out (`record_today`, then `store.close` at `Bot.heartbeat_clock()`, the last time it knew
+  who was online). A crash drops the Bot without a flush, releasing the writer's lock as the
+  kernel does (`store._unlock()`, as tests/test_activity.py does);
 - the real `ActiveUsersComponent` that Bot builds: every presence is a stanza handed to
   `_on_presence`; a (re)connection is `_on_session_start`, which begins the resync (Prosody) or
   starts the liveness check of every session (ejabberd), and the tasks it spawns run on the
