@@ -241,11 +241,11 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             return
         if level < logging.WARNING:
             return  # aiohttp's debug notes: not ours to keep
-        kind = (str(msg), type(error).__name__)
-        if kind in self._seen:
+        signature = (str(msg), type(error).__name__)
+        if signature in self._seen or len(self._seen) >= 100:
             self.client_errors["other"] += 1
             return
-        self._seen.add(kind)
+        self._seen.add(signature)
         super().log(level, f"{msg} (logged once)", *args, **kwargs)
 
 

@@ -13,9 +13,16 @@ import socket
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine
 
 from bot.web import WebServer
-from bot.web_connections import ACCEPT_FAILED, AcceptFailures, Limits, connection_cap
+from bot.web_connections import (
+    ACCEPT_FAILED,
+    AcceptFailures,
+    Limits,
+    ServerLog,
+    connection_cap,
+)
 
 ATTACKER, SCRAPER = "127.0.0.2", "127.0.0.1"  # two sources on loopback
 PARTIAL = b"GET / HTTP/1.1\r\nHost: bot\r\n"  # a request whose headers never end
@@ -148,3 +155,26 @@ async def test_accept_failures_are_logged_once_a_minute_and_counted(caplog):
     assert not lines[0].exc_info  # no traceback
     assert failures.count == 120_000
     assert others == [{"message": "something else"}]  # the rest goes where it went before
+
+
+@pytest.mark.asyncio
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
+    server = await listener(Limits(max_connections=8, header_timeout=30, idle_timeout=0.5))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: bot\r\n\r\n")  # HTTP/1.1: kept alive
+        await reader.readuntil(b"\r\n\r\nok")
+        assert await closed_by_server(reader, 2)  # then nothing more: closed
+        writer.close()
+    finally:
+        await server.close()
+
+
+def test_the_server_log_counts_what_clients_do_and_logs_our_faults_once(caplog):
+    log = ServerLog(logging.getLogger("aiohttp.server"))
+    for _ in range(100):
+        log.exception("Error handling request from %s", "127.0.0.1", exc_info=BadStatusLine("x"))
+        log.exception("Error handling request from %s", "127.0.0.1", exc_info=KeyError("bug"))
+    assert log.client_errors == {"malformed": 100, "other": 99}
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == ["Error handling request from 127.0.0.1 (logged once)"]
