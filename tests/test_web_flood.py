@@ -131,6 +131,12 @@ def gauge(metrics: str, name: str) -> float:
 
 def open_half_open(port: int, count: int) -> list[socket.socket]:
     """`count` connections that each send the start of a request, never its end."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 256  # the test's own descriptors besides
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"this process may open only {hard} descriptors, the attack needs {wanted}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     held = []
     for _ in range(count):
         connection = socket.create_connection(("127.0.0.1", port), timeout=5)
