@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -34,6 +35,7 @@ from .statuspage import HISTORY_DAYS, Health, StatusView, status_page
 from .store import Store, flush_periodically, inactive_users
 from .supervisor import DEFAULT_BACKOFF, EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
 from .web import Handler, WebServer
+from .web_connections import descriptor_budget
 
 EXIT_NOT_SAVED = 2  # the store could not be written at shutdown: changes were lost
 
@@ -94,6 +96,19 @@ async def count_periodically(
         await asyncio.sleep(settings.count_interval + jitter(settings.count_jitter))
 
 
+async def retain_periodically(
+    apply_retention: Callable[[], Awaitable[object]],
+    settings: Settings,
+    jitter: Callable[[float], float] = lambda upper: random.uniform(0, upper),
+) -> None:
+    """Forget the users inactive beyond `retention_days`, shortly after start, then every
+    count interval: a duty of its own, so that a failing pass never stops the counts."""
+    await asyncio.sleep(settings.first_count_after)
+    while True:
+        await apply_retention()
+        await asyncio.sleep(settings.count_interval + jitter(settings.count_jitter))
+
+
 async def run(
     settings: Settings,
     *,
@@ -130,6 +145,8 @@ class Bot:
         self.clock = clock
         self.backoff = backoff
         self.duty_restarts: Counter[str] = Counter()  # duty -> restarts, for the metrics
+        self.history_failures = 0  # updates of the day's snapshot that failed (see _history)
+        self._history_faults: set[str] = set()  # the kinds logged, each once
         self.store = Store(settings.store_path, pseudonym_key=settings.pseudonym_key, clock=clock)
         self.started_at = clock()
         self.last_presence_at = self.started_at  # the last login or logout tracked
@@ -177,7 +194,7 @@ class Bot:
                 self.store,
                 settings.flush_interval,
                 self.heartbeat_clock,
-                before_flush=self.record_peak_if_risen,
+                before_flush=lambda: self._history(self.record_peak_if_risen),
             ),
             "count": lambda: count_periodically(
                 self.tracker, settings, self.clock, after_count=self.after_count
@@ -186,8 +203,18 @@ class Bot:
             # but still answered.
             "liveness": component.liveness.run_forever,
         }
+        backoffs = {name: self.backoff for name in duties}
+        if settings.retention_days:
+            duties["retention"] = lambda: retain_periodically(self.apply_retention, settings)
+            # The bot runs on without retention (it only keeps data longer): retried with a
+            # backoff up to the count interval, never a reason to exit.
+            backoffs["retention"] = dataclasses.replace(
+                self.backoff,
+                max_delay=max(self.backoff.first_delay, settings.count_interval),
+                max_failures=None,
+            )
         return {
-            name: supervise(name, duty, self.duty_restarts, self.backoff)
+            name: supervise(name, duty, self.duty_restarts, backoffs[name])
             for name, duty in duties.items()
         }
 
@@ -267,6 +294,22 @@ class Bot:
         self.store.put_day(today, snapshot)
         self._days[today] = snapshot  # one per day of this run: a step back may reach it
 
+    def _history(self, update: Callable[[], None]) -> None:
+        """Run an update of the day's history snapshot. Its fault costs the snapshot (the day's
+        peak), never the records: it is counted for /metrics, logged once per kind, and the
+        flush, the count or the shutdown that called it goes on."""
+        try:
+            update()
+        except Exception as exc:
+            self.history_failures += 1
+            kind = f"{type(exc).__name__}: {exc}"
+            if kind not in self._history_faults and len(self._history_faults) < 100:
+                self._history_faults.add(kind)
+                log.exception(
+                    "Updating the day's history snapshot failed (logged once); the records are "
+                    "written regardless"
+                )
+
     def record_peak_if_risen(self) -> None:
         """Before each flush: today's snapshot again if its peak rose (or a day began), so
         that the peak is on disk as soon as the records that made it."""
@@ -289,10 +332,9 @@ class Bot:
 
     async def after_count(self) -> None:
         """The hourly housekeeping: the figures in the admins' contact lists, today's history
-        snapshot, then retention."""
+        snapshot. (Retention is a duty of its own.)"""
         self.component.refresh_contacts()
-        self.record_today()
-        await self.apply_retention()
+        self._history(self.record_today)
 
     async def apply_retention(self) -> int:
         days = self.settings.retention_days
@@ -328,11 +370,14 @@ class Bot:
             last_presence_at=self.last_presence_at,
             store_last_write_at=self.store.last_write_at or self.started_at,
             store_failed_writes=self.store.failed_writes,
+            http=self.web.stats() if self.web is not None else None,
+            history_failures=self.history_failures,
             count_seconds=time.perf_counter() - started,
         )
 
     def duty_names(self) -> tuple[str, ...]:
-        return ("flush", "count", "liveness")
+        retention = ("retention",) if self.settings.retention_days else ()
+        return ("flush", "count", "liveness", *retention)
 
     async def status_view(self) -> StatusView:
         """What the status page shows: the figures as the ad-hoc command gives them (after the
@@ -425,6 +470,7 @@ class Bot:
             except ConnectionFatal as exc:
                 log.error("%s", exc)
                 return status
+            log_descriptor_budget(web)
             status = await _serve_until_stopped(self.component, self._duties(), stop)
         finally:
             if web is not None:
@@ -434,7 +480,7 @@ class Bot:
                 log.error(
                     "Stopped before reading the records of %d changes: they are lost", waiting
                 )
-            self.record_today()
+            self._history(self.record_today)  # its fault must not keep the records from disk
             saved = await self._close_store()
         return status if saved else (status or EXIT_NOT_SAVED)
 
@@ -501,6 +547,22 @@ async def _serve_until_stopped(
             component.leave_contacts()  # admins' clients show the bot offline, not old figures
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(component.disconnect(wait=1), 3)
+
+
+def log_descriptor_budget(web: WebServer | None) -> None:
+    """One start-up line: the descriptors the process may open, and the HTTP listener's share."""
+    if web is None:
+        log.info("File descriptors: %d (RLIMIT_NOFILE); no HTTP listener", descriptor_budget())
+        return
+    limits = web.limits
+    log.info(
+        "File descriptors: %d (RLIMIT_NOFILE); HTTP: at most %d connections, a request's "
+        "headers within %.0f s, idle keep-alive %.0f s",
+        web.budget,
+        limits.max_connections,
+        limits.header_timeout,
+        limits.idle_timeout,
+    )
 
 
 def file_bytes(store_path: Path) -> int | None:

@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .counter import ClientCounts, Counts, window_short
+from .web_connections import HttpStats
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Snapshot:
     store_failed_writes: int = 0
     # domain -> client family -> figures; the families are bounded (clients.Families)
     clients_by_domain: Mapping[str, Mapping[str, ClientCounts]] = field(default_factory=dict)
+    http: HttpStats | None = None  # the HTTP listener's connections and refusals
+    history_failures: int = 0  # updates of the day's history snapshot (its peak) that failed
 
 
 class ActivityCollector(Collector):
@@ -143,10 +146,52 @@ def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
         "Writes of the store that failed (disk full, read-only); their records are retried",
         value=snapshot.store_failed_writes,
     )
+    yield CounterMetricFamily(
+        "xmpp_history_write_failures",
+        "Updates of the day's history snapshot (its figures and peak) that failed; the records "
+        "are written regardless",
+        value=snapshot.history_failures,
+    )
+    if snapshot.http is not None:
+        yield from _http_health(snapshot.http)
     yield GaugeMetricFamily(
         "xmpp_count_duration_seconds",
         "Time taken to compute the figures of this scrape",
         value=snapshot.count_seconds,
+    )
+
+
+def _http_health(http: HttpStats) -> Iterator[Metric]:
+    """What strangers at the HTTP port cost: connections held, dropped, malformed requests."""
+    yield GaugeMetricFamily(
+        "xmpp_http_connections", "HTTP connections open now", value=http.open_connections
+    )
+    yield GaugeMetricFamily(
+        "xmpp_http_connections_max",
+        "HTTP connections allowed at once (from the descriptor budget, RLIMIT_NOFILE)",
+        value=http.max_connections,
+    )
+    dropped = CounterMetricFamily(
+        "xmpp_http_connections_dropped",
+        "HTTP connections closed by the bot: cap_full (none idle to make room), evicted (an "
+        "idle one closed for a newcomer), header_timeout (no complete request in time)",
+        labels=["reason"],
+    )
+    for reason in sorted({"cap_full", "evicted", "header_timeout", *http.dropped}):
+        dropped.add_metric([reason], http.dropped.get(reason, 0))
+    yield dropped
+    errors = CounterMetricFamily(
+        "xmpp_http_client_errors",
+        "HTTP requests that failed on the client's side (malformed, disconnected), not logged",
+        labels=["kind"],
+    )
+    for kind in sorted({"malformed", "disconnected", *http.client_errors}):
+        errors.add_metric([kind], http.client_errors.get(kind, 0))
+    yield errors
+    yield CounterMetricFamily(
+        "xmpp_http_accept_failures",
+        "Connections the listener could not accept (no file descriptor left)",
+        value=http.accept_failures,
     )
 
 

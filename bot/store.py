@@ -593,15 +593,22 @@ async def flush_periodically(
 
     A failed flush keeps its records pending for the next tick. It is logged once (again when
     the reason changes, and every `repeat_error_after` seconds while it lasts: a full disk
-    must not fill the log too), and the recovery is logged too."""
+    must not fill the log too), and the recovery is logged too. A failing `before_flush` (the
+    day's peak) is logged at most once per `repeat_error_after`; the flush goes on."""
     loop = asyncio.get_running_loop()
     next_tick = loop.time()
     failing_since: float | None = None
     last_reason, last_logged, failures = "", 0.0, 0
+    hook_logged = -repeat_error_after
     while True:
         next_tick = max(next_tick + interval, loop.time())  # no backlog after a stall
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
-        before_flush()
+        try:
+            before_flush()
+        except Exception:  # the hook's fault (the day's peak) must never stop the records
+            if loop.time() - hook_logged >= repeat_error_after:
+                log.exception("Before a flush, the hook failed; the records are written anyway")
+                hook_logged = loop.time()
         try:
             written = await store.flush_off_loop(int(clock()))
         except StoreError as exc:

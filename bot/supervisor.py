@@ -3,7 +3,8 @@
 A duty runs forever. If it raises, its traceback is logged and it is started again after a
 backoff; if it keeps failing, `DutyFailed` ends the bot with a non-zero status, so that the
 service manager restarts the whole process (systemd: Restart=on-failure) instead of the bot
-running on without, say, ever writing its store again.
+running on without, say, ever writing its store again. A duty the bot can run on without
+(retention) has no such limit (`max_failures=None`): it is retried, never fatal.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class DutyFailed(Exception):
 class Backoff:
     first_delay: float = 1.0
     max_delay: float = 60.0
-    max_failures: int = 5  # within `window` seconds: then give up (DutyFailed)
+    max_failures: int | None = 5  # within `window` seconds: then give up; None: never
     window: float = 600.0
 
 
@@ -57,7 +58,7 @@ async def supervise(
         failures.append(now)
         while failures and failures[0] < now - backoff.window:
             failures.popleft()
-        if len(failures) >= backoff.max_failures:
+        if backoff.max_failures is not None and len(failures) >= backoff.max_failures:
             raise DutyFailed(
                 f"background duty {name!r} failed {len(failures)} times within "
                 f"{backoff.window:.0f} s; stopping so that the service manager restarts the bot"

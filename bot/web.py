@@ -9,10 +9,15 @@ With a token (`[metrics] token_file`), every request must carry it, as a bearer 
 as the password of basic auth, any user name (what a browser asks for). A request without it gets
 a 401 that says nothing else: no figure, no path known or unknown. The exception: the `public`
 paths, documents published for anyone (NodeInfo, when the admin turns it on).
+
+What strangers can cost (descriptors, time, log lines) is bounded by `web_connections`: a cap on
+connections well below the descriptor budget, header and keep-alive timeouts, aiohttp's logger
+quiet for malformed requests, accept failures logged at a bounded rate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -20,6 +25,18 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import BasicAuth, hdrs, web
+from aiohttp.log import server_logger
+
+from .web_connections import (
+    BACKLOG,
+    AcceptFailures,
+    ConnectionPool,
+    HttpStats,
+    Limits,
+    ServerLog,
+    connection_cap,
+    descriptor_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +89,16 @@ class WebServer:
         routes: Mapping[str, Handler],
         token: str | None = None,
         public: frozenset[str] = frozenset(),
+        limits: Limits | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.budget = descriptor_budget()
+        self.limits = limits or Limits(max_connections=connection_cap(self.budget))
+        self._pool: ConnectionPool | None = None
+        self._listener: asyncio.Server | None = None
+        self._accept_failures: AcceptFailures | None = None
+        self._server_log = ServerLog(server_logger)
         self._token = token
         self._public = public & set(routes)  # served without the token
         self.observers: list[Callable[[str, int], None]] = []  # told (path, status) of answers
@@ -84,19 +108,41 @@ class WebServer:
             app.router.add_get(path, handler)
         # No access log: a scrape every few seconds, or anyone knocking, must not fill the log.
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=CLOSE_TIMEOUT,
+            logger=self._server_log,
+            keepalive_timeout=self.limits.idle_timeout,
+            lingering_time=self.limits.linger,
         )
 
     async def start(self) -> None:
         """Listen; OSError when the address cannot be taken (in use, not on this machine)."""
+        loop = asyncio.get_running_loop()
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        assert self._runner.server is not None
+        self._pool = ConnectionPool(self.limits, loop)
         try:
-            await site.start()
+            self._listener = await loop.create_server(
+                self._pool.protocol(self._runner.server), self.host, self.port, backlog=BACKLOG
+            )
         except BaseException:
             await self._runner.cleanup()
             raise
-        self.port = self._runner.addresses[0][1]
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self._accept_failures = AcceptFailures(loop, self.budget)
+        self._accept_failures.install()
+
+    def stats(self) -> HttpStats:
+        pool = self._pool
+        return HttpStats(
+            open_connections=pool.open_connections if pool else 0,
+            max_connections=self.limits.max_connections,
+            dropped=dict(pool.dropped) if pool else {},
+            client_errors=dict(self._server_log.client_errors),
+            accept_failures=self._accept_failures.count if self._accept_failures else 0,
+        )
 
     @property
     def url(self) -> str:
@@ -104,17 +150,29 @@ class WebServer:
         return f"http://{host}:{self.port}"
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # accept nothing more
+        if self._pool is not None:
+            self._pool.close()
         await self._runner.cleanup()
+        if self._accept_failures is not None:
+            self._accept_failures.uninstall()
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Authentication first, before any handler runs (aiohttp's 404 and 405 included), then
         the handler; observers hear of every answer (path, status)."""
+        pool = self._pool
+        if pool is not None:
+            pool.request_started(request.transport)  # busy: not to be closed for a newcomer
         try:
             response = await self._answer(request, handler)
         except web.HTTPException as exc:  # 404, 405: aiohttp's own answers
             self._notify(request.path, exc.status)
             raise
+        finally:
+            if pool is not None:
+                pool.request_ended(request.transport)
         self._notify(request.path, response.status)
         return response
 

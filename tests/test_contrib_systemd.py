@@ -24,6 +24,7 @@ import pytest
 from bot import __main__ as cli
 from bot.config import SECRET_ENV, load_settings
 from bot.testbed.botconfig import write_config
+from bot.web_connections import MAX_CONNECTIONS, connection_cap
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "contrib" / "systemd" / "xmpp-active-users.service"
@@ -154,6 +155,15 @@ def test_the_bot_exits_1_when_retrying_cannot_help(tmp_path):
     )
     assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
     assert "nothing accepts components" in result.stderr, result.stderr
+
+
+def test_the_descriptor_limit_gives_the_http_listener_its_full_share_and_room_besides(unit):
+    """systemd's default soft limit (1,024) would hold the HTTP listener to 256 connections; the
+    unit raises it so that the listener gets its full share and XMPP keeps most descriptors."""
+    value = single(unit, "LimitNOFILE")
+    soft = int(value.split(":")[0])  # N, or SOFT:HARD
+    assert connection_cap(soft) == MAX_CONNECTIONS, f"LimitNOFILE={value}: too few for HTTP"
+    assert soft - MAX_CONNECTIONS >= 1024, f"LimitNOFILE={value}: too little room besides HTTP"
 
 
 HARDENING = {

@@ -6,11 +6,11 @@ off).
 What is driven, in-process and without a network (the real objects, not their calls re-enacted):
 - the real `Bot` (bot/daemon.py) on a real store file: its start-up load (`Bot._load`: stored
   sessions closed at the heartbeat, or kept for the pings), `record_today`, `after_count`
-  (today's snapshot, then the retention pass, whose candidates a worker thread reads from the
-  file), and at a clean stop what `Bot.serve` does on its way out (`record_today`, then
-  `store.close` at `Bot.heartbeat_clock()`, the last time it knew who was online). A crash
-  drops the Bot without a flush, releasing the writer's lock as the kernel does
-  (`store._unlock()`, as tests/test_activity.py does);
+  (today's snapshot), then `apply_retention` (the retention duty's pass, whose candidates a
+  worker thread reads from the file), and at a clean stop what `Bot.serve` does on its way
+  out (`record_today`, then `store.close` at `Bot.heartbeat_clock()`, the last time it knew
+  who was online). A crash drops the Bot without a flush, releasing the writer's lock as the
+  kernel does (`store._unlock()`, as tests/test_activity.py does);
 - the real `ActiveUsersComponent` that Bot builds: every presence is a stanza handed to
   `_on_presence`; a (re)connection is `_on_session_start`, which begins the resync (Prosody) or
   starts the liveness check of every session (ejabberd), and the tasks it spawns run on the
@@ -726,6 +726,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def _hourly_job(self) -> None:
         self.loop.run_until_complete(self.bot.after_count())
+        self.loop.run_until_complete(self.bot.apply_retention())  # its own duty, as often
         self.model.pending = True  # today's snapshot, taken before the retention pass
         self._check_day_snapshot()
         self._retention_model()
@@ -1025,7 +1026,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule()
     def hourly_job(self):
-        """Today's snapshot, then the retention pass (`Bot.after_count`)."""
+        """Today's snapshot (`Bot.after_count`), then the retention pass."""
         self._hourly_job()
 
     # --- checks -------------------------------------------------------------------------------
