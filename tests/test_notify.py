@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.alerts import AlertSettings, Alerts, Incident
+from bot.alerts import Alerts, AlertSettings, Incident
 from bot.config import ConfigError, load_settings
 from bot.counter import DAY, ClientCounts
 from bot.history import Day
@@ -37,7 +37,8 @@ def test_the_weekly_report_is_due_on_its_weekday_at_its_hour_and_covers_the_week
     assert latest_scheduled("weekly", WEEKLY, MONDAY_8 + 6 * DAY) == MONDAY_8
     days, previous = period_days("weekly", MONDAY_8)
     assert days == [f"2026-11-{d}" for d in range(30, 31)] + [f"2026-12-0{d}" for d in range(1, 7)]
-    assert previous[0] == "2026-11-23" and previous[-1] == "2026-11-29"
+    assert previous[0] == "2026-11-23"
+    assert previous[-1] == "2026-11-29"
 
 
 def test_the_monthly_report_is_due_on_the_first_and_covers_the_month_before():
@@ -320,7 +321,8 @@ def test_dau_drop_needs_two_earlier_weeks_to_compare():
 
 def test_reports_and_alerts_are_off_by_default(tmp_path):
     settings = load_settings(write(tmp_path, MINIMAL), environ={})
-    assert settings.reports.periods == () and not settings.alerts.enabled
+    assert settings.reports.periods == ()
+    assert not settings.alerts.enabled
 
 
 @pytest.mark.parametrize(
@@ -341,7 +343,8 @@ def test_reports_and_alerts_are_off_by_default(tmp_path):
 def test_a_bad_reports_or_alerts_key_is_one_line(tmp_path, section, says):
     with pytest.raises(ConfigError) as error:
         load_settings(write(tmp_path, MINIMAL + section), environ={})
-    assert says in str(error.value) and "\n" not in str(error.value)
+    assert says in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 def test_reports_and_alerts_sections_are_read(tmp_path):
@@ -352,4 +355,5 @@ def test_reports_and_alerts_sections_are_read(tmp_path):
     settings = load_settings(write(tmp_path, text), environ={})
     assert settings.reports.periods == ("weekly", "monthly")
     assert (settings.reports.weekday, settings.reports.hour) == (4, 18)
-    assert settings.alerts.link_down_for == 60 and settings.alerts.dau_below == 0
+    assert settings.alerts.link_down_for == 60
+    assert settings.alerts.dau_below == 0
