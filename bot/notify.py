@@ -117,6 +117,7 @@ class Notifier:
         self.handled: dict[str, int] = {}  # period -> the scheduled time last handled
         self.notes: dict[str, Any] = {}
         self.outbox: list[str] = []  # alerts waiting for the link
+        self.checks = 0  # done so far (the tests wait for some)
         self.loaded = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -250,6 +251,7 @@ class Notifier:
 
     async def check(self) -> None:
         """One look: the alerts' observations, then what is due, if the link is up."""
+        self.checks += 1
         now = self.clock()
         if self.alert_settings.enabled:
             last_write, failed = self.sources.store_health()
