@@ -36,7 +36,6 @@ pytestmark = pytest.mark.asyncio
 COMPONENT = "active.example.test"
 MONDAY_8 = int(datetime(2026, 12, 7, 8, tzinfo=UTC).timestamp())  # a Monday, 08:00 UTC
 WEEKLY = {"enabled": True, "weekly": True, "weekday": "monday", "hour": 8}
-NO_ALERTS = {"enabled": False}
 REPO = Path(bot.__file__).resolve().parents[1]
 CAPTURED = (
     Path(os.environ.get("CAPTURE_MESSAGES", "")) if os.environ.get("CAPTURE_MESSAGES") else None
@@ -206,7 +205,7 @@ async def test_exactly_once_across_restarts_around_the_scheduled_minute(prosody,
 
 
 _CHILD = """
-    import asyncio, signal, sys
+    import asyncio, signal, sys, time
     from pathlib import Path
     from bot.component import Timing
     from bot.config import load_settings
@@ -215,7 +214,7 @@ _CHILD = """
     config, clock_file = Path(sys.argv[1]), Path(sys.argv[2])
 
     def clock():
-        return float(clock_file.read_text()) if clock_file.name != "-" else __import__("time").time()
+        return float(clock_file.read_text()) if clock_file.name != "-" else time.time()
 
     async def main():
         settings = load_settings(config, environ={})
@@ -264,7 +263,8 @@ class ChildBot:
         await self.line("connected")
 
     async def line(self, wanted: str, count: int = 1) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         async with asyncio.timeout(15):
             while count:
                 got = (await self.process.stdout.readline()).decode().strip()
