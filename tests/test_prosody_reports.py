@@ -211,7 +211,7 @@ _CHILD = """
     from bot.config import load_settings
     from bot.daemon import Bot
 
-    config, clock_file = Path(sys.argv[1]), Path(sys.argv[2])
+    config, clock_file, slow_disk = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 
     def clock():
         return float(clock_file.read_text()) if clock_file.name != "-" else time.time()
@@ -220,6 +220,13 @@ _CHILD = """
         settings = load_settings(config, environ={})
         bot = Bot(settings, clock=clock, timing=Timing(privileges_grace=0.5))
         bot.notifier.tick = 0.05
+        write = bot.store.put_note_now
+
+        def slow_write(name, value):  # a disk slow to commit: "just after" lasts a while
+            time.sleep(slow_disk)
+            write(name, value)
+
+        bot.store.put_note_now = slow_write
         looked = bot.notifier.check
 
         async def check():
@@ -239,8 +246,9 @@ _CHILD = """
 class ChildBot:
     """A bot in a process of its own (to be killed with SIGKILL), its clock read from a file."""
 
-    def __init__(self, config: Path, clock_file: Path | None) -> None:
-        self.config, self.clock_file = config, clock_file
+    def __init__(self, config: Path, clock_file: Path | None, slow_disk: float = 0.0) -> None:
+        """`slow_disk`: seconds each write of the notifier's markers takes."""
+        self.config, self.clock_file, self.slow_disk = config, clock_file, slow_disk
         self.process: asyncio.subprocess.Process | None = None
 
     def set_clock(self, now: float) -> None:
@@ -256,6 +264,7 @@ class ChildBot:
             textwrap.dedent(_CHILD),
             str(self.config),
             clock,
+            str(self.slow_disk),
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
@@ -286,12 +295,14 @@ class ChildBot:
 
 async def test_exactly_once_across_a_kill_9_just_after_sending(prosody, tmp_path, clients):
     """At most once, as promised: the report's marker is on disk before the report is sent, so
-    a bot killed the moment the admin has it does not send it again when it is back."""
+    a bot killed the moment the admin has it does not send it again when it is back. Each of
+    its marker writes takes 0.3 s here, so that the kill surely comes before any write that
+    follows the sending (a bot that sent first would send again)."""
     store_path = tmp_path / "activity.db"
     seeded_days(store_path, prosody.domain, TWO_WEEKS)
     bot_settings(prosody, store_path, reports=WEEKLY)  # writes the config beside the store
     config = store_path.with_name(store_path.name + ".toml")
-    child = ChildBot(config, tmp_path / "clock")
+    child = ChildBot(config, tmp_path / "clock", slow_disk=0.3)
     child.set_clock(MONDAY_8 - 30)
     admin = await clients.login(f"{ADMIN}/desk")
     inbox = Inbox(admin, on_message=lambda _message: child.kill())  # at once, in the handler
