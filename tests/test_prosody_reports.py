@@ -523,6 +523,7 @@ async def test_a_store_turned_read_only_gives_one_alert_and_one_over(prosody, tm
         inbox.assert_empty()  # one message, not a stream
         subprocess.run(["chattr", "-i", *files], check=False, capture_output=True)
         over = (await inbox.next(10))["body"]
+        capture("alert-store-over", over)
         assert re.match(r"Over: the store writes again \(.* to .*\); nothing was lost\.", over)
         await child.line("checked", 20)
         inbox.assert_empty()
