@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY = 20.0  # seconds between two looks at the clock, the store and the duties
 FIRST_RUN_GRACE = 60  # a first run this soon after a scheduled time still sends that report
+FAULT_LOG_EVERY = 600.0  # seconds between two log lines about the duty's own faults
 OUTBOX_MAX = 20  # alerts waiting for the link; older ones are dropped (and logged)
 KINDS = ("reports", "alerts")
 ADHOC_NOTIFY_NODE = "notifications"
@@ -118,6 +119,7 @@ class Notifier:
         self.notes: dict[str, Any] = {}
         self.outbox: list[str] = []  # alerts waiting for the link
         self.checks = 0  # done so far (the tests wait for some)
+        self._fault_logged_at = -FAULT_LOG_EVERY
         self.loaded = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -136,10 +138,13 @@ class Notifier:
         return sorted(jid for jid in chosen if self.wants(jid, kind))
 
     def wants(self, bare_jid: str, kind: str) -> bool:
+        """Whether `bare_jid` gets `kind`: a configured recipient who did not say off."""
+        return self._recipient(bare_jid, kind) and self.prefs.get(bare_jid, {}).get(kind, True)
+
+    def _recipient(self, bare_jid: str, kind: str) -> bool:
         settings = self.reports if kind == "reports" else self.alert_settings
         chosen = settings.recipients if settings.recipients is not None else self.admins
-        default = settings.enabled and bare_jid in chosen
-        return bare_jid in self.admins and self.prefs.get(bare_jid, {}).get(kind, default)
+        return settings.enabled and bare_jid in chosen and bare_jid in self.admins
 
     async def set_preference(self, bare_jid: str, kind: str, on: bool) -> bool:
         """Keep an admin's choice in the store; False if it could not be written."""
@@ -157,13 +162,16 @@ class Notifier:
             return None
         kind = words[0]
         settings = self.reports if kind == "reports" else self.alert_settings
-        if len(words) == 1:
-            return self._describe(bare_jid, kind)
-        if len(words) != 2 or words[1] not in ("on", "off"):
+        if len(words) > 2 or (len(words) == 2 and words[1] not in ("on", "off")):
             return f"Send '{kind} on' or '{kind} off' ('{kind}' alone says what you get)."
         if not settings.enabled:
             return f"The {kind} are off in my config ([{kind}] enabled = false): nobody gets any."
-        await self.loaded.wait()
+        if not self._recipient(bare_jid, kind):
+            return f"You are not among the [{kind}] recipients in my config."
+        if not await self._loaded():
+            return "Sorry, I cannot read my store yet; try again later."
+        if len(words) == 1:
+            return self._describe(bare_jid, kind)
         if not await self.set_preference(bare_jid, kind, words[1] == "on"):
             return "Sorry, I could not save that: my store cannot be written (my log says why)."
         return self._describe(bare_jid, kind)
@@ -192,16 +200,16 @@ class Notifier:
 
     async def submit_preferences(self, bare_jid: str, values: Mapping[str, Any]) -> str:
         """The second step: keep the submitted choices; the note to show."""
-        await self.loaded.wait()
+        if not await self._loaded():
+            return "The bot cannot read its store yet; try again later."
         replies = []
         for kind in KINDS:
             value = values.get(kind)
             if value is None:
                 continue
             on = value is True or str(value).lower() in ("1", "true")
-            settings = self.reports if kind == "reports" else self.alert_settings
-            if on and not settings.enabled:
-                replies.append(f"The {kind} are off in my config.")
+            if on and not self._recipient(bare_jid, kind):
+                replies.append(f"The {kind} are off for you in the bot's config.")
             elif not await self.set_preference(bare_jid, kind, on):
                 return "Could not save: the store cannot be written (the bot's log says why)."
             else:
@@ -227,11 +235,24 @@ class Notifier:
 
     # --- the duty -----------------------------------------------------------------------------
 
+    async def _loaded(self, timeout: float = 5.0) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.loaded.wait(), timeout)
+        return self.loaded.is_set()
+
     async def run_forever(self) -> None:
-        if not self.loaded.is_set():
-            self._load(await self.store.in_thread(self.store.notes))
+        """The duty. Its own faults are logged (at most every 10 minutes) and it carries on:
+        a report that cannot be made must not stop the bot that counts."""
         while True:
-            await self.check()
+            try:
+                if not self.loaded.is_set():
+                    self._load(await self.store.in_thread(self.store.notes))
+                await self.check()
+            except Exception:
+                now = time.monotonic()
+                if now - self._fault_logged_at > FAULT_LOG_EVERY:
+                    self._fault_logged_at = now
+                    log.exception("Reports and alerts: a check failed; trying again")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)
@@ -242,7 +263,7 @@ class Notifier:
             kind, _, key = name.partition(":")
             if kind == "prefs" and isinstance(value, dict):
                 self.prefs[key] = {k: v for k, v in value.items() if type(v) is bool}
-            elif kind == "report" and isinstance(value, tuple) and type(value[0]) is int:
+            elif kind == "report" and isinstance(value, tuple) and value and type(value[0]) is int:
                 self.handled[key] = value[0]
         dau = notes.get("alerts:dau")
         if isinstance(dau, tuple) and len(dau) == 2:

@@ -245,6 +245,42 @@ async def test_a_store_that_cannot_write_the_marker_sends_nothing_yet(tmp_path):
         assert len(reports_sent(edge)) == 1
 
 
+@pytest.mark.asyncio
+async def test_an_admin_who_is_not_a_recipient_is_told_so_and_gets_nothing(tmp_path):
+    with Store(tmp_path / "a.db") as store:
+        edge = Edge()
+        only = ReportSettings(enabled=True, recipients=frozenset({ADMIN}))
+        n = await run_checks(store, edge, [MONDAY_8 - 60], reports=only)
+        said = await n.chat("other@example.test", "reports on")
+        assert said == "You are not among the [reports] recipients in my config."
+        assert n.recipients("reports") == [ADMIN]
+
+
+@pytest.mark.asyncio
+async def test_a_failing_check_is_logged_and_the_duty_carries_on(tmp_path, caplog):
+    with Store(tmp_path / "a.db") as store:
+        edge = Edge()
+        n = notifier(store, lambda: MONDAY_8 - 60, edge)
+        n.tick = 0.01
+
+        async def broken():
+            raise RuntimeError("no figures")
+
+        n.sources = Sources(broken, dict, lambda: (None, 0), dict)
+        n.clock = lambda: MONDAY_8 + 5  # a report is due: making it fails, again and again
+        duty = asyncio.create_task(n.run_forever())
+        try:
+            async with asyncio.timeout(5):
+                while n.checks < 5:
+                    await asyncio.sleep(0.01)
+            assert not duty.done()
+        finally:
+            duty.cancel()
+        faults = [r for r in caplog.records if "a check failed" in r.getMessage()]
+        assert len(faults) == 1  # logged once, not at every check
+        assert edge.sent == []
+
+
 # --- incidents ----------------------------------------------------------------------------------
 
 
