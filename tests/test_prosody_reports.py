@@ -28,6 +28,7 @@ from bot.counter import DAY
 from bot.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.linkproxy import LinkProxy
+from bot.testbed.sandbox import ProsodySandbox
 
 from .support import ADMIN, USERS, Clock, LogWatch, RunningBot, bot_settings, bot_starter
 
@@ -530,3 +531,26 @@ async def test_a_store_turned_read_only_gives_one_alert_and_one_over(prosody, tm
     finally:
         subprocess.run(["chattr", "-i", *files], check=False, capture_output=True)
         await child.stop()
+
+
+async def test_a_server_granting_no_presence_privilege_gives_one_alert(tmp_path):
+    """A Prosody of its own, without the grant: the admin is told once, after connecting."""
+    with ProsodySandbox(
+        tmp_path / "prosody", grant_presence=False, extra_modules=("offline",)
+    ) as prosody:
+        prosody.register("admin", USERS["admin"])
+        admin = await connect_client(prosody, ADMIN, USERS["admin"], "desk")
+        try:
+            inbox = Inbox(admin)
+            async with bot_starter(prosody, tmp_path / "activity.db") as start:
+                running = await start(alerts={"enabled": True})
+                fast(running)
+                alert = (await inbox.next())["body"]
+                capture("alert-privileges", alert)
+                assert alert.startswith(
+                    "Alert: no presence privilege from example.test (XEP-0356) since connecting"
+                )
+                await checks(running, 10)
+                inbox.assert_empty()
+        finally:
+            await disconnect_client(admin)
