@@ -16,6 +16,7 @@ from slixmpp.plugins.xep_0004 import Form
 from .client_families import describe
 from .counter import DAY, DEFAULT_WINDOWS, ClientCounts, Counts, window_label, window_short
 from .history import Day, chat_chart, history_form
+from .notify import Notifier
 
 ADHOC_STATS_NODE = "active-users"
 ADHOC_CLIENTS_NODE = "clients"
@@ -212,6 +213,7 @@ CHAT_HELP = (
     "         and who is online now\n"
     "  clients: active users by client software (Conversations, Gajim, ...)\n"
     "  history [DAYS]: a chart of the last DAYS days (30 by default)\n"
+    "  reports on|off, alerts on|off: the periodic report and alerts, if set up\n"
     "  help: this list\n"
     f"The same figures are in the ad-hoc commands '{ADHOC_STATS_NODE}' (Active users), "
     f"'{ADHOC_CLIENTS_NODE}' (Active users by client) and '{ADHOC_HISTORY_NODE}' "
@@ -266,6 +268,7 @@ class CommandSet:
     windows: tuple[int, ...] = DEFAULT_WINDOWS
     history_off_loop: Callable[[int], Awaitable[list[Day]]] | None = None
     client_figures: Callable[[], ClientFigures] = dict
+    notices: Notifier | None = None  # reports and alerts (notify.py), when set up
 
     def allowed(self, bare_jid: str) -> bool:
         return bare_jid in self.admins
@@ -279,6 +282,8 @@ class CommandSet:
 
     async def chat_answer(self, bare_jid: str, text: str) -> str:
         """`chat_reply` for the event loop: the history is read with `history_off_loop`."""
+        if self.notices is not None and (said := await self.notices.chat(bare_jid, text)):
+            return said  # `reports on|off`, `alerts on|off` (admins only: notify.py checks)
         days = self._history_asked(bare_jid, text)
         if isinstance(days, str):
             return days

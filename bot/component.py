@@ -50,6 +50,7 @@ from .contact import (
     software_version,
 )
 from .liveness import LivenessChecker, LivenessSettings, Session, Verdict, verdict_of_error
+from .notify import ADHOC_NOTIFY_NAME, ADHOC_NOTIFY_NODE
 from .pinger import Pinger
 from .ratelimit import RateLimiter, RefusalLog
 from .slixmpp_internals import (
@@ -730,9 +731,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         await asyncio.sleep(self.timing.privileges_grace)
         if self.connected_since != connected_since:
             return  # that connection is gone; the next one checks again
+        missing = []  # domains that did not grant presence: for the admins' alerts
         for domain in self.tracker.domains:
             presence = self.privileges.get(domain, {}).get("presence")
             if presence not in PRESENCE_GRANTS:
+                missing.append(domain)
                 log.warning(
                     "No presence permission from %s (got %s): the bot sees only users who "
                     "subscribe to it, so the figures will be low. In Prosody, enable "
@@ -753,6 +756,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
                     domain,
                     self.boundjid.bare,
                 )
+        self.event("privileges_checked", missing)
 
     # --- after a reconnection --------------------------------------------------------------
 
@@ -779,19 +783,22 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
     # --- admins: ad-hoc commands and chat ----------------------------------------------------
 
     def _register_commands(self, _event: object) -> None:
-        for node, name, first_step in (
+        commands = [
             (ADHOC_STATS_NODE, "Active users", self._adhoc_stats),
             (ADHOC_CLIENTS_NODE, "Active users by client", self._adhoc_clients),
             (ADHOC_HISTORY_NODE, "Activity history", self._adhoc_history),
             (ADHOC_FORGET_NODE, "Forget a user", self._adhoc_forget),
-        ):
+        ]
+        if self.commands.notices is not None:
+            commands.append((ADHOC_NOTIFY_NODE, ADHOC_NOTIFY_NAME, self._adhoc_notify))
+        for node, name, first_step in commands:
             self.plugin["xep_0050"].add_command(
                 node=node, name=name, handler=self._guarded_step(first_step)
             )
         # Only admins see the command list; to anyone else a command's node is unknown.
         disco = self.plugin["xep_0030"]
         disco.set_node_handler("get_items", self.boundjid, COMMANDS_NODE, self._command_items)
-        for node in (ADHOC_STATS_NODE, ADHOC_CLIENTS_NODE, ADHOC_HISTORY_NODE, ADHOC_FORGET_NODE):
+        for node, _, _ in commands:
             disco.set_node_handler("get_info", self.boundjid, node, self._command_node_info)
             disco.set_node_handler("get_items", self.boundjid, node, self._command_node_items)
 
@@ -887,6 +894,20 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         )
         text = f"Forgot {jid.bare}." if forgotten else f"Nothing was stored about {jid.bare}."
         return _answer(session, None, note=text)
+
+    def _adhoc_notify(self, _iq: Any, session: dict[str, Any]) -> dict[str, Any]:
+        assert self.commands.notices is not None  # registered only then
+        form = self.commands.notices.preferences_form(session["from"].bare)
+        return _ask(session, form, self._adhoc_notify_result)
+
+    async def _adhoc_notify_result(self, payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+        assert self.commands.notices is not None
+        try:  # booleans of the form (absent: unchanged)
+            values = dict(payload["values"])
+        except (TypeError, KeyError, AttributeError):
+            values = {}
+        note = await self.commands.notices.submit_preferences(session["from"].bare, values)
+        return _answer(session, None, note=note)
 
     async def _on_message(self, message: Any) -> None:
         if message["type"] not in ("chat", "normal"):

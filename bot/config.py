@@ -10,14 +10,16 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from slixmpp.jid import JID, InvalidJID
 
+from .alerts import AlertSettings
 from .nodeinfo import HALF_YEAR, NodeInfoSettings
 from .pseudonym import MIN_SECRET_LENGTH
+from .reports import WEEKDAYS, ReportSettings
 
 SECRET_ENV = "XMPP_ACTIVE_USERS_SECRET"
 TOKEN_ENV = "XMPP_ACTIVE_USERS_METRICS_TOKEN"
@@ -57,6 +59,9 @@ class Settings:
     retention_days: int = 0  # 0: keep forever
     pseudonym_key: bytes | None = None  # set: the store keys users by a keyed hash
     nodeinfo: NodeInfoSettings | None = None  # set: NodeInfo documents on the HTTP listener
+    # The periodic report and the alerts to admins (opt-in); frozen, so one default is shared.
+    reports: ReportSettings = field(default_factory=ReportSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @property
     def announces_sessions(self) -> bool:
@@ -95,6 +100,31 @@ def _non_negative_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"must be a whole number of days (0 for off), got {value!r}")
     return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number (0 for off), got {value!r}")
+    return value
+
+
+def _weekday(value: Any) -> int:
+    text = _text(value).lower()
+    if text not in WEEKDAYS:
+        raise ValueError(f"must be a day of the week in English, got {value!r}")
+    return WEEKDAYS.index(text)
+
+
+def _hour(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 23:
+        raise ValueError(f"must be an hour of the day, 0 to 23 (UTC), got {value!r}")
+    return value
+
+
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"must be a share from 0 (off) to below 1, such as 0.5, got {value!r}")
+    return float(value)
 
 
 def _port(value: Any) -> int:
@@ -259,6 +289,23 @@ _SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], Any], Any, str]]] = {
         "software_name": (False, _software_name, None, 'software_name = "prosody"'),
         "software_version": (False, _version, "", 'software_version = "13.0.1"'),
     },
+    "reports": {
+        "enabled": (False, _boolean, False, "enabled = true"),
+        "weekly": (False, _boolean, True, "weekly = true"),
+        "monthly": (False, _boolean, False, "monthly = false"),
+        "weekday": (False, _weekday, 0, 'weekday = "monday"'),
+        "hour": (False, _hour, 8, "hour = 8"),
+        "recipients": (False, _list_of(_bare_jid), None, 'recipients = ["admin@example.org"]'),
+    },
+    "alerts": {
+        "enabled": (False, _boolean, False, "enabled = true"),
+        "privileges": (False, _boolean, True, "privileges = true"),
+        "store_failing_for": (False, _non_negative_number, 300.0, "store_failing_for = 300"),
+        "link_down_for": (False, _non_negative_number, 300.0, "link_down_for = 300"),
+        "duty_restarts": (False, _count, 3, "duty_restarts = 3"),
+        "dau_below": (False, _share, 0.5, "dau_below = 0.5"),
+        "recipients": (False, _list_of(_bare_jid), None, 'recipients = ["admin@example.org"]'),
+    },
     "privacy": {
         "retention_days": (False, _non_negative_int, 0, "retention_days = 400"),
         "pseudonymize": (False, _boolean, False, "pseudonymize = true"),
@@ -315,7 +362,48 @@ def load_settings(
         liveness_timeout=values["liveness.timeout"],
         liveness_max_rate=values["liveness.max_rate"],
         nodeinfo=nodeinfo,
+        reports=ReportSettings(
+            enabled=_reports_enabled(path, values),
+            weekly=values["reports.weekly"],
+            monthly=values["reports.monthly"],
+            weekday=values["reports.weekday"],
+            hour=values["reports.hour"],
+            recipients=_recipients(path, "reports", values),
+        ),
+        alerts=AlertSettings(
+            enabled=values["alerts.enabled"],
+            privileges=values["alerts.privileges"],
+            store_failing_for=values["alerts.store_failing_for"],
+            link_down_for=values["alerts.link_down_for"],
+            duty_restarts=values["alerts.duty_restarts"],
+            dau_below=values["alerts.dau_below"],
+            recipients=_recipients(path, "alerts", values),
+        ),
     )
+
+
+def _reports_enabled(path: Path, values: dict[str, Any]) -> bool:
+    enabled = bool(values["reports.enabled"])
+    if enabled and not (values["reports.weekly"] or values["reports.monthly"]):
+        raise ConfigError(
+            f"{path}: [reports] enabled = true, but weekly and monthly are both false; "
+            "set weekly = true or monthly = true (or enabled = false)"
+        )
+    return enabled
+
+
+def _recipients(path: Path, section: str, values: dict[str, Any]) -> frozenset[str] | None:
+    """Who gets the reports or alerts: admins only (None: every admin)."""
+    recipients = values[f"{section}.recipients"]
+    if recipients is None:
+        return None
+    for jid in recipients:
+        if jid not in values["access.admins"]:
+            raise ConfigError(
+                f"{path}: [{section}] recipients lists {jid!r}, who is not in [access] admins: "
+                "only admins get the figures; add them there, or remove them here"
+            )
+    return frozenset(recipients)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

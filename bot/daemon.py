@@ -30,6 +30,7 @@ from .liveness import LivenessSettings
 from .metrics import ActivityCollector, MetricsPage, Snapshot
 from .nodeinfo import PUBLIC_PATHS, NodeInfoPages
 from .nodeinfo import WINDOWS as NODEINFO_WINDOWS
+from .notify import CallbackEdge, Notifier, Sources
 from .shelf import store_files
 from .statuspage import HISTORY_DAYS, Health, StatusView, status_page
 from .store import Store, flush_periodically, inactive_users
@@ -172,8 +173,15 @@ class Bot:
                 day: snapshot for day, snapshot in self.store.days().items() if day >= since
             }
             self.tracker.start_peaks(now, stored_peaks(self._days.get(utc_day(now))))
+            self.notifier = self._notifier()
             self.component = self._component(timing)
             self.component.add_event_handler("presence_tracked", self._presence_tracked)
+            if self.notifier.enabled:  # the admins' reports and alerts (notify.py)
+                self.component.add_event_handler("session_start", self._link_up)
+                self.component.add_event_handler("disconnected", self._link_down)
+                self.component.add_event_handler(
+                    "privileges_checked", self.notifier.privileges_checked
+                )
         except BaseException:
             self.store.close()  # never connected: the heartbeat stays what it was
             raise
@@ -182,6 +190,38 @@ class Bot:
         """The time the store's heartbeat records: the last time the bot knew who was online
         (not during an outage: sessions left open must end when the connection dropped)."""
         return self.component.sessions_known_until(int(self.clock()), self._loaded_heartbeat)
+
+    def _notifier(self) -> Notifier:
+        settings = self.settings
+        return Notifier(
+            settings.reports,
+            settings.alerts,
+            admins=settings.admins,
+            domains=settings.domains,
+            windows=settings.windows,
+            store=self.store,
+            edge=CallbackEdge(self._send_chat, lambda: self.component.connected_since is not None),
+            sources=Sources(
+                days=self.store.days_off_loop,
+                client_figures=lambda: self.tracker.client_counts(int(self.clock())),
+                store_health=lambda: (self.store.last_write_at, self.store.failed_writes),
+                duty_restarts=lambda: self.duty_restarts,
+            ),
+            clock=self.clock,
+        )
+
+    def _send_chat(self, to_bare_jid: str, text: str) -> None:
+        """A chat message to a bare JID: the server keeps it for an admin who is offline."""
+        component = self.component
+        component.send_message(
+            mto=to_bare_jid, mbody=text, mtype="chat", mfrom=component.boundjid.bare
+        )
+
+    def _link_up(self, _event: object) -> None:
+        self.notifier.link_up()
+
+    def _link_down(self, _event: object) -> None:
+        self.notifier.link_down()
 
     def _presence_tracked(self, _change: object) -> None:
         self.last_presence_at = self.clock()
@@ -213,6 +253,10 @@ class Bot:
                 max_delay=max(self.backoff.first_delay, settings.count_interval),
                 max_failures=None,
             )
+        if self.notifier.enabled:
+            duties["notify"] = self.notifier.run_forever
+            # Reports and alerts are extras: the counting bot never exits for them.
+            backoffs["notify"] = dataclasses.replace(self.backoff, max_failures=None)
         return {
             name: supervise(name, duty, self.duty_restarts, backoffs[name])
             for name, duty in duties.items()
@@ -227,6 +271,7 @@ class Bot:
             windows=settings.windows,
             history_off_loop=self.history_off_loop,
             client_figures=lambda: self.tracker.client_counts(int(self.clock())),
+            notices=self.notifier if self.notifier.enabled else None,
         )
         return ActiveUsersComponent(
             jid=settings.component_jid,
@@ -377,7 +422,8 @@ class Bot:
 
     def duty_names(self) -> tuple[str, ...]:
         retention = ("retention",) if self.settings.retention_days else ()
-        return ("flush", "count", "liveness", *retention)
+        notify = ("notify",) if self.notifier.enabled else ()
+        return ("flush", "count", "liveness", *retention, *notify)
 
     async def status_view(self) -> StatusView:
         """What the status page shows: the figures as the ad-hoc command gives them (after the

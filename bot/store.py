@@ -9,6 +9,8 @@ classes, so no pickle ever depends on this package's code. Keys:
     "user:<bare JID>" -> (first_seen, last_login, last_logout, (resource, ...)[, clients, ...])
                          (see codec.py)
     "day:<YYYY-MM-DD>" -> {domain: {"active": {"1d": n, ...}, "new": {...}, "peak_online": n}}
+    "notify:<name>"   -> primitives of the admins' reports and alerts (see notify.py), each
+                         written at once in a transaction of its own (`put_note_now`)
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ HEARTBEAT_INTERVAL = 30  # seconds between heartbeat writes while no event arriv
 _USER = "user:"
 _USER_PREFIX = _USER.encode()
 _DAY = "day:"
+_NOTIFY = "notify:"
 _DAMAGED = "damaged:user:"  # damaged records set aside, never deleted
 _SCAN_BATCH = 10_000  # records decoded together by a full scan
 _SCHEMA_KEY = "meta:schema"
@@ -318,6 +321,30 @@ class Store:
         for raw_key, record in pending.items():
             if record is not None:
                 yield raw_key, record
+
+    # --- the admins' reports and alerts (notify.py) ---------------------------------------------
+
+    def notes(self) -> dict[str, Any]:
+        """Every "notify:" value, by name (any thread); a damaged one is logged and skipped."""
+        with self._io:
+            rows = self._db.items_with_rare_prefix(_NOTIFY.encode())
+        notes = {}
+        for key, value in rows:
+            name = key[len(_NOTIFY) :].decode(errors="replace")
+            try:
+                notes[name] = load_primitives(value)
+            except pickle.UnpicklingError as exc:
+                log.error("Store value %r is damaged (%s); ignored, left in place", name, exc)
+        return notes
+
+    def put_note_now(self, name: str, value: Any) -> None:
+        """Write one "notify:" value at once, in its own transaction (any thread; the bot's
+        worker thread): a report's marker is on disk before the report is sent."""
+        try:
+            with self._io, self._db.transaction():
+                self._shelf[_NOTIFY + name] = value
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: writing {name!r} failed ({exc})") from exc
 
     # --- daily snapshots (history) ----------------------------------------------------------
 

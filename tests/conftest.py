@@ -38,7 +38,13 @@ class ProsodyServers:
             sandbox = ProsodySandbox(
                 self._tmp_path_factory.mktemp(f"prosody-{version}"),
                 install=INSTALLS[version],
-                extra_modules=("lastlog2", "measure_active_users", *NEW_IN_13[version]),
+                # mod_offline: messages to an admin who is offline wait for their next login
+                extra_modules=(
+                    "lastlog2",
+                    "measure_active_users",
+                    "offline",
+                    *NEW_IN_13[version],
+                ),
                 # On 13, internal_hashed (its default) is the one that can disable an account,
                 # and that its reference module can ask whether an account is enabled.
                 authentication="internal_hashed" if version == "13" else "internal_plain",

@@ -7,7 +7,7 @@ from a real file read by `bot.config.load_settings`. The keywords are named like
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 Value = str | int | float | bool | Path | Sequence[str]
@@ -46,6 +46,8 @@ def write_config(
     nodeinfo_node_name: str | None = None,
     nodeinfo_software_name: str | None = None,
     nodeinfo_software_version: str | None = None,
+    reports: Mapping[str, Value] | None = None,
+    alerts: Mapping[str, Value] | None = None,
     comment: str = "",
 ) -> Path:
     """Write the config to `path` and return `path`.
@@ -53,7 +55,7 @@ def write_config(
     `metrics_listen` is the file's text: "HOST:PORT", or "" for no endpoint. `windows` are such
     as "7d" or "12h". A relative `store_path`, `secret_file` or `metrics_token_file` is relative
     to the file's folder (as `load_settings` reads it). `comment` goes first, each of its lines
-    as a "# " line.
+    as a "# " line. `reports` and `alerts`: the keys of those sections, as in the file.
     """
     sections: dict[str, dict[str, Value | None]] = {
         "component": {"jid": component_jid, "secret": secret, "secret_file": secret_file},
@@ -91,6 +93,8 @@ def write_config(
             "software_name": nodeinfo_software_name,
             "software_version": nodeinfo_software_version,
         },
+        "reports": dict(reports or {}),
+        "alerts": dict(alerts or {}),
     }
     lines = [f"# {line}".rstrip() for line in comment.splitlines()]
     for section, keys in sections.items():
