@@ -6,9 +6,13 @@ import getpass
 import grp
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 from bot.activity import ActivityTracker
 from bot.store import Store
@@ -128,3 +132,14 @@ def test_a_store_in_a_missing_folder_is_refused_and_nothing_is_created(tmp_path)
             f"{tmp_path}/dta/x\n"
         )
         assert not (tmp_path / "dta").exists()
+
+
+def test_version_names_the_release_and_what_it_runs_on():
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text("utf-8"))
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        rf"xmpp-active-users {re.escape(project['project']['version'])} "
+        rf"\(slixmpp [\d.]+, Python {re.escape(platform.python_version())}\)\n",
+        result.stdout,
+    ), result.stdout
