@@ -77,6 +77,15 @@ def test_the_readme_shows_the_scripts_commands_line_by_line():
     assert readme[3:] == script_recipe()
 
 
+def test_the_unit_runs_as_the_user_the_recipe_creates_and_writes_the_folder_it_makes():
+    service = unit_settings(UNIT)
+    assert (service["User"], service["Group"]) == ("xmpp-active-users", "xmpp-active-users")
+    recipe = "\n".join(script_recipe())
+    assert "adduser --system --group --home /var/lib/xmpp-active-users xmpp-active-users" in recipe
+    state = f"/var/lib/{service['StateDirectory']}"
+    assert f"-o xmpp-active-users -g xmpp-active-users {state}\n" in recipe
+
+
 # --- the recipe, run ------------------------------------------------------------------------------
 
 
