@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
+import platform
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from . import daemon, importer
 from .activity import ActivityTracker
 from .commands import iso_utc, parse_days
 from .config import ConfigError, load_settings
+from .contact import software_version
 from .counter import Counts, window_label
 from .history import chat_chart, history_csv, last_days, utc_day
 from .import_sources import SOURCES, open_source
@@ -71,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {software_version()} (slixmpp {version('slixmpp')}, "
+        f"Python {platform.python_version()})",
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add_command in (_add_run, _add_import, _add_history, _add_forget, _add_count, _add_demo):
         add_command(commands)

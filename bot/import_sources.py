@@ -8,6 +8,8 @@ in that unit.
 
 from __future__ import annotations
 
+import grp
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -54,12 +56,28 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
         return Opened(None, " users", partial(_each, importer.read_sql(path, now=now)))
     files = importer.data_files(source, path)
     if not files:
+        # Prosody's data is readable by its user and group only: a folder this user may not
+        # read hides the files, which is not the same as having none.
+        denied = [d for d in (path, *path.glob("*"), *path.glob("*/*")) if _unreadable(d)]
+        if denied:
+            group = grp.getgrgid(denied[0].stat().st_gid).gr_name
+            raise SourceError(
+                f"cannot read {denied[0]} (permission denied), so no {source} data files "
+                f"were found under {path}: Prosody's data is readable by its own user and "
+                f"group ({group}) only. Run the import as a member of that group, e.g. as "
+                "root, as the bot's user: runuser -u xmpp-active-users -g xmpp-active-users "
+                f"-G {group} -- xmpp-active-users import --config FILE --from {source} {path}"
+            )
         raise SourceError(
             f"no {source} data files under {path}; "
             "PATH should be Prosody's data directory (e.g. /var/lib/prosody)"
         )
     entries = (importer.read_data_file(source, file, jid, now=now) for file, jid in files)
     return Opened(len(files), " users", partial(_each, entries))
+
+
+def _unreadable(folder: Path) -> bool:
+    return folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK)
 
 
 def _each(entries: Iterable[Entry], progress: Progress) -> Iterator[Entry]:

@@ -12,10 +12,13 @@ refuses any value that names a class or function (plain `pickle.loads` would imp
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import grp
 import io
 import os
 import pickle
+import pwd
 import shelve
 import socket
 import sqlite3
@@ -406,13 +409,20 @@ def lock_for_writing(path: Path) -> IO[str]:
     """Take the writer's lock beside `path`, or raise StoreLockedError naming the holder.
 
     The kernel releases it when the process dies, even by kill -9; closing the returned file
-    releases it too. Creates the store's folder if needed."""
+    releases it too. Creates the store's files, never its folder (see `refuse_missing_folder`)."""
+    refuse_missing_folder(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         lock_file = lock_path(path).open("a+", encoding="utf-8")
     except OSError as exc:
         target = Path(exc.filename or lock_path(path))
         done, writable = ("opened", target) if target.exists() else ("created", target.parent)
+        if isinstance(exc, PermissionError) and exc.errno == errno.EACCES:
+            user, group = _owner()
+            raise StoreError(
+                f"{target}: cannot be {done} (Permission denied): {writable} must be writable "
+                f"by the user the bot runs as ({user}); give it the folder: "
+                f"chown -R {user}:{group} {path.parent}"
+            ) from None
         raise StoreError(
             f"{target}: cannot be {done} ({exc.strerror}): make {writable} writable, or set "
             "[store] path to another folder"
@@ -432,6 +442,37 @@ def lock_for_writing(path: Path) -> IO[str]:
     lock_file.write(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)})\n")
     lock_file.flush()
     return lock_file
+
+
+def refuse_missing_folder(path: Path) -> None:
+    """The store's folder must exist: a store started in a folder the bot made up (a typo in
+    [store] path) would count from zero beside the real one, unnoticed."""
+    folder = path.parent
+    if folder.is_dir():
+        return
+    missing = folder
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    also = "" if missing == folder else f" (nor does {missing})"
+    user, group = _owner()
+    raise StoreError(
+        f"{path}: the folder {folder} does not exist{also}. Check [store] path for a typo; if "
+        f"it is right, create the folder for the user the bot runs as: install -d -m 0700 "
+        f"-o {user} -g {group} {folder}"
+    )
+
+
+def _owner() -> tuple[str, str]:
+    """Who runs the bot now (user, group): the owner a fix should give the store's folder."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    try:
+        group = grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        group = str(os.getegid())
+    return user, group
 
 
 def is_locked_for_writing(path: Path) -> bool:

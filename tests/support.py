@@ -57,6 +57,7 @@ path = "data/activity.db"
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(text, encoding="utf-8")
+    (tmp_path / "data").mkdir(exist_ok=True)  # MINIMAL's store folder: the bot never makes it
     return path
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import getpass
+import grp
 import json
+import os
+import platform
+import re
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 from bot.activity import ActivityTracker
 from bot.store import Store
@@ -104,3 +111,35 @@ def test_forget_removes_one_user(tmp_path):
     bad = run("forget", "--config", str(config), "bob@example.test/phone")
     assert bad.returncode == 2
     assert "give a bare JID" in bad.stderr
+
+
+def test_a_store_in_a_missing_folder_is_refused_and_nothing_is_created(tmp_path):
+    """A typo in [store] path must not start an empty store in a folder the bot makes up."""
+    config = write(tmp_path, MINIMAL.replace('path = "data/activity.db"', 'path = "dta/x/a.db"'))
+    lastlog2 = tmp_path / "prosody" / "example%2etest" / "lastlog2"
+    lastlog2.mkdir(parents=True)
+    (lastlog2 / "alice.dat").write_text(
+        f'return {{ ["login"] = {{ ["timestamp"] = {int(time.time()) - 60}; }}; }};\n'
+    )
+    for command in (["run"], ["import", "--from", "prosody-lastlog2", str(tmp_path / "prosody")]):
+        result = run(*command, "--config", str(config))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"xmpp-active-users: {tmp_path}/dta/x/a.db: the folder {tmp_path}/dta/x does not "
+            f"exist (nor does {tmp_path}/dta). Check [store] path for a typo; if it is right, "
+            "create the folder for the user the bot runs as: install -d -m 0700 "
+            f"-o {getpass.getuser()} -g {grp.getgrgid(os.getegid()).gr_name} "
+            f"{tmp_path}/dta/x\n"
+        )
+        assert not (tmp_path / "dta").exists()
+
+
+def test_version_names_the_release_and_what_it_runs_on():
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text("utf-8"))
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        rf"xmpp-active-users {re.escape(project['project']['version'])} "
+        rf"\(slixmpp [\d.]+, Python {re.escape(platform.python_version())}\)\n",
+        result.stdout,
+    ), result.stdout

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import SECRET_ENV, TOKEN_ENV, ConfigError, load_settings
+from bot.config import _SCHEMA, SECRET_ENV, TOKEN_ENV, ConfigError, load_settings
 
 from .support import MINIMAL, write
 
@@ -271,3 +271,23 @@ def test_bad_nodeinfo_settings_are_one_line_each(tmp_path, extra, message):
 def test_retention_of_100_days_is_fine_without_nodeinfo(tmp_path):
     text = MINIMAL + "[privacy]\nretention_days = 100\n"
     assert load_settings(write(tmp_path, text), environ={}).retention_days == 100
+
+
+def test_every_required_key_of_the_example_is_marked_edit():
+    """A required key is one the admin must look at: its comment in config.example.toml says
+    EDIT (the store's path too: a wrong one is noticed only at the first start)."""
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    section = ""
+    for number, line in enumerate(lines):
+        if line.startswith("["):
+            section = line.strip("[] ")
+            continue
+        key = line.split("=")[0].strip()
+        if line.startswith("#") or not key or not _SCHEMA.get(section, {}).get(key, (False,))[0]:
+            continue
+        comment = []
+        for above in reversed(lines[:number]):
+            if not above.startswith("#"):
+                break
+            comment.append(above)
+        assert any("EDIT" in above for above in comment), f"[{section}] {key} is not marked EDIT"

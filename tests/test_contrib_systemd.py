@@ -142,7 +142,7 @@ def test_the_bot_exits_1_when_retrying_cannot_help(tmp_path):
         domains=["example.test"],
         admins=["admin@example.test"],
         metrics_listen="",
-        store_path="data/activity.db",
+        store_path="activity.db",
     )
     env = {key: value for key, value in os.environ.items() if key != SECRET_ENV}
     result = subprocess.run(

@@ -320,7 +320,7 @@ def cli(config: Path, *command: str) -> subprocess.CompletedProcess[str]:
     ("case", "says"),
     [
         ("folder", "activity.db.lock: cannot be created (Operation not permitted): make {folder}"),
-        ("parent", "{folder}: cannot be created (Operation not permitted): make {parent}"),
+        ("parent", "{path}: the folder {folder} does not exist. Check [store] path"),
         ("folder of a stopped store", "cannot be opened for writing: {folder} is read-only"),
         ("database", "cannot be opened for writing: {path} is read-only"),
     ],
