@@ -3,7 +3,7 @@
 The progress bar needs the amount first: `open_source` finds the source and says how much
 there is (users, or bytes of a file); `Opened.read(progress)` then checks it (SourceError if it
 cannot be read at all, before anything is imported) and yields its entries, reporting progress
-in that unit.
+in that unit. Where a file is expected, only a regular file is read (importer.open_regular).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
             _size(path), "B", lambda progress: read(path, now=now, progress=progress, **options)
         )
     if source == "prosody-sql":
+        importer.open_regular(path).close()  # SQLite's own open would block on a FIFO
         return Opened(None, " users", partial(_each, importer.read_sql(path, now=now)))
     files = importer.data_files(source, path)
     if not files:

@@ -127,28 +127,28 @@ def test_lastlog2_files_are_found_and_percent_decoded(tmp_path):
 
 def test_account_activity_timestamp_is_last_activity(tmp_path):
     write_user(
-        tmp_path, "example.test", "bob", "account_activity", 'return { ["timestamp"] = 5; };'
+        tmp_path, "example.test", "bob", "account_activity", f'return {{ ["timestamp"] = {T}; }};'
     )
     ((file, jid),) = data_files("prosody-account-activity", tmp_path)
-    assert read_data_file("prosody-account-activity", file, jid) == Activity(jid, 0, 5)
+    assert read_data_file("prosody-account-activity", file, jid) == Activity(jid, 0, T)
 
 
 def test_lastlog_keeps_the_last_event_only(tmp_path):
     # What mod_lastlog writes (prosody-modules 2023): { event = ...; timestamp = ...; ip = ... }
     files = {
-        "alice": 'return {\n\t["timestamp"] = 5;\n\t["event"] = "logout";\n};\n',
-        "bob": 'return { ["event"] = "login"; ["timestamp"] = 7; ["ip"] = "192.0.2.1"; };',
-        "carol": 'return { ["event"] = "registered"; ["timestamp"] = 9; };',
-        "dave": 'return { ["timestamp"] = 11; };',  # its first versions: logins only, no event
+        "alice": f'return {{\n\t["timestamp"] = {T + 5};\n\t["event"] = "logout";\n}};\n',
+        "bob": f'return {{ ["event"] = "login"; ["timestamp"] = {T + 7}; ["ip"] = "192.0.2.1"; }};',
+        "carol": f'return {{ ["event"] = "registered"; ["timestamp"] = {T + 9}; }};',
+        "dave": f'return {{ ["timestamp"] = {T + 11}; }};',  # its first versions: logins only
     }
     for user, text in files.items():
         write_user(tmp_path, "example.test", user, "lastlog", text)
     found = data_files("prosody-lastlog", tmp_path)
     assert [read_data_file("prosody-lastlog", file, jid) for file, jid in found] == [
-        Activity("alice@example.test", last_logout=5),
-        Activity("bob@example.test", last_login=7),
-        Activity("carol@example.test", registered=9),
-        Activity("dave@example.test", last_login=11),
+        Activity("alice@example.test", last_logout=T + 5),
+        Activity("bob@example.test", last_login=T + 7),
+        Activity("carol@example.test", registered=T + 9),
+        Activity("dave@example.test", last_login=T + 11),
     ]
 
 
@@ -318,15 +318,15 @@ def test_sql_storage_rows_become_activities(tmp_path):
         path,
         [
             ("example.test", "alice", "lastlog2", "login", "json", json.dumps({"timestamp": T})),
-            ("example.test", "alice", "lastlog2", "logout", "json", '{"timestamp":7}'),
-            ("example.test", "bob", "account_activity", "timestamp", "number", "9"),
+            ("example.test", "alice", "lastlog2", "logout", "json", f'{{"timestamp":{T + 7}}}'),
+            ("example.test", "bob", "account_activity", "timestamp", "number", str(T + 9)),
             ("example.test", "eve", "lastlog2", "login", "xml", "<x/>"),
             ("example.test", "carol", "roster", "x", "json", "{}"),  # another store: not read
         ],
     )
     entries = list(read_sql(path))
-    assert Activity("alice@example.test", T, 7) in entries
-    assert Activity("bob@example.test", 0, 9) in entries
+    assert Activity("alice@example.test", T, T + 7) in entries
+    assert Activity("bob@example.test", 0, T + 9) in entries
     assert [e.where for e in entries if isinstance(e, Rejected)] == [
         f"{path}: eve@example.test store lastlog2 key login",
     ]
