@@ -224,7 +224,7 @@ def test_a_mnesia_dump_with_a_10_mb_user_name_rejects_that_record(config, tmp_pa
     )  # fmt: skip
     ran = run_import(config, "ejabberd-mnesia", path)
     assert ran.code == 0, ran
-    assert f"{path}:2: a record of more than" in ran.out, ran.out
+    assert f"{path}:2: " in ran.out and "a record of more than 1048576 bytes" in ran.out, ran.out
     assert list(imported(config)) == ["bob@example.test"]
     assert ran.seconds < 5
 
@@ -249,7 +249,7 @@ def test_bad_user_names_in_prosodys_files_are_rejected_each_with_its_file(config
     assert "2 entries were rejected" in ran.out, ran.out
     for file_name, name in names.items():
         if name is not None:
-            assert f"{file_name}.dat: {name!r}@example.test is not a valid JID" in ran.out, ran.out
+            assert f"{file_name}.dat: {name + '@example.test'!r} is not a valid JID" in ran.out
     assert sorted(imported(config)) == ["bob@example.test", "x" * 250 + "@example.test"]
 
 
