@@ -270,6 +270,14 @@ def _import(args: argparse.Namespace) -> int:
     except importer.SourceError as exc:
         print(f"xmpp-active-users: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, OSError) as exc:  # out of memory, descriptors (EMFILE), an I/O error
+        reason = "out of memory" if isinstance(exc, MemoryError) else str(exc)
+        print(
+            f"xmpp-active-users: the import stopped: {reason}; what it merged before is kept "
+            "(importing again is safe)",
+            file=sys.stderr,
+        )
+        return 2
     print(report.summary(args.dry_run))
     return 0
 
