@@ -209,6 +209,9 @@ def _sql_entries(
                 yield _activity(user, domain or "", int(seconds), state, where, now)
 
 
+_A_ROW = " (a row of the `last` table has a few dozen)"
+
+
 class _TooLong(Exception):
     """A line, or a row over several lines, of more than MAX_RECORD bytes (skipped)."""
 
@@ -242,14 +245,11 @@ class _Lines:
             while raw and not raw.endswith(b"\n"):  # the rest of the line, in bounded pieces
                 raw = self.file.readline(1 << 16)
                 self.progress(len(raw))
-            raise _TooLong
+            raise _TooLong(f"a line of more than {MAX_RECORD} bytes{_A_ROW}")
         self.row_bytes += len(raw)
         if self.row_bytes > MAX_RECORD:
-            raise _TooLong
+            raise _TooLong(f"a row of more than {MAX_RECORD} bytes over several lines{_A_ROW}")
         return raw.decode("utf-8", errors="surrogateescape")
-
-
-_TOO_LONG = f"a line of more than {MAX_RECORD} bytes (a row of the `last` table has a few dozen)"
 
 
 def _csv_rows(lines: _Lines) -> Iterator[tuple[int, list[str] | str]]:
@@ -262,8 +262,8 @@ def _csv_rows(lines: _Lines) -> Iterator[tuple[int, list[str] | str]]:
             row = next(reader)  # the reader starts afresh at each row, even after an error
         except StopIteration:
             return
-        except _TooLong:
-            yield start, _TOO_LONG
+        except _TooLong as exc:
+            yield start, str(exc)
             continue
         except csv.Error as exc:
             yield start, f"not a CSV row ({exc})"
@@ -280,8 +280,8 @@ def _tab_rows(lines: _Lines) -> Iterator[tuple[int, list[str] | str]]:
             line = next(lines)
         except StopIteration:
             return
-        except _TooLong:
-            yield number, _TOO_LONG
+        except _TooLong as exc:
+            yield number, str(exc)
             continue
         text = line.rstrip("\n")
         if text:
@@ -319,8 +319,8 @@ def _online_entries(
                 line = next(lines).strip()
             except StopIteration:
                 return
-            except _TooLong:
-                yield Rejected(where, _TOO_LONG)
+            except _TooLong as exc:
+                yield Rejected(where, str(exc))
                 continue
             bare, _, _ = line.partition("/")
             user, at, host = bare.rpartition("@")

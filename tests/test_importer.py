@@ -544,8 +544,10 @@ def test_a_resource_error_during_an_import_is_one_line(tmp_path, capsys, monkeyp
     assert code == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert said in err and "the import stopped" in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert said in err
+    assert "the import stopped" in err
 
 
 @pytest.mark.parametrize(
