@@ -53,14 +53,17 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
     if source == "prosody-sql":
         importer.open_regular(path).close()  # SQLite's own open would block on a FIFO
         return Opened(None, " users", partial(_each, importer.read_sql(path, now=now)))
-    files = importer.data_files(source, path)
-    if not files:
+    count = importer.count_data_files(source, path)
+    if not count:
         raise SourceError(
             f"no {source} data files under {path}; "
             "PATH should be Prosody's data directory (e.g. /var/lib/prosody)"
         )
-    entries = (importer.read_data_file(source, file, jid, now=now) for file, jid in files)
-    return Opened(len(files), " users", partial(_each, entries))
+    entries = (
+        importer.read_data_file(source, file, jid, now=now)
+        for file, jid in importer.iter_data_files(source, path)
+    )
+    return Opened(count, " users", partial(_each, entries))
 
 
 def _each(entries: Iterable[Entry], progress: Progress) -> Iterator[Entry]:

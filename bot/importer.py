@@ -144,21 +144,47 @@ class ImportReport:
 
 def data_files(source: str, path: Path) -> list[tuple[Path, str]]:
     """(file, bare JID) of every user file of the source's store below Prosody's data dir `path`
-    (or inside the store folder itself, e.g. DATA/example%2etest/lastlog2). SourceError if one
-    is not a regular file (checked before anything is read)."""
-    store = _STORE_OF_SOURCE[source]
-    if path.name == store:
-        files = sorted(path.glob("*.dat"))
-    else:
-        files = sorted(path.glob(f"*/{store}/*.dat"))
-    for file in files:
+    (or inside the store folder itself, e.g. DATA/example%2etest/lastlog2), sorted. SourceError
+    if one is not a regular file. An import streams them instead (count_data_files, then
+    iter_data_files): a list of a million paths would cost hundreds of MB."""
+    count_data_files(source, path)
+    return sorted(iter_data_files(source, path))
+
+
+def count_data_files(source: str, path: Path) -> int:
+    """How many user files there are; SourceError if one is not a regular file (checked before
+    anything is read)."""
+    count = 0
+    for entry in _data_entries(source, path):
+        count += 1
         try:
-            mode = file.stat().st_mode
+            if entry.is_file():  # follows a link, as reading will
+                continue
+            mode = entry.stat().st_mode
         except OSError:
             continue  # a dangling link, a file gone: reported when read
-        if not stat.S_ISREG(mode):
-            raise SourceError(_not_regular(file, mode))
-    return [(file, f"{unquote(file.stem)}@{unquote(file.parent.parent.name)}") for file in files]
+        raise SourceError(_not_regular(Path(entry.path), mode))
+    return count
+
+
+def iter_data_files(source: str, path: Path) -> Iterator[tuple[Path, str]]:
+    """(file, bare JID) of each user file, as the directories list them."""
+    for entry in _data_entries(source, path):
+        file = Path(entry.path)
+        yield file, f"{unquote(file.stem)}@{unquote(file.parent.parent.name)}"
+
+
+def _data_entries(source: str, path: Path) -> Iterator[os.DirEntry[str]]:
+    store = _STORE_OF_SOURCE[source]
+    folders = [path] if path.name == store else sorted(path.glob(f"*/{store}"))
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".dat") and not entry.name.startswith("."):
+                        yield entry
+        except (NotADirectoryError, FileNotFoundError):
+            continue
 
 
 def open_regular(path: Path) -> BinaryIO:

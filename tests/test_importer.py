@@ -9,10 +9,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import pytest
 
 from bot.__main__ import main
+from bot.import_sources import open_source
 from bot.importer import (
     MAX_DATA_FILE,
     Activity,
@@ -658,3 +660,21 @@ def test_a_fifo_among_prosodys_files_is_refused_before_anything_is_read(tmp_path
     os.mkfifo(tmp_path / "example%2etest" / "lastlog2" / "bob.dat")
     with pytest.raises(SourceError, match=r"bob\.dat is not a regular file \(a FIFO\)"):
         data_files("prosody-lastlog2", tmp_path)
+
+
+def test_prosodys_files_are_streamed_not_listed(tmp_path):
+    """An import of a data dir holds no list of its files (a million paths: hundreds of MB)."""
+    folder = tmp_path / "example%2etest" / "lastlog2"
+    folder.mkdir(parents=True)
+    text = lastlog2(T)
+    for n in range(20_000):
+        (folder / f"user{n}.dat").write_text(text)
+    tracemalloc.start()
+    try:
+        opened = open_source("prosody-lastlog2", tmp_path, now=NOW)
+        read = sum(1 for _ in opened.read(lambda _: None))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (opened.total, read) == (20_000, 20_000)
+    assert peak < 2_000_000, peak  # a list of the paths alone: about 9 MB
