@@ -104,8 +104,8 @@ def _add_import(commands: Subcommands) -> None:
             "importing "
             "twice changes nothing. Users of domains not in [counting] domains are skipped. "
             "Unreadable files, and users with an implausible timestamp (not a finite number, "
-            "negative, in milliseconds, or more than a day in the future), are reported and "
-            "skipped. The bot must be stopped (it holds the store)."
+            "before 2000, in milliseconds, or more than a day in the future) or a name that is "
+            "no JID, are reported and skipped. The bot must be stopped (it holds the store)."
         ),
         epilog=(
             "sources:\n"

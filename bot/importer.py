@@ -116,9 +116,10 @@ class ImportReport:
         if len(self.rejected) < MAX_LISTED:
             self.rejected.append(entry)
 
-    def skip(self, reason: str) -> None:
-        if reason not in self.skipped and len(self.skipped) >= MAX_REASONS:
-            reason = "other reasons (too many to list)"
+    def skip(self, reason: str, *, else_: str | None = None) -> None:
+        """Count a skipped user; past MAX_REASONS reasons, a new one is counted as `else_`."""
+        if else_ is not None and reason not in self.skipped and len(self.skipped) >= MAX_REASONS:
+            reason = else_
         self.skipped[reason] += 1
 
     def summary(self, dry_run: bool) -> str:
@@ -480,7 +481,10 @@ def import_activities(
             report.reject(Rejected(entry.where or "a record", str(exc)))
             continue
         if domain_of(bare_jid) not in counted:
-            report.skip(f"domain {domain_of(bare_jid)} is not counted")
+            report.skip(
+                f"domain {domain_of(bare_jid)} is not counted",
+                else_="other domains, not counted (too many to list)",
+            )
             continue
         if excluded(bare_jid):
             report.skip("excluded by [counting] exclude")
