@@ -66,6 +66,7 @@ EARLIEST = 946_684_800  # 2000-01-01 UTC: no XMPP server recorded a login before
 MAX_JID_PART = 1023  # bytes of a user name, of a domain (RFC 7622)
 MAX_DATA_FILE = 1 << 20  # bytes of one user's Prosody file (a few hundred in practice)
 MAX_RECORD = 1 << 20  # bytes of one record of an export: a line, a term (a few hundred)
+MAX_SORTED_NAME = 16 << 20  # bytes of a name SQLite may sort (more: the database is refused)
 MAX_LISTED = 100  # rejected entries the report lists (it counts them all)
 MAX_REASONS = 100  # distinct reasons for skipping users (one per domain): the rest lumped
 
@@ -342,62 +343,109 @@ def _shown(value: float) -> str:
 def read_sql(path: Path, *, now: float | None = None) -> Iterator[Entry]:
     """lastlog2 and account_activity rows of a mod_storage_sql SQLite database (read-only),
     streamed user by user; `now` (default: the clock) is what "in the future" is measured from.
-    A name over MAX_JID_PART bytes or a value over MAX_DATA_FILE is rejected unread."""
+    A row with a field over MAX_DATA_FILE bytes is rejected unread (SQLite's length limit
+    refuses it before loading it); the rows are put in order by their names on a connection
+    of its own, with a limit of MAX_SORTED_NAME (beyond, the database is refused)."""
     if not path.is_file():
         yield Rejected(str(path), "no such file")
         return
     try:
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+        rows = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+        order = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         yield Rejected(str(path), f"not a Prosody SQL storage database ({exc})")
         return
     try:
-        yield from _sql_users(db, path, now)
+        rows.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_DATA_FILE)
+        order.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_SORTED_NAME)
+        yield from _sql_users(rows, order.execute(_SQL_ORDER), path, now)
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_TOOBIG":
+            reason = f"a user name, domain or store of more than {MAX_SORTED_NAME} bytes"
+        else:
+            reason = str(exc)
+        yield Rejected(str(path), f"not a Prosody SQL storage database ({reason})")
     finally:
-        db.close()
+        rows.close()
+        order.close()
 
 
-_SQL_ROWS = """
-    SELECT substr("host", 1, 64), length(CAST("host" AS BLOB)),
-           substr("user", 1, 64), length(CAST("user" AS BLOB)),
-           "store", substr("key", 1, 64), "type",
-           CASE WHEN length(CAST("value" AS BLOB)) <= :most THEN "value" END,
-           length(CAST("value" AS BLOB)),
-           CASE WHEN length(CAST("host" AS BLOB)) <= :part THEN "host" END,
-           CASE WHEN length(CAST("user" AS BLOB)) <= :part THEN "user" END
-    FROM "prosody" WHERE "store" IN ('lastlog2', 'account_activity')
-    ORDER BY "host", "user", "store"
-"""
+# Each user's rows together (the order of Prosody's unique index), fetched by rowid in batches:
+# a row SQLite refuses as too big is then read alone, and rejected alone.
+_SQL_ORDER = """SELECT rowid FROM "prosody" WHERE "store" IN ('lastlog2', 'account_activity')
+    ORDER BY "host", "user", "store", "key", rowid"""
+_SQL_COLUMNS = ("host", "user", "store", "key", "type", "value")
+_SQL_ROWS = 'SELECT rowid, "host", "user", "store", "key", "type", "value" FROM "prosody"'
+_SQL_BATCH = 500
 
 
-def _sql_users(db: sqlite3.Connection, path: Path, now: float | None) -> Iterator[Entry]:
-    try:
-        rows = db.execute(_SQL_ROWS, {"most": MAX_DATA_FILE, "part": MAX_JID_PART})
-        user_data: dict[str, Any] = {}
-        current: tuple[str, str, str] | None = None
-        for row in rows:
-            host_shown, host_size, user_shown, user_size, store, key, kind = row[:7]
-            value, value_size, host, user = row[7:]
-            where = f"{path}: {user_shown}@{host_shown} store {store} key {key}"
-            if host is None or user is None:
-                name, size = ("domain", host_size) if host is None else ("user name", user_size)
-                yield Rejected(where, f"a {name} of {size} bytes (at most {MAX_JID_PART})")
+def _sql_users(
+    db: sqlite3.Connection, order: sqlite3.Cursor, path: Path, now: float | None
+) -> Iterator[Entry]:
+    user_data: dict[str, Any] = {}
+    current: tuple[str, str, str] | None = None
+    for rows in _sql_batches(db, order):
+        for rowid, row in rows:
+            if isinstance(row, str):
+                yield Rejected(f"{path}: {_sql_row_name(db, rowid)}", row)
                 continue
+            host, user, store, key, kind, value = row
+            where = f"{path}: {user}@{host} store {store} key {key}"
             if (host, user, store) != current:
                 if current is not None and user_data:
                     yield _sql_activity(path, current, user_data, now)
                 current, user_data = (host, user, store), {}
-            if value is None and value_size is not None:
-                yield Rejected(where, f"a value of {value_size} bytes (at most {MAX_DATA_FILE})")
-                continue
             try:
                 user_data[key] = _sql_value(kind, value)
             except ValueError as exc:
                 yield Rejected(where, str(exc))
-        if current is not None and user_data:
-            yield _sql_activity(path, current, user_data, now)
-    except sqlite3.Error as exc:
-        yield Rejected(str(path), f"not a Prosody SQL storage database ({exc})")
+    if current is not None and user_data:
+        yield _sql_activity(path, current, user_data, now)
+
+
+def _sql_batches(
+    db: sqlite3.Connection, order: sqlite3.Cursor
+) -> Iterator[list[tuple[int, tuple[Any, ...] | str]]]:
+    """(rowid, its row or why it cannot be read) in the order of `order`'s rowids."""
+    while rowids := [rowid for (rowid,) in order.fetchmany(_SQL_BATCH)]:
+        marks = ",".join("?" * len(rowids))
+        try:
+            query = f"{_SQL_ROWS} WHERE rowid IN ({marks})"
+            found = {row[0]: row[1:] for row in db.execute(query, rowids)}
+        except sqlite3.DataError:  # a field over the limit somewhere: row by row
+            yield [(rowid, _sql_row(db, rowid)) for rowid in rowids]
+        else:
+            yield [(rowid, found[rowid]) for rowid in rowids]
+
+
+def _sql_row(db: sqlite3.Connection, rowid: int) -> tuple[Any, ...] | str:
+    """The row, or which field is too big (its size read without loading it)."""
+    try:
+        ((_, *row),) = db.execute(f"{_SQL_ROWS} WHERE rowid = ?", (rowid,))
+    except sqlite3.DataError:
+        sizes = {column: _field_size(db, column, rowid) for column in _SQL_COLUMNS}
+        column = max(sizes, key=lambda name: sizes[name])
+        return f"a {column} of {sizes[column]} bytes (at most {MAX_DATA_FILE})"
+    return tuple(row)
+
+
+def _sql_row_name(db: sqlite3.Connection, rowid: int) -> str:
+    """user@host store S row N, or row N if the names are the big fields."""
+    try:
+        ((host, user, store),) = db.execute(
+            'SELECT "host", "user", "store" FROM "prosody" WHERE rowid = ?', (rowid,)
+        )
+    except sqlite3.DataError:
+        return f"row {rowid}"
+    return f"{user}@{host} store {store} row {rowid}"
+
+
+def _field_size(db: sqlite3.Connection, column: str, rowid: int) -> int:
+    try:
+        with db.blobopen("prosody", column, rowid, readonly=True) as field:
+            return len(field)
+    except sqlite3.Error:  # not a text or blob (a number, NULL): small
+        return 0
 
 
 def _sql_activity(

@@ -206,6 +206,25 @@ def test_a_prosody_file_with_2_million_keys_is_rejected_and_the_rest_imported(co
 SQL_HEADER = "username,server_host,seconds,state\n"
 
 
+def test_a_prosody_database_with_a_120_mb_value_rejects_that_row_unread(config, tmp_path):
+    path = tmp_path / "prosody.sqlite"
+    db = sqlite3.connect(path)
+    db.execute('CREATE TABLE "prosody" (host, user, store, key, type, value)')
+    for user, value in (("alice", "x" * 120_000_000), ("bob", f'{{"timestamp": {T}}}')):
+        db.execute(
+            'INSERT INTO "prosody" VALUES (?, ?, ?, ?, ?, ?)',
+            ("example.test", user, "lastlog2", "login", "json", value),
+        )
+    db.commit()
+    db.close()
+    ran = run_import(config, "prosody-sql", path)
+    path.unlink()
+    assert ran.code == 0, ran
+    assert "alice@example.test store lastlog2 row 1: a value of 120000000 bytes" in ran.out
+    assert list(imported(config)) == ["bob@example.test"]
+    assert ran.seconds < 5
+
+
 def test_an_sql_export_with_a_10_mb_user_name_rejects_that_row(config, tmp_path):
     path = tmp_path / "last.csv"
     path.write_text(
