@@ -209,7 +209,7 @@ def _sql_entries(
                 yield _activity(user, domain or "", int(seconds), state, where, now)
 
 
-_A_ROW = " (a row of the `last` table has a few dozen)"
+_A_ROW = " (a record of ejabberd's has a few dozen)"
 
 
 class _TooLong(Exception):
