@@ -157,7 +157,7 @@ def table(n: int, runs: list[tuple[str, dict]]) -> str:
             f"{report.imported:,}",
             f"{report.unchanged:,}",
             f"{sum(report.skipped.values()):,}",
-            f"{len(report.rejected):,}",
+            f"{report.rejected_count:,}",
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

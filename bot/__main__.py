@@ -113,8 +113,8 @@ def _add_import(commands: Subcommands) -> None:
             "importing "
             "twice changes nothing. Users of domains not in [counting] domains are skipped. "
             "Unreadable files, and users with an implausible timestamp (not a finite number, "
-            "negative, in milliseconds, or more than a day in the future), are reported and "
-            "skipped. The bot must be stopped (it holds the store)."
+            "before 2000, in milliseconds, or more than a day in the future) or a name that is "
+            "no JID, are reported and skipped. The bot must be stopped (it holds the store)."
         ),
         epilog=(
             "sources:\n"
@@ -278,6 +278,14 @@ def _import(args: argparse.Namespace) -> int:
                 )
     except importer.SourceError as exc:
         print(f"xmpp-active-users: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, OSError) as exc:  # out of memory, descriptors (EMFILE), an I/O error
+        reason = "out of memory" if isinstance(exc, MemoryError) else str(exc)
+        print(
+            f"xmpp-active-users: the import stopped: {reason}; what it merged before is kept "
+            "(importing again is safe)",
+            file=sys.stderr,
+        )
         return 2
     print(report.summary(args.dry_run))
     return 0

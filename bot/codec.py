@@ -11,6 +11,11 @@ Each value is a pickle without back-references, so that many can be read by one 
 Everything that reads records (the store, the start-up scan, the importer through the store, the
 retention scan) decodes them here, and decoding never runs code found in the file (see
 `shelf.PrimitivesUnpickler`): a value that is not a valid record is a `DamagedRecord`.
+
+Every timestamp of a record is whole Unix seconds in TIMESTAMPS (0 is "never"): the one
+definition of a time the store holds, which the importer checks too. Not below 0, so that a bot
+whose clock starts in 1970 (a board without a real-time clock, before NTP) still reads back what
+it wrote; not after 2100, so that a huge number (10**400) never reaches `datetime` or the counts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from .model import UserRecord
 from .shelf import PrimitivesUnpickler, load_primitives
 
+TIMESTAMPS = range(0, 4_102_444_800 + 1)  # 1970 .. 2100-01-01 00:00 UTC; see above
 _new_record = tuple.__new__  # UserRecord from an already checked tuple, without re-checking
 
 
@@ -101,17 +107,28 @@ def _record(fields: Any) -> UserRecord:
         raise DamagedRecord(f"not a 4- or 6-tuple: {_short(fields)}")
     if type(first_seen) is not int or type(last_login) is not int or type(last_logout) is not int:
         raise DamagedRecord(f"a timestamp is not a whole number: {_short(fields)}")
+    if (
+        first_seen not in TIMESTAMPS
+        or last_login not in TIMESTAMPS
+        or last_logout not in TIMESTAMPS
+    ):
+        raise DamagedRecord(f"a timestamp is out of range: {_short(fields)}")
     if type(sessions) is not tuple or (sessions and not _strings(sessions)):
         raise DamagedRecord(f"sessions are not a tuple of strings: {_short(fields)}")
     if size == 4:
         return _new_record(UserRecord, fields + _NO_CLIENTS)  # type: ignore[no-any-return]
     if type(clients) is not tuple or not (
-        (len(clients) == 2 and type(clients[0]) is str and type(clients[1]) is int)
+        (
+            len(clients) == 2
+            and type(clients[0]) is str
+            and type(clients[1]) is int
+            and clients[1] in TIMESTAMPS
+        )
         or not clients
         or (
             len(clients) % 2 == 0
             and _strings(clients[::2])
-            and all(type(time) is int for time in clients[1::2])
+            and all(type(time) is int and time in TIMESTAMPS for time in clients[1::2])
         )
     ):
         raise DamagedRecord(f"clients are not (family, time, ...): {_short(fields)}")
@@ -127,5 +144,8 @@ def _strings(values: tuple[Any, ...]) -> bool:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of over 4300 digits has no repr
+        return "(a value too large to show)"
     return text if len(text) <= 120 else text[:117] + "..."

@@ -9,7 +9,9 @@ A parser, never an evaluator: only literal integers, atoms, binaries (`<<"text">
 segments typed `/utf8`), strings, tuples and lists are accepted. Anything else (a variable, an
 operator, a fun, a map, a pid, a float, an improper list) is an error naming the line; the
 reader then goes on after the term's ending `.`. Tuples and lists may nest MAX_DEPTH deep
-(ejabberd's records nest three or four): deeper is an error, not a RecursionError.
+(ejabberd's records nest three or four): deeper is an error, not a RecursionError. A term of
+more than `max_bytes` (iter_terms) is an error too, found without copying it: memory stays
+bounded whatever the file holds.
 """
 
 from __future__ import annotations
@@ -79,19 +81,21 @@ class _Refused(Exception):
         self.message = message
 
 
-def iter_terms(data: bytes | mmap.mmap) -> Iterator[tuple[Term | ErlTermError, int, int]]:
+def iter_terms(
+    data: bytes | mmap.mmap, *, max_bytes: int | None = None
+) -> Iterator[tuple[Term | ErlTermError, int, int]]:
     """(term, the line where it starts, the offset just after it) of each top-level term of
     `data` (every term ends with `.`).
 
-    A term that cannot be read is an ErlTermError in its place (its line: where the problem
-    is); reading goes on after its `.`.
+    A term that cannot be read, or longer than `max_bytes`, is an ErlTermError in its place
+    (its line: where the problem is); reading goes on after its `.`.
     """
     tokens = _TOKEN.finditer(data)
     lines = _LineCounter(data)
     for first in tokens:
         line = lines.at(first.start(first.lastgroup))
         try:
-            term, end = _term(first, tokens)
+            term, end = _term(first, tokens, max_bytes)
         except _Refused as refused:
             token = refused.token
             # The end of the file: the line where the unfinished term starts says more.
@@ -135,13 +139,19 @@ class _LineCounter:
         return self.line
 
 
-def _term(first: Token, tokens: Iterator[Token]) -> tuple[Term, int]:
+def _term(first: Token, tokens: Iterator[Token], max_bytes: int | None) -> tuple[Term, int]:
     """The term starting at `first`, up to its '.': (the term, the offset after the '.').
 
-    Iterative, with a stack of the tuples and lists open: no recursion to bound."""
+    Iterative, with a stack of the tuples and lists open: no recursion to bound. Each token's
+    end is checked against `max_bytes` before its text is taken (a copy)."""
     open_items: list[list[Term]] = []
     closers: list[bytes] = []
     token = first
+    if max_bytes is not None:
+        limit = first.start(first.lastgroup) + max_bytes
+        if first.end() > limit:
+            raise _Refused(first, f"a record of more than {max_bytes} bytes")
+        tokens = _bounded(tokens, limit, max_bytes)
     while True:
         kind = token.lastgroup
         if kind == "open":  # a tuple or a list begins
@@ -185,6 +195,14 @@ def _term(first: Token, tokens: Iterator[Token]) -> tuple[Term, int]:
             if _is(token, b"|"):
                 raise _Refused(token, "an improper list: not read here")
             raise _Refused(token, f"expected ',' or {closers[-1].decode()!r}")
+
+
+def _bounded(tokens: Iterator[Token], limit: int, most: int) -> Iterator[Token]:
+    """`tokens`, refused from the first that ends after `limit` (before its text is copied)."""
+    for token in tokens:
+        if token.end() > limit:
+            raise _Refused(token, f"a record of more than {most} bytes")
+        yield token
 
 
 def _next(tokens: Iterator[Token]) -> Token:

@@ -15,6 +15,9 @@ Sources:
                      (`mysql --batch`); columns username, server_host (new schema), seconds, state
     ejabberd-online  the sessions online, as `ejabberdctl connected_users` lists them (one full
                      JID a line): each user is imported as logged in when the file was written
+
+Each is read as a stream in bounded memory: only a regular file (importer.open_regular), a line
+or a term of at most MAX_RECORD bytes (longer is rejected with its line, and skipped).
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from pathlib import Path
 from typing import IO
 
 from .erlterm import Atom, ErlTermError, Term, iter_terms
-from .importer import Activity, Entry, Ignored, Rejected, SourceError, checked_timestamp
+from .importer import (
+    MAX_RECORD,
+    Activity,
+    Entry,
+    Ignored,
+    Rejected,
+    SourceError,
+    checked_timestamp,
+    open_regular,
+)
 
 REGISTERED_ONLY = "Registered but didn't login"  # mod_last's status written at registration
 SQL_COLUMNS = ("username", "seconds", "state")  # and server_host in the new schema
@@ -40,6 +52,7 @@ _MYSQL_ESCAPES = re.compile(r"\\(.)")
 _MYSQL_ESCAPED = {"n": "\n", "t": "\t", "0": "\0", "\\": "\\"}
 
 Progress = Callable[[int], object]  # called with the bytes read since the last call
+_RELEASE_EVERY = 32 << 20  # bytes of a mapped dump parsed before their pages are let go
 
 
 def _no_progress(_: int) -> None:
@@ -56,7 +69,7 @@ def read_mnesia_dump(
     first entry is asked for). The file is mapped, not read into memory: the pages already
     parsed can be dropped by the kernel, so a dump of millions of users costs little memory."""
     try:
-        with path.open("rb") as file:
+        with open_regular(path) as file:
             data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if _size(file) else b""
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -80,10 +93,16 @@ def _size(file: IO[bytes]) -> int:
 def _mnesia_entries(
     path: Path, data: bytes | mmap.mmap, now: float, progress: Progress
 ) -> Iterator[Entry]:
-    done = 0
-    for term, line, end in iter_terms(data):
+    done = released = 0
+    for term, line, end in iter_terms(data, max_bytes=MAX_RECORD):
         progress(end - done)
         done = end
+        if isinstance(data, mmap.mmap) and done - released > _RELEASE_EVERY:
+            # Pages already parsed still count in our RSS: give them back (the file is read
+            # once, forward), so that a dump of any size costs a bounded memory.
+            upto = done - done % mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, released, upto - released)
+            released = upto
         where = f"{path}:{line}"
         if isinstance(term, ErlTermError):
             yield Rejected(where, f"not a term of the kind a dump holds: {term.reason}")
@@ -118,13 +137,6 @@ def _last_activity(term: Term, where: str, now: float) -> Entry | None:
     return _activity(*names, stamp, status.decode(errors="replace"), where, now)
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
 # --- ejabberd-sql ------------------------------------------------------------------------------
 
 
@@ -138,12 +150,16 @@ def read_sql_export(
     """The entries of an export of the `last` table. `host`: the users' domain when the file has
     no server_host column (the old schema, one database per host). SourceError at once if the
     header does not name the columns, or the domain is unknown."""
+    file = open_regular(path)
+    lines = _Lines(file, progress)
     try:
-        file = path.open("rb")
-    except OSError as exc:
-        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
-    lines = _decoded_lines(file, progress)
-    header = next(lines, "").lstrip("\ufeff")
+        header = next(lines, "").lstrip("\ufeff")
+    except _TooLong:
+        file.close()
+        raise SourceError(
+            f"{path}: the first line is longer than {MAX_RECORD} bytes: not an export of "
+            "ejabberd's `last` table with a header"
+        ) from None
     tabs = "\t" in header  # mysql --batch: tab-separated, backslash escapes
     columns = [
         name.strip().strip('"').lower()
@@ -193,23 +209,62 @@ def _sql_entries(
                 yield _activity(user, domain or "", int(seconds), state, where, now)
 
 
-def _decoded_lines(file: Iterable[bytes], progress: Progress) -> Iterator[str]:
-    """Lines as text; bytes that are not UTF-8 become surrogates (the row is then rejected)."""
-    for raw in file:
-        progress(len(raw))
-        yield raw.decode("utf-8", errors="surrogateescape")
+_A_ROW = " (a record of ejabberd's has a few dozen)"
 
 
-def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, list[str] | str]]:
+class _TooLong(Exception):
+    """A line, or a row over several lines, of more than MAX_RECORD bytes (skipped)."""
+
+
+class _Lines:
+    """The file's lines as text, at most MAX_RECORD bytes each, and per row (`row_start()`):
+    longer raises _TooLong, the rest of the line skipped, and the lines after it go on. Bytes
+    that are not UTF-8 become surrogates (the row is then rejected)."""
+
+    def __init__(self, file: IO[bytes], progress: Progress) -> None:
+        self.file = file
+        self.progress = progress
+        self.number = 0  # lines read, a skipped one too
+        self.row_bytes = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def row_start(self) -> int:
+        """The number of the line the next row starts on."""
+        self.row_bytes = 0
+        return self.number + 1
+
+    def __next__(self) -> str:
+        raw = self.file.readline(MAX_RECORD + 1)
+        if not raw:
+            raise StopIteration
+        self.number += 1
+        self.progress(len(raw))
+        if len(raw) > MAX_RECORD:
+            while raw and not raw.endswith(b"\n"):  # the rest of the line, in bounded pieces
+                raw = self.file.readline(1 << 16)
+                self.progress(len(raw))
+            raise _TooLong(f"a line of more than {MAX_RECORD} bytes{_A_ROW}")
+        self.row_bytes += len(raw)
+        if self.row_bytes > MAX_RECORD:
+            raise _TooLong(f"a row of more than {MAX_RECORD} bytes over several lines{_A_ROW}")
+        return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _csv_rows(lines: _Lines) -> Iterator[tuple[int, list[str] | str]]:
     """(the line where the row starts, its fields or why it is not a row); a quoted field may
     hold line breaks."""
     reader = csv.reader(lines, strict=True)
     while True:
-        start = reader.line_num + 2  # the header was read before
+        start = lines.row_start()
         try:
-            row = next(reader)
+            row = next(reader)  # the reader starts afresh at each row, even after an error
         except StopIteration:
             return
+        except _TooLong as exc:
+            yield start, str(exc)
+            continue
         except csv.Error as exc:
             yield start, f"not a CSV row ({exc})"
             continue
@@ -217,9 +272,17 @@ def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, list[str] | str]]:
             yield start, row
 
 
-def _tab_rows(lines: Iterator[str]) -> Iterator[tuple[int, list[str] | str]]:
+def _tab_rows(lines: _Lines) -> Iterator[tuple[int, list[str] | str]]:
     """mysql --batch: one row per line, fields split by tabs, \\n \\t \\0 \\\\ escaped."""
-    for number, line in enumerate(lines, start=2):
+    while True:
+        number = lines.row_start()
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except _TooLong as exc:
+            yield number, str(exc)
+            continue
         text = line.rstrip("\n")
         if text:
             yield number, [_MYSQL_ESCAPES.sub(_mysql_unescape, field) for field in text.split("\t")]
@@ -238,32 +301,41 @@ def read_online_list(
     """Each user of `ejabberdctl connected_users`'s list, logged in at the file's modification
     time (when the list was taken; the same at every import, so importing twice changes
     nothing)."""
-    data = _read_bytes(path)
-    written = int(path.stat().st_mtime)
-    return _online_entries(path, data, written, time.time() if now is None else now, progress)
+    file = open_regular(path)
+    written = int(os.fstat(file.fileno()).st_mtime)
+    return _online_entries(path, file, written, time.time() if now is None else now, progress)
 
 
 def _online_entries(
-    path: Path, data: bytes, written: int, now: float, progress: Progress
+    path: Path, file: IO[bytes], written: int, now: float, progress: Progress
 ) -> Iterator[Entry]:
-    seen: set[str] = set()  # a user with several sessions is one user
-    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
-        progress(len(raw))
-        where = f"{path}:{number}"
-        line = raw.strip().decode("utf-8", errors="surrogateescape")
-        bare, _, _ = line.partition("/")
-        user, at, host = bare.rpartition("@")
-        if not line:
-            continue
-        if not (at and user and host) or any("\udc80" <= char <= "\udcff" for char in line):
-            yield Rejected(where, f"not a full JID (user@host/resource): {reprlib.repr(line)}")
-        elif bare not in seen:
-            seen.add(bare)
+    previous = ""  # a user's sessions are listed together (the list is sorted): one user
+    lines = _Lines(file, progress)
+    with file:
+        while True:
+            number = lines.row_start()
+            where = f"{path}:{number}"
             try:
-                yield Activity(bare, last_login=checked_timestamp(written, now, "file time"))
-            except ValueError as exc:
-                yield Rejected(str(path), str(exc))
+                line = next(lines).strip()
+            except StopIteration:
                 return
+            except _TooLong as exc:
+                yield Rejected(where, str(exc))
+                continue
+            bare, _, _ = line.partition("/")
+            user, at, host = bare.rpartition("@")
+            if not line:
+                continue
+            if not (at and user and host) or any("\udc80" <= char <= "\udcff" for char in line):
+                yield Rejected(where, f"not a full JID (user@host/resource): {reprlib.repr(line)}")
+            elif bare != previous:
+                previous = bare
+                try:
+                    stamp = checked_timestamp(written, now, "file time")
+                except ValueError as exc:
+                    yield Rejected(str(path), str(exc))
+                    return
+                yield Activity(bare, last_login=stamp, where=where)
 
 
 # --- all ---------------------------------------------------------------------------------------
@@ -277,5 +349,5 @@ def _activity(user: str, host: str, stamp: int, status: str, where: str, now: fl
     except ValueError as exc:
         return Rejected(where, f"{user}@{host}: {exc}")
     if status == REGISTERED_ONLY:
-        return Activity(f"{user}@{host}", registered=stamp)
-    return Activity(f"{user}@{host}", last_logout=stamp)
+        return Activity(f"{user}@{host}", registered=stamp, where=where)
+    return Activity(f"{user}@{host}", last_logout=stamp, where=where)

@@ -3,7 +3,7 @@
 The progress bar needs the amount first: `open_source` finds the source and says how much
 there is (users, or bytes of a file); `Opened.read(progress)` then checks it (SourceError if it
 cannot be read at all, before anything is imported) and yields its entries, reporting progress
-in that unit.
+in that unit. Where a file is expected, only a regular file is read (importer.open_regular).
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
             _size(path), "B", lambda progress: read(path, now=now, progress=progress, **options)
         )
     if source == "prosody-sql":
+        importer.open_regular(path).close()  # SQLite's own open would block on a FIFO
         return Opened(None, " users", partial(_each, importer.read_sql(path, now=now)))
-    files = importer.data_files(source, path)
-    if not files:
+    count = importer.count_data_files(source, path)
+    if not count:
         # Prosody's data is readable by its user and group only: a folder this user may not
         # read hides the files, which is not the same as having none.
         denied = [d for d in (path, *path.glob("*"), *path.glob("*/*")) if _unreadable(d)]
@@ -72,8 +73,11 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
             f"no {source} data files under {path}; "
             "PATH should be Prosody's data directory (e.g. /var/lib/prosody)"
         )
-    entries = (importer.read_data_file(source, file, jid, now=now) for file, jid in files)
-    return Opened(len(files), " users", partial(_each, entries))
+    entries = (
+        importer.read_data_file(source, file, jid, now=now)
+        for file, jid in importer.iter_data_files(source, path)
+    )
+    return Opened(count, " users", partial(_each, entries))
 
 
 def _unreadable(folder: Path) -> bool:

@@ -5,13 +5,16 @@ accepted; anything else (a function call, an operator, a variable) is an error n
 The one exception are the three texts Prosody's util/serialization.lua writes for the numbers
 that have no literal: `(1/0)`, `(-1/0)` and `(0/0)` (inf, -inf, NaN), matched as fixed tokens.
 Tables may nest MAX_DEPTH deep (Prosody's stores nest two or three): deeper is an error, not a
-RecursionError.
+RecursionError. Linear in the text: tokens are read as the parser asks for them (never a list of
+all), and a string's escapes are decoded in one pass.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 LuaValue = None | bool | int | float | str | dict[Any, Any]
@@ -37,55 +40,70 @@ _TOKEN = re.compile(
 )
 _NONFINITE = {"(1/0)": math.inf, "(-1/0)": -math.inf, "(0/0)": math.nan}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "\n": "\n"}
+_ESCAPE = re.compile(r"\\(?:(\d{1,3})|(.))", re.DOTALL)
+Token = tuple[str, str, int]  # kind, text, line
 
 
 def parse_lua_data(text: str) -> LuaValue:
     """The value of `return <literal>` (Prosody's datamanager format)."""
-    tokens = _tokenize(text)
-    parser = _Parser(tokens)
+    parser = _Parser(_tokenize(text))
     parser.expect("name", "return")
     value = parser.value()
     parser.accept("punct", ";")
-    if parser.position < len(tokens):
+    if parser.peek() != ("", ""):
         parser.fail("nothing may follow the returned value")
     return value
 
 
-def _tokenize(text: str) -> list[tuple[str, str, int]]:
-    tokens, position, line = [], 0, 1  # lines counted as we go: linear even on a huge file
+def _tokenize(text: str) -> Iterator[Token]:
+    position, line = 0, 1  # lines counted as we go: linear even on a huge file
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
             raise LuaDataError(f"line {line}: unexpected {text[position : position + 10]!r}")
         kind = match.lastgroup or ""
         if kind != "space":
-            tokens.append((kind, match.group(), line))
+            yield kind, match.group(), line
         line += match.group().count("\n")
         position = match.end()
-    return tokens
 
 
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str, int]]) -> None:
+    def __init__(self, tokens: Iterator[Token]) -> None:
         self.tokens = tokens
-        self.position = 0
+        self.ahead: deque[Token] = deque()  # the next tokens, read but not consumed
         self.depth = 0  # tables open
 
+    def _look(self, n: int) -> Token | None:
+        """The n-th token ahead (0: the next), None at the end."""
+        while len(self.ahead) <= n:
+            token = next(self.tokens, None)
+            if token is None:
+                return None
+            self.ahead.append(token)
+        return self.ahead[n]
+
+    def advance(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.ahead.popleft()
+
     def fail(self, message: str) -> LuaDataError:
-        if self.position < len(self.tokens):
-            _, text, line = self.tokens[self.position]
-            raise LuaDataError(f"line {line}: {message} (at {text!r})")
+        token = self._look(0)
+        if token is not None:
+            _, text, line = token
+            raise LuaDataError(f"line {line}: {message} (at {text[:20]!r})")
         raise LuaDataError(f"end of file: {message}")
 
-    def peek(self) -> tuple[str, str]:
-        if self.position >= len(self.tokens):
+    def peek(self, n: int = 0) -> tuple[str, str]:
+        token = self._look(n)
+        if token is None:
             return "", ""
-        kind, text, _ = self.tokens[self.position]
+        kind, text, _ = token
         return kind, text
 
     def accept(self, kind: str, text: str) -> bool:
         if self.peek() == (kind, text):
-            self.position += 1
+            self.advance()
             return True
         return False
 
@@ -97,7 +115,8 @@ class _Parser:
         kind, text = self.peek()
         if kind == "punct" and text == "{":
             return self.table()
-        self.position += 1
+        if kind in ("string", "number", "nonfinite") or text in ("true", "false", "nil"):
+            self.advance()
         if kind == "string":
             return _unquote(text)
         if kind == "number":
@@ -106,7 +125,6 @@ class _Parser:
             return _NONFINITE[text]
         if kind == "name" and text in ("true", "false", "nil"):
             return {"true": True, "false": False, "nil": None}[text]
-        self.position -= 1
         raise self.fail("expected a literal value")
 
     def table(self) -> dict[Any, Any]:
@@ -125,17 +143,13 @@ class _Parser:
         while not self.accept("punct", "}"):
             kind, text = self.peek()
             if kind == "punct" and text == "[":
-                self.position += 1
+                self.advance()
                 key = self.value()
                 self.expect("punct", "]")
                 self.expect("punct", "=")
                 table[key] = self.value()
-            elif (
-                kind == "name"
-                and self.tokens[self.position + 1 : self.position + 2]
-                and (self.tokens[self.position + 1][1] == "=")
-            ):
-                self.position += 2
+            elif kind == "name" and self.peek(1) == ("punct", "="):
+                self.advance(2)
                 table[text] = self.value()
             else:
                 table[next_index] = self.value()
@@ -149,21 +163,16 @@ class _Parser:
 def _unquote(token: str) -> str:
     """A Lua string literal's value. `\\ddd` escapes are bytes (UTF-8 sequences, as written by
     Prosody's serializer), so the result is built as bytes and decoded once."""
-    body, out, i = token[1:-1], bytearray(), 0
-    while i < len(body):
-        char = body[i]
-        if char == "\\" and i + 1 < len(body):
-            following = body[i + 1]
-            digits = re.match(r"\d{1,3}", body[i + 1 :])
-            if digits is not None:
-                out.append(int(digits.group()) & 0xFF)
-                i += 1 + len(digits.group())
-                continue
-            out += _ESCAPES.get(following, following).encode()
-            i += 2
-            continue
-        out += char.encode()
-        i += 1
+    body, out, position = token[1:-1], bytearray(), 0
+    for match in _ESCAPE.finditer(body):
+        out += body[position : match.start()].encode()
+        digits, char = match.groups()
+        if digits is not None:
+            out.append(int(digits) & 0xFF)
+        else:
+            out += _ESCAPES.get(char, char).encode()
+        position = match.end()
+    out += body[position:].encode()
     return out.decode("utf-8", errors="replace")
 
 

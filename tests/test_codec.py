@@ -10,6 +10,7 @@ import os
 import pickle
 import pickletools
 import shelve
+import time
 
 import pytest
 from hypothesis import given
@@ -17,14 +18,14 @@ from hypothesis import strategies as st
 
 from bot.activity import ActivityTracker
 from bot.client_families import UNKNOWN
-from bot.codec import DamagedRecord, decode_record, decode_records, encode_record
+from bot.codec import TIMESTAMPS, DamagedRecord, decode_record, decode_records, encode_record
 from bot.importer import Activity, import_activities
 from bot.model import UserRecord
 from bot.shelf import SqliteDict
 from bot.store import Store, inactive_users
 
 T0 = 1_800_000_000
-timestamps = st.integers(min_value=0, max_value=2**40)
+timestamps = st.integers(min_value=TIMESTAMPS[0], max_value=TIMESTAMPS[-1])
 families = st.sampled_from(["conversations", "gajim", "unknown", "other", "kaidan.im"])
 
 
@@ -124,6 +125,11 @@ DAMAGED = {
         (T0, T0, T0, ("pc", "phone"), ("gajim", T0), ("gajim",))
     ),
     "a session family that is not text": pickle.dumps((T0, T0, T0, ("pc",), ("gajim", T0), (1,))),
+    "a negative timestamp": pickle.dumps((T0, -1, T0, ())),
+    "a timestamp of 10**400": pickle.dumps((T0, 10**400, T0, ())),
+    "a timestamp after 2100": pickle.dumps((T0, T0, 4_102_444_801, ())),
+    "a family's time of 10**400": pickle.dumps((T0, T0, T0, (), ("gajim", 10**400), ())),
+    "a family's negative time": pickle.dumps((T0, T0, T0, (), ("a", T0, "b", -5), ())),
 }
 
 
@@ -132,6 +138,13 @@ def test_damaged_values_are_refused_with_a_reason(value):
     with pytest.raises(DamagedRecord) as refused:
         decode_record(value)
     assert str(refused.value)
+
+
+def test_the_range_holds_every_time_the_bot_writes():
+    """0 (never), a clock that starts in 1970, and times until 2100; the importer is stricter."""
+    for stamp in (0, 1, T0, int(time.time()) + 50 * 365 * 86400, 4_102_444_800):
+        record = UserRecord(stamp, stamp, stamp, (), ("gajim", stamp))
+        assert decode_record(encode_record(record)) == record
 
 
 @pytest.fixture(params=DAMAGED.values(), ids=DAMAGED.keys())

@@ -354,3 +354,19 @@ def as_erlang(value):
     if isinstance(value, tuple):
         return ("tuple", [as_erlang(item) for item in value])
     return (type(value).__name__, value)
+
+
+def test_a_term_over_the_byte_bound_is_refused_at_its_line_and_reading_goes_on():
+    big = b'{a,<<"' + b"x" * 5000 + b'">>}.\n'
+    many = b"{b,[" + b",".join(b"1" for _ in range(3000)) + b"]}.\n"
+    data = b"{ok,1}.\n" + big + many + b"{ok,2}.\n"
+    read = [(term, line) for term, line, _ in iter_terms(data, max_bytes=4096)]
+    assert read[0] == ((Atom("ok"), 1), 1)
+    assert isinstance(read[1][0], ErlTermError)
+    assert read[1][1] == 2
+    assert read[1][0].reason.startswith("a record of more than 4096 bytes")
+    assert isinstance(read[2][0], ErlTermError)
+    assert read[2][1] == 3
+    assert read[3] == ((Atom("ok"), 2), 4)
+    assert len(read) == 4
+    assert [line for _, line, _ in iter_terms(data)] == [1, 2, 3, 4]  # unbounded: all read

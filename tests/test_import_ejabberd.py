@@ -3,6 +3,8 @@ database client's format, the list of sessions online; bad records reported, nev
 
 from __future__ import annotations
 
+import itertools
+import mmap
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from bot.__main__ import main
 from bot.import_ejabberd import read_mnesia_dump, read_online_list, read_sql_export
-from bot.importer import Activity, Ignored, Rejected, SourceError, import_activities
+from bot.importer import MAX_RECORD, Activity, Ignored, Rejected, SourceError, import_activities
 from bot.model import UserRecord
 from bot.store import Store
 
@@ -369,3 +371,66 @@ def test_a_source_that_cannot_be_read_stops_with_one_line_and_writes_nothing(
     assert message in err
     assert err.count("\n") == 1
     assert not (tmp_path / "data" / "activity.db").exists()
+
+
+# --- bounds ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tabs", [False, True], ids=["csv", "mysql --batch"])
+def test_a_line_over_the_record_bound_is_rejected_and_the_next_read(tmp_path, tabs):
+    separator = "\t" if tabs else ","
+    path = tmp_path / "last.csv"
+    rows = [
+        ["username", "server_host", "seconds", "state"],
+        ["alice", "example.test", str(T), ""],
+        ["x" * (MAX_RECORD + 10), "example.test", str(T), ""],
+        ["bob", "example.test", str(T), ""],
+    ]
+    path.write_text("".join(separator.join(row) + "\n" for row in rows))
+    entries = list(read_sql_export(path, now=NOW))
+    assert entries == [
+        Activity("alice@example.test", last_logout=T),
+        Rejected(f"{path}:3", entries[1].reason),
+        Activity("bob@example.test", last_logout=T),
+    ]
+    assert f"a line of more than {MAX_RECORD} bytes" in entries[1].reason
+
+
+def test_a_csv_row_spread_over_lines_is_bounded_too(tmp_path):
+    path = tmp_path / "last.csv"
+    endless = ",".join(['"x\n"'] * (MAX_RECORD // 4))  # many quoted fields, short lines
+    path.write_text(f"username,server_host,seconds,state\n{endless},example.test,{T},\n")
+    (rejected, *_) = read_sql_export(path, now=NOW)
+    assert rejected.where == f"{path}:2"
+    assert f"a row of more than {MAX_RECORD} bytes over several lines" in rejected.reason
+
+
+def test_the_online_list_is_read_in_lines_of_bounded_length(tmp_path):
+    path = tmp_path / "online.txt"
+    path.write_text("x" * (MAX_RECORD + 1) + "@example.test/pc\nbob@example.test/pc\n")
+    os.utime(path, (T, T))
+    rejected, bob = read_online_list(path, now=NOW)
+    assert rejected.where == f"{path}:1"
+    assert bob == Activity("bob@example.test", last_login=T)
+
+
+def test_a_dump_gives_back_the_memory_of_what_it_has_parsed(tmp_path, monkeypatch):
+    """The mapped pages already parsed are released as it goes (madvise), so a dump of any
+    size costs a bounded RSS."""
+    monkeypatch.setattr("bot.import_ejabberd._RELEASE_EVERY", 4096)
+    released = []
+    real_mmap = mmap.mmap
+
+    class Watched(real_mmap):
+        def madvise(self, option, start=0, length=0):
+            released.append((start, length))
+            return super().madvise(option, start, length)
+
+    monkeypatch.setattr("bot.import_ejabberd.mmap.mmap", Watched)
+    path = tmp_path / "last.dump"
+    path.write_bytes(dump(*(record(b'<<"u%d">>' % n, T) for n in range(1000))))
+    entries = list(read_mnesia_dump(path, now=NOW))
+    assert len(entries) == 1000
+    assert released[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(released))
+    assert sum(n for _, n in released) > path.stat().st_size - 8192

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import subprocess
 import sys
+import time
+import tracemalloc
 
 import pytest
 
 from bot.__main__ import main
+from bot.import_sources import open_source
 from bot.importer import (
+    MAX_DATA_FILE,
     Activity,
     Ignored,
     ImportReport,
     Rejected,
+    SourceError,
+    checked_timestamp,
     data_files,
     import_activities,
     merge,
@@ -127,28 +134,28 @@ def test_lastlog2_files_are_found_and_percent_decoded(tmp_path):
 
 def test_account_activity_timestamp_is_last_activity(tmp_path):
     write_user(
-        tmp_path, "example.test", "bob", "account_activity", 'return { ["timestamp"] = 5; };'
+        tmp_path, "example.test", "bob", "account_activity", f'return {{ ["timestamp"] = {T}; }};'
     )
     ((file, jid),) = data_files("prosody-account-activity", tmp_path)
-    assert read_data_file("prosody-account-activity", file, jid) == Activity(jid, 0, 5)
+    assert read_data_file("prosody-account-activity", file, jid) == Activity(jid, 0, T)
 
 
 def test_lastlog_keeps_the_last_event_only(tmp_path):
     # What mod_lastlog writes (prosody-modules 2023): { event = ...; timestamp = ...; ip = ... }
     files = {
-        "alice": 'return {\n\t["timestamp"] = 5;\n\t["event"] = "logout";\n};\n',
-        "bob": 'return { ["event"] = "login"; ["timestamp"] = 7; ["ip"] = "192.0.2.1"; };',
-        "carol": 'return { ["event"] = "registered"; ["timestamp"] = 9; };',
-        "dave": 'return { ["timestamp"] = 11; };',  # its first versions: logins only, no event
+        "alice": f'return {{\n\t["timestamp"] = {T + 5};\n\t["event"] = "logout";\n}};\n',
+        "bob": f'return {{ ["event"] = "login"; ["timestamp"] = {T + 7}; ["ip"] = "192.0.2.1"; }};',
+        "carol": f'return {{ ["event"] = "registered"; ["timestamp"] = {T + 9}; }};',
+        "dave": f'return {{ ["timestamp"] = {T + 11}; }};',  # its first versions: logins only
     }
     for user, text in files.items():
         write_user(tmp_path, "example.test", user, "lastlog", text)
     found = data_files("prosody-lastlog", tmp_path)
     assert [read_data_file("prosody-lastlog", file, jid) for file, jid in found] == [
-        Activity("alice@example.test", last_logout=5),
-        Activity("bob@example.test", last_login=7),
-        Activity("carol@example.test", registered=9),
-        Activity("dave@example.test", last_login=11),
+        Activity("alice@example.test", last_logout=T + 5),
+        Activity("bob@example.test", last_login=T + 7),
+        Activity("carol@example.test", registered=T + 9),
+        Activity("dave@example.test", last_login=T + 11),
     ]
 
 
@@ -318,15 +325,15 @@ def test_sql_storage_rows_become_activities(tmp_path):
         path,
         [
             ("example.test", "alice", "lastlog2", "login", "json", json.dumps({"timestamp": T})),
-            ("example.test", "alice", "lastlog2", "logout", "json", '{"timestamp":7}'),
-            ("example.test", "bob", "account_activity", "timestamp", "number", "9"),
+            ("example.test", "alice", "lastlog2", "logout", "json", f'{{"timestamp":{T + 7}}}'),
+            ("example.test", "bob", "account_activity", "timestamp", "number", str(T + 9)),
             ("example.test", "eve", "lastlog2", "login", "xml", "<x/>"),
             ("example.test", "carol", "roster", "x", "json", "{}"),  # another store: not read
         ],
     )
     entries = list(read_sql(path))
-    assert Activity("alice@example.test", T, 7) in entries
-    assert Activity("bob@example.test", 0, 9) in entries
+    assert Activity("alice@example.test", T, T + 7) in entries
+    assert Activity("bob@example.test", 0, T + 9) in entries
     assert [e.where for e in entries if isinstance(e, Rejected)] == [
         f"{path}: eve@example.test store lastlog2 key login",
     ]
@@ -513,3 +520,161 @@ def test_import_into_a_store_the_bot_holds_is_refused(tmp_path):
         )  # fmt: skip
     assert result.returncode == 2
     assert "already open for writing" in result.stderr
+
+
+# --- bounds: resources, names, sizes, time ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (MemoryError(), "out of memory"),
+        (OSError(28, "No space left on device"), "No space left on device"),
+        (OSError(24, "Too many open files"), "Too many open files"),
+    ],
+    ids=["MemoryError", "ENOSPC", "EMFILE"],
+)
+def test_a_resource_error_during_an_import_is_one_line(tmp_path, capsys, monkeypatch, fault, said):
+    write_user(tmp_path / "data", "example.test", "alice", "lastlog2", lastlog2(T))
+    config = write(tmp_path, MINIMAL)
+
+    def fail(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr("bot.importer.import_activities", fail)
+    code = main(["import", "-c", str(config), "--from", "prosody-lastlog2", str(tmp_path / "data")])
+    assert code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert said in err
+    assert "the import stopped" in err
+
+
+@pytest.mark.parametrize(
+    ("jid", "reason"),
+    [
+        ("a@b/c@example.test", "not a valid JID"),
+        ("  spaces  @example.test", "not a valid JID"),
+        ("@example.test", "not a valid JID"),
+        ("alice@exa mple.test", "not a valid JID"),
+        ("x" * 1024 + "@example.test", "a user name of 1024 bytes (at most 1023)"),
+        ("é" * 512 + "@example.test", "a user name of 1024 bytes"),  # bytes, not characters
+        ("alice@" + "d" * 1024, "a domain of 1024 bytes"),
+    ],
+)
+def test_names_that_are_no_jid_are_rejected_with_their_place(tmp_path, jid, reason):
+    entries = [Activity(jid, T, 0, where="f.dat:3"), Activity("bob@example.test", T, 0)]
+    with Store(tmp_path / "activity.db") as store:
+        report = import_activities(store, entries, ["example.test"], dry_run=False)
+        assert [key for key, _ in store.users()] == ["bob@example.test"]
+    (rejected,) = report.rejected
+    assert rejected.where == "f.dat:3"
+    assert reason in rejected.reason
+
+
+def test_names_are_stored_as_slixmpp_normalizes_them(tmp_path):
+    """The bot keys users by the JIDs slixmpp gives it: an import must use the same key."""
+    long_name = "x" * 1023  # the longest a user name may be
+    entries = [Activity("Alice@Example.TEST", T, 0), Activity(f"{long_name}@example.test", T, 0)]
+    with Store(tmp_path / "activity.db") as store:
+        report = import_activities(store, entries, ["example.test"], dry_run=False)
+        assert sorted(key for key, _ in store.users()) == [
+            "alice@example.test",
+            f"{long_name}@example.test",
+        ]
+    assert report.imported == 2
+
+
+def test_the_report_lists_100_rejections_and_counts_them_all(tmp_path):
+    entries = [Rejected(f"f{n}.dat", "broken") for n in range(10_000)]
+    with Store(tmp_path / "activity.db") as store:
+        report = import_activities(store, entries, ["example.test"], dry_run=True)
+    summary = report.summary(dry_run=True)
+    assert "10000 entries would be rejected:" in summary
+    assert "  ... and 9900 more" in summary
+    assert len(summary.splitlines()) < 110
+
+
+def test_skipped_domains_are_listed_up_to_a_bound(tmp_path):
+    entries = [Activity(f"u@d{n}.test", T, 0) for n in range(1000)]
+    with Store(tmp_path / "activity.db") as store:
+        report = import_activities(store, entries, ["example.test"], dry_run=True)
+    assert len(report.skipped) <= 101
+    assert sum(report.skipped.values()) == 1000
+
+
+@pytest.mark.parametrize(
+    ("stamp", "reason"),
+    [
+        (-1, "is negative"),
+        (0.5, "before 2000"),
+        (946_684_799, "before 2000"),
+        (10**400, "far too large"),
+    ],
+)
+def test_times_before_2000_or_absurd_are_rejected(stamp, reason):
+    with pytest.raises(ValueError, match=reason):
+        checked_timestamp(stamp, NOW)
+    assert checked_timestamp(946_684_800, NOW) == 946_684_800
+
+
+def test_lua_string_escapes_cost_linear_time():
+    """20k, then 320k escapes: 16 times the text costs about 16 times (it was O(n**2): over
+    100 times; the bound leaves room for a busy machine)."""
+
+    def seconds(n: int) -> float:
+        text = 'return "' + "\\110" * n + '"'
+        started = time.perf_counter()
+        assert parse_lua_data(text) == "n" * n
+        return time.perf_counter() - started
+
+    small = min(seconds(20_000) for _ in range(3))
+    large = seconds(320_000)
+    if large > 50 * small:  # once more, in case the machine was busy
+        large = min(large, seconds(320_000))
+    assert large < 50 * small + 0.05, (small, large)
+
+
+def test_the_lua_parser_reads_tokens_as_it_goes():
+    """A file's tokens are never all held at once: an error early in a huge text is found
+    without tokenizing the rest."""
+    text = "return { [1] = nosuchname; " + "[2] = 2; " * 2_000_000 + "}"
+    started = time.perf_counter()
+    with pytest.raises(LuaDataError, match="expected a literal value"):
+        parse_lua_data(text)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_a_prosody_file_over_the_size_limit_is_rejected_unparsed(tmp_path):
+    write_user(tmp_path, "example.test", "alice", "lastlog2", lastlog2(T) + " " * MAX_DATA_FILE)
+    ((file, jid),) = data_files("prosody-lastlog2", tmp_path)
+    rejected = read_data_file("prosody-lastlog2", file, jid)
+    assert isinstance(rejected, Rejected)
+    assert "larger than 1 MiB" in rejected.reason
+
+
+def test_a_fifo_among_prosodys_files_is_refused_before_anything_is_read(tmp_path):
+    write_user(tmp_path, "example.test", "alice", "lastlog2", lastlog2(T))
+    os.mkfifo(tmp_path / "example%2etest" / "lastlog2" / "bob.dat")
+    with pytest.raises(SourceError, match=r"bob\.dat is not a regular file \(a FIFO\)"):
+        data_files("prosody-lastlog2", tmp_path)
+
+
+def test_prosodys_files_are_streamed_not_listed(tmp_path):
+    """An import of a data dir holds no list of its files (a million paths: hundreds of MB)."""
+    folder = tmp_path / "example%2etest" / "lastlog2"
+    folder.mkdir(parents=True)
+    text = lastlog2(T)
+    for n in range(20_000):
+        (folder / f"user{n}.dat").write_text(text)
+    tracemalloc.start()
+    try:
+        opened = open_source("prosody-lastlog2", tmp_path, now=NOW)
+        read = sum(1 for _ in opened.read(lambda _: None))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (opened.total, read) == (20_000, 20_000)
+    assert peak < 2_000_000, peak  # a list of the paths alone: about 9 MB
