@@ -177,7 +177,7 @@ class ContactStanzaTest(ComponentHarness):
         self.xmpp.commands = CommandSet(
             admins=frozenset({"boss@elsewhere.org"}), figures=self.xmpp.commands.figures
         )
-        self.xmpp.contact = ContactPresence(self.xmpp.commands)
+        self.xmpp.contacts.contact = ContactPresence(self.xmpp.commands)
         self.recv(f'<presence type="subscribe" from="boss@elsewhere.org" to="{COMPONENT}"/>')
         self.send(
             f'<presence from="{COMPONENT}" to="boss@elsewhere.org" type="subscribed"/>',
@@ -197,7 +197,7 @@ class ContactStanzaTest(ComponentHarness):
             f"<status>{PLAIN_STATUS}</status></presence>",
             use_values=False,
         )
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.xmpp.refresh_contacts()
         self.send(
             f'<presence from="{COMPONENT}" to="admin@example.test">'
@@ -218,12 +218,12 @@ class ContactStanzaTest(ComponentHarness):
             f'<presence from="{COMPONENT}" to="admin@example.test" type="unavailable"/>',
             use_values=False,
         )
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.xmpp.refresh_contacts()
         self.send(None)
 
     def test_an_admin_asking_by_chat_refreshes_the_admins_contact_list(self):
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.recv(
             f'<message type="chat" from="admin@example.test/desk" to="{COMPONENT}">'
             "<body>stats</body></message>"
@@ -242,7 +242,7 @@ class ContactStanzaTest(ComponentHarness):
         )
 
     def test_a_users_chat_refreshes_nothing(self):
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.recv(
             f'<message type="chat" from="alice@example.test/phone" to="{COMPONENT}">'
             "<body>stats</body></message>"
