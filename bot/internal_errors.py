@@ -38,17 +38,19 @@ class InternalErrors:
         self._clock = clock
         self._period = period
         self.counts: Counter[tuple[str, str]] = Counter()  # (where, error type) -> faults
+        self.places: set[str] = set()  # every place guarded: exported at 0 until a fault
         self._logged_at: dict[tuple[str, str], float] = {}  # bounded: places x error types
         self._logged_count: dict[tuple[str, str], int] = {}  # the count at that line
 
     def by_place(self) -> dict[str, int]:
         """Faults so far by place: the `where` label of the metric."""
-        places: Counter[str] = Counter()
+        places: Counter[str] = Counter(dict.fromkeys(self.places, 0))
         for (where, _kind), count in self.counts.items():
             places[where] += count
         return dict(places)
 
     def record(self, where: str, exc: BaseException) -> None:
+        self.places.add(where)
         signature = (where, type(exc).__name__)
         self.counts[signature] += 1
         now = self._clock()
@@ -70,6 +72,7 @@ class InternalErrors:
     def guard(self, where: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         """`handler` (plain or coroutine function) under this policy: an exception other than
         XMPPError is recorded and swallowed (the handler returns None)."""
+        self.places.add(where)
         if inspect.iscoroutinefunction(handler):
 
             @functools.wraps(handler)
