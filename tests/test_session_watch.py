@@ -102,7 +102,8 @@ async def test_toggles_of_one_session_cost_a_bounded_number_of_asks():
         watch.available(ALICE, 1000)
     await asyncio.sleep(0)
     assert len(server.asked) <= limits.user_burst + 1
-    assert server.waiting == 0 and watch.confirming == 0
+    assert server.waiting == 0
+    assert watch.confirming == 0
     assert len(refused) >= 10_000 - limits.user_burst - 1
 
 
@@ -146,7 +147,8 @@ async def test_queries_are_side_effect_free_and_prune_is_the_rounds_one_pass():
     for n in range(5):
         watch.available((f"u{n}@x", "r"), 1000 + n)
     assert watch.to_ping() == [(f"u{n}@x", "r") for n in range(5)]
-    assert watch.is_pinged(("u0@x", "r")) and not watch.is_pinged(("nobody@x", "r"))
+    assert watch.is_pinged(("u0@x", "r"))
+    assert not watch.is_pinged(("nobody@x", "r"))
     assert len(watch) == 5  # asking changed nothing
     assert watch.prune(lambda session: session[0] != "u3@x") == 1
     assert ("u3@x", "r") not in watch.to_ping()
