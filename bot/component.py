@@ -37,10 +37,11 @@ from .commands import CommandSet
 from .contact import SOFTWARE_NAME, software_version
 from .contact_stanzas import ContactStanzas
 from .internal_errors import InternalErrors
-from .liveness import LivenessChecker, LivenessSettings, Session, Verdict, verdict_of_error
+from .liveness import LivenessChecker, LivenessSettings, Session, Verdict
 from .pinger import Pinger
 from .privileges import PRIVILEGE_NAMESPACES, Privileges
 from .ratelimit import RefusalLog
+from .session_checks import SessionChecks
 from .session_watch import SessionWatch, WatchLimits
 from .slixmpp_internals import NS_COMPONENT, take_over_presence
 from .xmpp_connection import Connection, ConnectionFatal, Timing
@@ -83,13 +84,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         `clock` gives the time of events (wall clock); `monotonic` measures intervals (rate
         limits, expiry of command sessions): wall-clock steps do not move it."""
         super().__init__(jid, secret, host, port)
-        for plugin in ("xep_0030", "xep_0004", "xep_0050"):
-            self.register_plugin(plugin)
-        # Keepalive: a silently dead TCP connection is noticed within interval + timeout.
-        self.register_plugin("xep_0199", {"keepalive": True, "interval": 60, "timeout": 30})
-        self.register_plugin(  # software version; no OS (nobody's business)
-            "xep_0092", {"software_name": SOFTWARE_NAME, "version": software_version(), "os": ""}
-        )
+        _register_plugins(self)
         self.tracker = tracker
         self.commands = replace(commands, forget_user=commands.forget_user or self._forget_user)
         self.clock = clock
@@ -98,10 +93,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
         self.errors = InternalErrors(log, monotonic)
         self._background: set[asyncio.Task[Any]] = set()
-        self._loaded_sessions_alive_until = loaded_sessions_alive_until
         settings = liveness or LivenessSettings(interval=0)
         self.pings_every_session = settings.interval > 0
-        self.ping_timeout = settings.timeout
 
         # Log lines an outsider can cause: each through a RefusalLog (a few lines per period).
         def bounded(what: str, level: int = logging.INFO) -> RefusalLog:
@@ -120,7 +113,18 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             check_sessions=lambda: self.liveness.check_now(),
             spawn=self._spawn,
         )
-        self.watch = SessionWatch(
+        self.pinger = Pinger(self, guard=partial(self.errors.guard, "ping answer"))
+        self.checks = SessionChecks(
+            pinger=self.pinger,
+            connection=self.connection,
+            tracker=tracker,
+            errors=self.errors,
+            clock=clock,
+            ping_timeout=settings.timeout,
+            loaded_sessions_alive_until=loaded_sessions_alive_until,
+            event=self.event,
+        )
+        self.watch = self.checks.watch = SessionWatch(
             self.ask_session,
             pings_every_session=self.pings_every_session,
             resumed=self._resumed,
@@ -140,7 +144,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             else replace(settings, interval=self.timing.unavailable_recheck),
             self.sessions_to_ping,
             self.ask_session,
-            self._session_gone,
+            self.checks.gone,
             self.watch.is_pinged,
         )
         advertisements = bounded("privilege advertisements ignored", logging.DEBUG)
@@ -164,7 +168,6 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             connected=lambda: self.connection.connected_since is not None,
         )
         self._register()
-        self.pinger = Pinger(self, guard=partial(self.errors.guard, "ping answer"))
 
     def _register(self) -> None:
         guard = self.errors.guard
@@ -327,59 +330,13 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
 
         self.tracker.when_loaded(session[0], self.errors.guard("presence", resume))
 
-    # --- liveness ---------------------------------------------------------------------------
+    # --- liveness (session_checks.py) -------------------------------------------------------
 
     def sessions_to_ping(self) -> list[Session]:
-        """A round's snapshot: forget the sessions that ended some other way (resync, forget),
-        then every session the watch pings. Linear in the sessions."""
-        self.watch.prune(lambda session: self.tracker.is_online(*session))
-        return self.watch.to_ping()
+        return self.checks.sessions_to_ping()
 
     async def ask_session(self, full_jid: str) -> Verdict:
-        """Ask a session whether it is there: a XEP-0199 ping to its full JID (`liveness` says
-        what each verdict means). An answer is the session's latest sign of life."""
-        if not self.connection.link_up():
-            return Verdict.UNKNOWN  # sent now, it would wait for the next connection
-        link_lost = self.connection.link_lost()
-        answer = asyncio.ensure_future(self.pinger.ping(full_jid, self.ping_timeout))
-        try:
-            await asyncio.wait(
-                [answer, *([link_lost] if link_lost else [])],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        except BaseException:  # cancelled (a stop, a newer presence): the ping too
-            answer.cancel()
-            raise
-        if not answer.done():
-            answer.cancel()
-            return Verdict.UNKNOWN  # our link dropped: the answer, if any, is lost
-        try:
-            condition = answer.result()
-        except TimeoutError:
-            return Verdict.UNKNOWN  # a silent link, ours or the client's
-        verdict = Verdict.ALIVE if condition is None else verdict_of_error(condition)
-        if verdict is Verdict.ALIVE:
-            bare, _, resource = full_jid.partition("/")
-            self.watch.seen_alive((bare, resource), int(self.clock()))
-        return verdict
-
-    def _session_gone(self, session: Session) -> None:
-        ended_at = (
-            self.watch.gone(session) or self._loaded_sessions_alive_until or int(self.clock())
-        )
-        self.tracker.when_loaded(
-            session[0], self.errors.guard("liveness", partial(self._close_gone, session, ended_at))
-        )
-
-    def _close_gone(self, session: Session, ended_at: int) -> None:
-        if self.tracker.is_online(*session) and self.tracker.session_ended(*session, ended_at):
-            bare, resource = session
-            log.info(
-                "Session %s/%s is gone, says the server: closed",
-                self.tracker.who(bare),
-                self.tracker.who_session(resource),
-            )
-            self.event("presence_tracked", ("gone", JID(f"{bare}/{resource}")))
+        return await self.checks.ask(full_jid)
 
     # --- admins and contacts ----------------------------------------------------------------
 
@@ -421,6 +378,16 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         for task in self._background:
             task.cancel()
         self.watch.cancel_all()
+
+
+def _register_plugins(xmpp: ComponentXMPP) -> None:
+    for plugin in ("xep_0030", "xep_0004", "xep_0050"):
+        xmpp.register_plugin(plugin)
+    # Keepalive: a silently dead TCP connection is noticed within interval + timeout.
+    xmpp.register_plugin("xep_0199", {"keepalive": True, "interval": 60, "timeout": 30})
+    xmpp.register_plugin(  # software version; no OS (nobody's business)
+        "xep_0092", {"software_name": SOFTWARE_NAME, "version": software_version(), "os": ""}
+    )
 
 
 def _ack_at_once(transport: asyncio.BaseTransport | None) -> None:
