@@ -124,12 +124,13 @@ async def test_toggles_from_one_client_cost_a_bounded_number_of_pings_and_little
         assert await asyncio.wait_for(bot.tracked.get(), 10) == ("available", ALICE)
     await asyncio.sleep(0.5)  # pings sent at the last moment reach her
 
+    gc.collect()
+    grown = rss_bytes() - rss_before
+    print(f"figures: {TOGGLES} toggles, {len(pings)} pings, RSS +{grown / 2**20:.1f} MB")
     bound = 2 * (limits.user_burst + 1)  # two pings per confirmation, her share of them
     assert len(pings) <= bound, f"{len(pings)} pings for {TOGGLES} toggles"
     assert bot.component.pinger.waiting <= limits.per_user
     assert len(asyncio.all_tasks()) <= tasks_before + limits.per_user
-    gc.collect()
-    grown = rss_bytes() - rss_before
     assert grown < 10 * 2**20, f"RSS grew {grown / 2**20:.1f} MB for {TOGGLES} toggles"
     assert bot.figures().online_users == 1  # she ended available: counted
 
@@ -159,6 +160,7 @@ async def test_one_users_directed_unavailables_do_not_stop_another_users_check(s
     alice.send_presence(pto=COMPONENT, ptype="unavailable")  # the victim's, right after
     await bot.expect("unavailable", ALICE)
     await bot.expect("resumed", ALICE, timeout=10)
+    print(f"figures: {MALLORY_SESSIONS} unavailables, victim pinged {len(alice_pings)} times")
     assert alice_pings, "the victim was never pinged"
     assert ("alice@example.test", "phone") in bot.bot.tracker.online_sessions()
     assert watch.confirming <= watch.limits.per_user  # mallory's share, nothing more
@@ -190,6 +192,7 @@ async def test_a_subscription_flood_gives_a_few_log_lines_and_bounded_answers(
     await asyncio.sleep(0.2)
 
     lines = [r for r in caplog.records[before:] if r.levelno >= logging.INFO]
+    print(f"figures: {SUBSCRIBES} subscribes, {len(lines)} log lines, {len(sent)} presences")
     assert len(lines) <= 3, [r.getMessage() for r in lines]
     # subscribed, subscribe (back) and the bot's own presence, for each answered request
     assert len(sent) <= 3 * SENDER_BURST, f"{len(sent)} presences for {SUBSCRIBES} subscribes"
