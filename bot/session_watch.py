@@ -48,7 +48,7 @@ class WatchLimits:
     user_burst: int = 4  # confirmations per user: this many at once, then...
     user_rate: float = 1 / 30  # ...one per 30 s
     total_burst: int = 200
-    total_rate: float = 10.0  # confirmations per second, all users
+    total_rate: float = 50.0  # confirmations per second, all users
     followup: float = 2.0  # seconds between the two pings of a confirmation
 
 
