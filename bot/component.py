@@ -290,7 +290,9 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         try:
             session = (sender.bare, sender.resource)
             changed = self.tracker.session_started(sender.bare, sender.resource, now, caps_node)
-            self.watch.available(session, now, watched=self.tracker.is_counted(sender.bare))
+            # Only the rounds read what the watch keeps of an online session: nothing without them.
+            watched = self.pings_every_session and self.tracker.is_counted(sender.bare)
+            self.watch.available(session, now, watched=watched)
             if changed:  # for observers (tests, metrics): cheap when nobody listens
                 self.event("presence_tracked", ("available", sender))
         except Exception as exc:  # our fault: never an error stanza to the user's client
