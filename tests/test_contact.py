@@ -7,12 +7,14 @@ through a real Prosody with real clients: test_prosody_contact.py.
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
 
 from bot.commands import CHAT_REFUSED, PLAIN_STATUS, CommandSet, Figures, figures_status
 from bot.contact import ContactPresence, OwnPresence, software_version
+from bot.contact_stanzas import SENDER_BURST
 from bot.counter import DAY, ActivityIndex, Counts
 from bot.model import UserRecord
 
@@ -283,3 +285,27 @@ class ContactStanzaTest(ComponentHarness):
             f"<version>{software_version()}</version></query></iq>",
             use_values=False,
         )
+
+    def sent(self) -> list[str]:
+        self.wait_for_send_queue()
+        stanzas = []
+        while (stanza := self.xmpp.socket.next_sent()) is not None:
+            stanzas.append(stanza.decode())
+        return stanzas
+
+    def test_probes_and_subscriptions_are_answered_within_each_senders_share(self):
+        """One user's 1,000 probes, one stranger's 1,000 subscriptions: a few answers each, a
+        few log lines, and someone else's probe still answered."""
+        with self.assertLogs("bot.component", logging.DEBUG) as logs:
+            for _ in range(1000):
+                self.recv(f'<presence type="probe" from="bob@example.test/pc" to="{COMPONENT}"/>')
+                self.recv(f'<presence type="subscribe" from="eve@elsewhere.org" to="{COMPONENT}"/>')
+            answers = self.sent()
+            self.recv(f'<presence type="probe" from="carol@example.test/pc" to="{COMPONENT}"/>')
+            assert len(self.sent()) == 1  # her own share
+        assert sum("bob@example.test" in a for a in answers) == SENDER_BURST
+        assert sum('type="unsubscribed"' in a for a in answers) == SENDER_BURST
+        assert len(logs.output) <= 4, logs.output  # the first of each sender, at most
+        self.monotonic_now += 60  # a minute later: one more answer each
+        self.recv(f'<presence type="probe" from="bob@example.test/pc" to="{COMPONENT}"/>')
+        assert len(self.sent()) == 1
