@@ -259,7 +259,8 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         try:
             sender = presence["from"]
         except InvalidJID:
-            self._ignored.refused("", "Presence with an invalid from ignored: %s", "(invalid)")
+            raw = presence.xml.get("from", "")[:100]
+            self._ignored.refused(raw, "Presence with an invalid from ignored: %r", raw)
             return
         if not sender.user or sender.bare == self.boundjid.bare:
             return
