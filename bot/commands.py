@@ -7,16 +7,18 @@ back what it returns. Access is decided in one place, `CommandSet.allowed`.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
+from slixmpp.jid import JID, InvalidJID
 from slixmpp.plugins.xep_0004 import Form
 
 from .client_families import describe
 from .counter import DAY, DEFAULT_WINDOWS, ClientCounts, Counts, window_label, window_short
 from .history import Day, chat_chart, history_form
-from .notify import Notifier
+from .notify import ADHOC_NOTIFY_NAME, ADHOC_NOTIFY_NODE, Notifier
 
 ADHOC_STATS_NODE = "active-users"
 ADHOC_CLIENTS_NODE = "clients"
@@ -207,18 +209,6 @@ def forget_request_form() -> Form:
 
 # --- chat ---------------------------------------------------------------------------------------
 
-CHAT_HELP = (
-    "I count the active users of this XMPP service. Send:\n"
-    "  stats: users active in the last 24 hours, 7 days and 30 days, new users, DAU/MAU,\n"
-    "         and who is online now\n"
-    "  clients: active users by client software (Conversations, Gajim, ...)\n"
-    "  history [DAYS]: a chart of the last DAYS days (30 by default)\n"
-    "  reports on|off, alerts on|off: the periodic report and alerts, if set up\n"
-    "  help: this list\n"
-    f"The same figures are in the ad-hoc commands '{ADHOC_STATS_NODE}' (Active users), "
-    f"'{ADHOC_CLIENTS_NODE}' (Active users by client) and '{ADHOC_HISTORY_NODE}' "
-    "(Activity history)."
-)
 CHAT_UNKNOWN = (
     "Sorry, I don't know that command. Send 'stats' for the figures, 'clients' for them by "
     "client, 'history' for a chart, or 'help'."
@@ -268,30 +258,38 @@ class CommandSet:
     windows: tuple[int, ...] = DEFAULT_WINDOWS
     history_off_loop: Callable[[int], Awaitable[list[Day]]] | None = None
     client_figures: Callable[[], ClientFigures] = dict
+    # Forget a user (bare JID, asked by): whether anything was stored. The component gives it.
+    forget_user: Callable[[str, str], Awaitable[bool]] | None = None
     notices: Notifier | None = None  # reports and alerts (notify.py), when set up
 
     def allowed(self, bare_jid: str) -> bool:
         return bare_jid in self.admins
 
     def chat_reply(self, bare_jid: str, text: str) -> str:
-        """The reply to a chat message; figures only ever for admins."""
-        days = self._history_asked(bare_jid, text)
-        if isinstance(days, str):
-            return days
-        return chat_chart(self.history(days), self.windows)
+        """The reply to a chat message, for callers without an event loop (the history is
+        read with `history`); figures only ever for admins."""
+        return _finished(self.chat_answer(bare_jid, text))
 
     async def chat_answer(self, bare_jid: str, text: str) -> str:
-        """`chat_reply` for the event loop: the history is read with `history_off_loop`."""
-        if self.notices is not None and (said := await self.notices.chat(bare_jid, text)):
-            return said  # `reports on|off`, `alerts on|off` (admins only: notify.py checks)
-        days = self._history_asked(bare_jid, text)
-        if isinstance(days, str):
-            return days
-        return chat_chart(await self._history_off_loop(days), self.windows)
+        """The reply to a chat message: the chat front-end of `ADMIN_COMMANDS`."""
+        if not self.allowed(bare_jid):
+            return CHAT_REFUSED
+        word, argument = _chat_command(text)
+        if word in ("help", "?"):
+            return chat_help()
+        command = _BY_KEYWORD.get(word)
+        if command is None:
+            return CHAT_UNKNOWN
+        try:
+            answer = await command.run(self, Request(bare_jid, argument))
+        except CommandError as exc:
+            return f"Sorry, {exc}. Example: {command.example}"
+        return answer.text()
 
     def asks_for_figures(self, bare_jid: str, text: str) -> bool:
         """Whether this chat message is an admin asking for the figures."""
-        return self.allowed(bare_jid) and _chat_command(text)[0] == "stats"
+        command = _BY_KEYWORD.get(_chat_command(text)[0])
+        return self.allowed(bare_jid) and command is not None and command.shows_figures
 
     def presence_status(self, bare_jid: str) -> str:
         """The bot's status line as `bare_jid` sees it in a contact list: the figures for
@@ -328,9 +326,196 @@ class CommandSet:
         return history_form(self.history(days), self.windows)
 
     async def history_form_off_loop(self, days: int) -> Form:
-        return history_form(await self._history_off_loop(days), self.windows)
+        return history_form(await self.history_days(days), self.windows)
 
-    async def _history_off_loop(self, days: int) -> list[Day]:
+    async def history_days(self, days: int) -> list[Day]:
+        """The last `days` days of history, off the event loop when the bot gives the means."""
         if self.history_off_loop is None:
             return self.history(days)
         return await self.history_off_loop(days)
+
+
+def _finished(coroutine: Coroutine[Any, Any, str]) -> str:
+    """The result of a coroutine that never waits (the history read with `history`)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(str, done.value)
+    coroutine.close()
+    raise RuntimeError("chat_reply waited: use chat_answer in the event loop")
+
+
+# --- each admin command, defined once: rendered by the ad-hoc and the chat front-ends ----------
+
+
+class CommandError(ValueError):
+    """The request is wrong (its argument): said back to the admin, as bad-request in ad-hoc."""
+
+
+@dataclass(frozen=True)
+class Request:
+    who: str  # the asker's bare JID (an admin: access is checked before `run`)
+    argument: str = ""  # the chat word's argument, or the request form's field
+    values: Mapping[str, Any] = field(default_factory=dict)  # ad-hoc: the whole request form
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a command answers, rendered by each front-end: a data form, or chat text."""
+
+    form: Callable[[], Form | None]
+    text: Callable[[], str]
+    note: str | None = None  # ad-hoc: a note beside (or instead of) the form
+
+
+ADMINS = "admins"  # the only access level so far: `CommandSet.allowed`
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # the ad-hoc command's name, as clients list it
+    node: str | None  # XEP-0050 node; None: chat only
+    keyword: str | None  # the chat word; None: ad-hoc only
+    help: str  # the chat help line (after the keyword)
+    run: Callable[[CommandSet, Request], Awaitable[Answer]]
+    # ad-hoc: the form that asks for `argument` first, as the asker (bare JID) sees it
+    request_form: Callable[[CommandSet, str], Form] | None = None
+    argument: str = ""  # the request form's field that is the argument
+    example: str = ""  # chat: how to ask, quoted when the argument is wrong
+    access: str = ADMINS
+    shows_figures: bool = False  # the admin's contact list gets the same figures after it
+    # Whether this bot offers the command at all (ad-hoc: registered only then).
+    offered: Callable[[CommandSet], bool] = lambda _commands: True
+
+
+async def _run_stats(commands: CommandSet, _request: Request) -> Answer:
+    figures = commands.figures()
+    return Answer(form=lambda: stats_form(figures), text=lambda: stats_text(figures))
+
+
+async def _run_clients(commands: CommandSet, _request: Request) -> Answer:
+    table = commands.clients_table()
+    return Answer(form=table.form, text=lambda: clients_text(table, commands.windows))
+
+
+async def _run_history(commands: CommandSet, request: Request) -> Answer:
+    try:
+        days = parse_days(request.argument)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    shown = await commands.history_days(days)
+    return Answer(
+        form=lambda: history_form(shown, commands.windows),
+        text=lambda: chat_chart(shown, commands.windows),
+    )
+
+
+async def _run_forget(commands: CommandSet, request: Request) -> Answer:
+    try:
+        jid = JID(request.argument)
+    except InvalidJID as exc:
+        raise CommandError(f"not a valid JID: {exc}") from None
+    if not jid.user or jid.resource:
+        raise CommandError("give a bare JID such as alice@example.org")
+    if commands.forget_user is None:
+        raise CommandError("forgetting a user is not possible here")
+    forgotten = await commands.forget_user(jid.bare, request.who)
+    text = f"Forgot {jid.bare}." if forgotten else f"Nothing was stored about {jid.bare}."
+    return Answer(form=lambda: None, text=lambda: text, note=text)
+
+
+def _notices_of(commands: CommandSet) -> Notifier:
+    if commands.notices is None:
+        raise CommandError("reports and alerts are not set up here ([reports], [alerts])")
+    return commands.notices
+
+
+async def _run_notices(commands: CommandSet, request: Request, kind: str | None) -> Answer:
+    """`reports on|off`, `alerts on|off` in chat (kind), or the ad-hoc form's choices (None)."""
+    notices = _notices_of(commands)
+    if kind is None:
+        note = await notices.submit_preferences(request.who, request.values)
+        return Answer(form=lambda: None, text=lambda: note, note=note)
+    said = await notices.chat(request.who, f"{kind} {request.argument}")
+    text = said or f"Send '{kind} on' or '{kind} off'."
+    return Answer(form=lambda: None, text=lambda: text)
+
+
+ADMIN_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "Active users",
+        ADHOC_STATS_NODE,
+        "stats",
+        "users active in the last 24 hours, 7 days and 30 days, new users, DAU/MAU,\n"
+        "         and who is online now",
+        _run_stats,
+        shows_figures=True,
+    ),
+    Command(
+        "Active users by client",
+        ADHOC_CLIENTS_NODE,
+        "clients",
+        "active users by client software (Conversations, Gajim, ...)",
+        _run_clients,
+    ),
+    Command(
+        "Activity history",
+        ADHOC_HISTORY_NODE,
+        "history [DAYS]",
+        f"a chart of the last DAYS days ({HISTORY_DEFAULT_DAYS} by default)",
+        _run_history,
+        request_form=lambda _commands, _who: history_request_form(),
+        argument="days",
+        example="history 7",
+    ),
+    Command(
+        "Forget a user",
+        ADHOC_FORGET_NODE,
+        None,
+        "",
+        _run_forget,
+        request_form=lambda _commands, _who: forget_request_form(),
+        argument="jid",
+    ),
+    Command(
+        "Reports",
+        None,
+        "reports on|off",
+        "the periodic report to you (if set up)",
+        lambda commands, request: _run_notices(commands, request, "reports"),
+        example="reports off",
+    ),
+    Command(
+        "Alerts",
+        None,
+        "alerts on|off",
+        "a message when something goes wrong, and when it is over (if set up)",
+        lambda commands, request: _run_notices(commands, request, "alerts"),
+        example="alerts off",
+    ),
+    Command(
+        ADHOC_NOTIFY_NAME,
+        ADHOC_NOTIFY_NODE,
+        None,
+        "",
+        lambda commands, request: _run_notices(commands, request, None),
+        request_form=lambda commands, who: _notices_of(commands).preferences_form(who),
+        offered=lambda commands: commands.notices is not None,
+    ),
+)
+_BY_KEYWORD = {c.keyword.split()[0]: c for c in ADMIN_COMMANDS if c.keyword is not None}
+
+
+def chat_help() -> str:
+    """The chat help: every command with a chat keyword, then those also in ad-hoc."""
+    lines = ["I count the active users of this XMPP service. Send:"]
+    lines += [f"  {c.keyword}: {c.help}" for c in ADMIN_COMMANDS if c.keyword is not None]
+    lines.append("  help: this list")
+    both = [c for c in ADMIN_COMMANDS if c.keyword is not None and c.node is not None]
+    named = [f"'{c.node}' ({c.name})" for c in both]
+    listed = ", ".join(named[:-1]) + f" and {named[-1]}" if len(named) > 1 else "".join(named)
+    lines.append(f"The same figures are in the ad-hoc commands {listed}.")
+    return "\n".join(lines)
+
+
+CHAT_HELP = chat_help()

@@ -409,6 +409,7 @@ class Bot:
             by_domain=by_domain,
             clients_by_domain=self.tracker.client_counts_by_domain(now),
             presence_events=dict(self.component.presence_events),
+            internal_errors=self.component.errors.by_place(),
             connected=self.component.connected_since is not None,
             duty_restarts=dict(self.duty_restarts),
             duties=self.duty_names(),

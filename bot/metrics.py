@@ -35,6 +35,8 @@ class Snapshot:
     clients_by_domain: Mapping[str, Mapping[str, ClientCounts]] = field(default_factory=dict)
     http: HttpStats | None = None  # the HTTP listener's connections and refusals
     history_failures: int = 0  # updates of the day's history snapshot (its peak) that failed
+    # place in the XMPP edge -> faults of ours there (bot/internal_errors.py); bounded places
+    internal_errors: Mapping[str, int] = field(default_factory=dict)
 
 
 class ActivityCollector(Collector):
@@ -135,6 +137,14 @@ def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
     for duty in sorted({*snapshot.duties, *snapshot.duty_restarts}):
         restarts.add_metric([duty], snapshot.duty_restarts.get(duty, 0))
     yield restarts
+    faults = CounterMetricFamily(
+        "xmpp_internal_errors",
+        "Faults of the bot's own in the XMPP edge, by place (the log has the traceback)",
+        labels=["where"],
+    )
+    for where, value in sorted(snapshot.internal_errors.items()):
+        faults.add_metric([where], value)
+    yield faults
     if snapshot.store_last_write_at is not None:
         yield GaugeMetricFamily(
             "xmpp_store_last_write_timestamp_seconds",

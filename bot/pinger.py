@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from slixmpp import ComponentXMPP
@@ -25,13 +26,19 @@ _IQ = f"{{{NS_COMPONENT}}}iq"
 
 
 class Pinger:
-    def __init__(self, xmpp: ComponentXMPP) -> None:
+    def __init__(
+        self,
+        xmpp: ComponentXMPP,
+        guard: Callable[[Callable[[Any], None]], Callable[[Any], None]] = lambda handler: handler,
+    ) -> None:
+        """`guard` wraps the answers' handler in the component's error policy."""
         self._xmpp = xmpp
         # Ids no one else uses: a random prefix per run, then a counter.
         self._prefix = f"live-{secrets.token_hex(4)}-"
         self._counter = itertools.count()
         self._waiting: dict[str, tuple[str, asyncio.Future[str | None]]] = {}  # id -> (to, answer)
-        xmpp.register_handler(Callback("Ping answers", _Answers(self._prefix), self._on_answer))
+        answers = Callback("Ping answers", _Answers(self._prefix), guard(self._on_answer))
+        xmpp.register_handler(answers)
 
     @property
     def waiting(self) -> int:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import CHAT_REFUSED, CommandSet, Figures, parse_days, stats_form
+from bot.commands import (
+    ADMIN_COMMANDS,
+    CHAT_REFUSED,
+    CHAT_UNKNOWN,
+    CommandSet,
+    Figures,
+    chat_help,
+    parse_days,
+    stats_form,
+)
 from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
 from bot.model import UserRecord
 
@@ -152,3 +161,21 @@ def test_no_client_known_yet_is_said_rather_than_an_empty_table():
 
 def test_non_admins_get_no_clients_either():
     assert client_commands().chat_reply("alice@a.test", "clients") == CHAT_REFUSED
+
+
+def test_each_command_is_defined_once_and_both_front_ends_render_it():
+    """The chat help, the chat words and the ad-hoc nodes all come from ADMIN_COMMANDS."""
+    help_text = chat_help()
+    keywords = [c.keyword for c in ADMIN_COMMANDS if c.keyword is not None]
+    nodes = [c.node for c in ADMIN_COMMANDS if c.node is not None]
+    assert len(set(nodes)) == len(nodes)
+    for command in ADMIN_COMMANDS:
+        if command.keyword is not None:
+            assert f"  {command.keyword}: {command.help}" in help_text
+        if command.keyword is not None and command.node is not None:
+            assert f"'{command.node}' ({command.name})" in help_text
+    commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
+    for keyword in keywords:
+        reply = commands.chat_reply("admin@a.test", keyword.split()[0])
+        assert reply not in (CHAT_UNKNOWN, CHAT_REFUSED), keyword
+    assert [c.keyword.split()[0] for c in ADMIN_COMMANDS if c.shows_figures] == ["stats"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from bot.admin_commands import COMMAND_SESSION_TTL, MAX_COMMAND_SESSIONS
 from bot.commands import (
     ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
@@ -18,7 +19,6 @@ from bot.commands import (
     PLAIN_STATUS,
     CommandSet,
 )
-from bot.component import COMMAND_SESSION_TTL, MAX_COMMAND_SESSIONS
 
 from .support import COMPONENT, T0, ComponentHarness
 
@@ -406,7 +406,7 @@ class OurFaultsStayOursTest(ComponentHarness):
                 )
         assert self.sent() == []
         assert len(logs.output) == 1
-        assert "Internal error while handling a presence (logged once)" in logs.output[0]
+        assert "handling a presence (logged once per 10 minutes)" in logs.output[0]
         assert "RuntimeError: a bug of ours" in logs.output[0]
         assert self.xmpp.internal_errors[("presence", "RuntimeError")] == 3
 

@@ -7,12 +7,14 @@ through a real Prosody with real clients: test_prosody_contact.py.
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
 
 from bot.commands import CHAT_REFUSED, PLAIN_STATUS, CommandSet, Figures, figures_status
 from bot.contact import ContactPresence, OwnPresence, software_version
+from bot.contact_stanzas import SENDER_BURST
 from bot.counter import DAY, ActivityIndex, Counts
 from bot.model import UserRecord
 
@@ -177,7 +179,7 @@ class ContactStanzaTest(ComponentHarness):
         self.xmpp.commands = CommandSet(
             admins=frozenset({"boss@elsewhere.org"}), figures=self.xmpp.commands.figures
         )
-        self.xmpp.contact = ContactPresence(self.xmpp.commands)
+        self.xmpp.contacts.contact = ContactPresence(self.xmpp.commands)
         self.recv(f'<presence type="subscribe" from="boss@elsewhere.org" to="{COMPONENT}"/>')
         self.send(
             f'<presence from="{COMPONENT}" to="boss@elsewhere.org" type="subscribed"/>',
@@ -197,7 +199,7 @@ class ContactStanzaTest(ComponentHarness):
             f"<status>{PLAIN_STATUS}</status></presence>",
             use_values=False,
         )
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.xmpp.refresh_contacts()
         self.send(
             f'<presence from="{COMPONENT}" to="admin@example.test">'
@@ -218,12 +220,12 @@ class ContactStanzaTest(ComponentHarness):
             f'<presence from="{COMPONENT}" to="admin@example.test" type="unavailable"/>',
             use_values=False,
         )
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.xmpp.refresh_contacts()
         self.send(None)
 
     def test_an_admin_asking_by_chat_refreshes_the_admins_contact_list(self):
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.recv(
             f'<message type="chat" from="admin@example.test/desk" to="{COMPONENT}">'
             "<body>stats</body></message>"
@@ -242,7 +244,7 @@ class ContactStanzaTest(ComponentHarness):
         )
 
     def test_a_users_chat_refreshes_nothing(self):
-        self.xmpp.connected_since = T0
+        self.xmpp.connection.connected_since = T0
         self.recv(
             f'<message type="chat" from="alice@example.test/phone" to="{COMPONENT}">'
             "<body>stats</body></message>"
@@ -283,3 +285,27 @@ class ContactStanzaTest(ComponentHarness):
             f"<version>{software_version()}</version></query></iq>",
             use_values=False,
         )
+
+    def sent(self) -> list[str]:
+        self.wait_for_send_queue()
+        stanzas = []
+        while (stanza := self.xmpp.socket.next_sent()) is not None:
+            stanzas.append(stanza.decode())
+        return stanzas
+
+    def test_probes_and_subscriptions_are_answered_within_each_senders_share(self):
+        """One user's 1,000 probes, one stranger's 1,000 subscriptions: a few answers each, a
+        few log lines, and someone else's probe still answered."""
+        with self.assertLogs("bot.component", logging.DEBUG) as logs:
+            for _ in range(1000):
+                self.recv(f'<presence type="probe" from="bob@example.test/pc" to="{COMPONENT}"/>')
+                self.recv(f'<presence type="subscribe" from="eve@elsewhere.org" to="{COMPONENT}"/>')
+            answers = self.sent()
+            self.recv(f'<presence type="probe" from="carol@example.test/pc" to="{COMPONENT}"/>')
+            assert len(self.sent()) == 1  # her own share
+        assert sum("bob@example.test" in a for a in answers) == SENDER_BURST
+        assert sum('type="unsubscribed"' in a for a in answers) == SENDER_BURST
+        assert len(logs.output) <= 4, logs.output  # the first of each sender, at most
+        self.monotonic_now += 60  # a minute later: one more answer each
+        self.recv(f'<presence type="probe" from="bob@example.test/pc" to="{COMPONENT}"/>')
+        assert len(self.sent()) == 1

@@ -57,13 +57,14 @@ def test_the_rules_cover_what_an_admin_must_hear_about():
         "XmppActiveUsersNoPresence",
         "XmppActiveUsersStoreWritesFailing",
         "XmppActiveUsersDutyRestarting",
+        "XmppActiveUsersInternalErrors",
     }
 
 
 def test_promtool_accepts_the_shipped_config_and_its_rules():
     result = promtool("check", "config", SCRAPE.name, cwd=CONTRIB)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout + result.stderr
 
 
 def test_the_alert_rules_pass_their_unit_tests():

@@ -33,9 +33,10 @@ def checker(answers: dict[str, Verdict | str], **settings):
 
     live = LivenessChecker(
         LivenessSettings(**{"interval": 10, "timeout": 0.05, "max_rate": 1000} | settings),
-        lambda: set(online),
+        lambda: sorted(online),
         ping,
         gone,
+        lambda session: session in online,
     )
     return live, closed, pinged
 

@@ -11,7 +11,6 @@ forget, retention); a flush that fails merges its batch back, a newer change win
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
 from functools import partial
@@ -23,6 +22,7 @@ from slixmpp.plugins.xep_0004 import Form
 
 from bot.activity import ActivityTracker
 from bot.client_families import UNKNOWN
+from bot.commands import ADHOC_HISTORY_NODE, ADMIN_COMMANDS
 from bot.daemon import Bot
 from bot.model import UserRecord
 from bot.store import Store, StoreError, flush_periodically
@@ -81,10 +81,6 @@ def stored(path: Path, records: dict[str, UserRecord], days: dict[str, Any] | No
         store.flush(T0 - 3600)
 
 
-async def maybe_await(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
-
-
 async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
     """Fails before the change: the login of an offline user, the flush, the history scan and
     the final peak of the day that ended all ran SQLite on the loop."""
@@ -121,7 +117,7 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
 
         chat = component.make_message(mto=component.boundjid, mbody="history 3", mtype="chat")
         chat["from"] = f"{ADMIN}/desk"
-        await maybe_await(component._on_message(chat))
+        await component.admin.on_message(chat)
         reply = await asyncio.wait_for(sent.get(), 10)  # a coroutine may answer a moment later
         chart = str(reply["body"])
         assert chart.startswith("Active users over the last 3 days")
@@ -130,9 +126,10 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
         answer = Form()
         answer["type"] = "submit"
         answer.add_field(var="days", value="3")
-        session = await maybe_await(
-            component._adhoc_history_result(answer, {"from": f"{ADMIN}/desk"})
-        )
+        history = next(c for c in ADMIN_COMMANDS if c.node == ADHOC_HISTORY_NODE)
+        session = {"from": f"{ADMIN}/desk", "id": "history-1"}
+        session = await component.admin.first_step(history)(None, session)
+        session = await session["next"](answer, session)
         assert session["payload"] is not None
     finally:
         flushing.cancel()

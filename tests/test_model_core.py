@@ -18,7 +18,7 @@ What is driven, in-process and without a network (the real objects, not their ca
   `LivenessChecker.check_now`); pings go through the real `_ping`, with slixmpp's XEP-0199
   `send_ping` answered by a fake server (an answer: alive; `service-unavailable`: gone; with the
   connection down `_ping` itself answers "cannot tell"). What `serve()` does when a connection
-  ends (`_dropped_at`, `connected_since = None`) is set as it sets it;
+  ends (`Connection.dropped`) is called as it calls it;
 - the real importer (`import_activities`, as `xmpp-active-users import` runs it on the stopped
   bot's store) and the CLI's `forget`; the ad-hoc "Forget a user" calls `tracker.forget`, as the
   component's handler does.
@@ -597,11 +597,7 @@ class CoreMachine(RuleBasedStateMachine):
             handler(*args)
             await self.bot.tracker.caught_up()
             # An unavailable presence is confirmed by a ping first (a task of the component).
-            confirming = [
-                task
-                for task in self.bot.component._background
-                if task.get_coro().__name__ == "_confirm_unavailable"
-            ]
+            confirming = self.bot.component.watch.confirmations()
             if confirming:
                 await asyncio.gather(*confirming)
                 await self.bot.tracker.caught_up()
@@ -626,7 +622,7 @@ class CoreMachine(RuleBasedStateMachine):
         fresh = fresh or {}
         component = self.bot.component
         self.alive = set(alive)
-        dropped_at = component._dropped_at
+        dropped_at = component.connection.dropped_at
         before = self.model.sessions()
 
         async def handshake() -> None:
@@ -654,8 +650,8 @@ class CoreMachine(RuleBasedStateMachine):
                         self.model.end(*session, self.model.last_seen.get(session, self.now))
             duties = [
                 task
-                for task in component._background
-                if task.get_coro().__name__ != "_check_privileges"
+                for task in component.background_tasks()
+                if task.get_coro().__name__ != "check_after"  # the privileges' warning
             ]
             await asyncio.gather(*duties)
 
@@ -666,7 +662,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def _cancel_background(self) -> None:
         component = self.bot.component
-        pending = list(component._background)
+        pending = component.background_tasks()
         component.cancel_background()
         if pending:
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
@@ -674,8 +670,7 @@ class CoreMachine(RuleBasedStateMachine):
     def _drop_connection(self) -> None:
         """What `ActiveUsersComponent.serve` does when a connection ends."""
         component = self.bot.component
-        component._dropped_at = int(self.now)
-        component.connected_since = None
+        component.connection.dropped(int(self.now))
         if self.model.outage_since is None:
             self.model.outage_since = self.now
 
@@ -951,12 +946,12 @@ class CoreMachine(RuleBasedStateMachine):
         online = sorted(self.model.sessions())
         self.alive = {s for s, ok in zip(online, alive, strict=False) if ok}
         if cant_tell:
-            component.connected_since = None
+            component.connection.connected_since = None
         try:
             self.loop.run_until_complete(component.liveness.check_now())
         finally:
             if cant_tell:
-                component.connected_since = float(self.now)
+                component.connection.connected_since = float(self.now)
         if not cant_tell:
             for session in online:
                 if session in self.alive:
@@ -1184,7 +1179,7 @@ class CoreMachine(RuleBasedStateMachine):
             f"believed online {sorted(believed)} != model {sorted(expected)}"
         )
         if self.liveness:
-            pingable = self.bot.component._pingable_sessions()
+            pingable = set(self.bot.component.sessions_to_ping())
             assert pingable <= self.model.sessions(), (
                 f"would ping {sorted(pingable - self.model.sessions())}, not online"
             )

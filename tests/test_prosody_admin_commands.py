@@ -14,6 +14,7 @@ import time
 import pytest
 from slixmpp.exceptions import IqError
 
+from bot.admin_commands import COMMANDS_NODE
 from bot.commands import (
     ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
@@ -23,7 +24,6 @@ from bot.commands import (
     CHAT_REFUSED,
     CHAT_UNKNOWN,
 )
-from bot.component import COMMANDS_NODE
 from bot.history import utc_day
 
 from .support import Chat

@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 import pytest_asyncio
 
-from bot import component as component_module
+from bot import xmpp_connection as component_module
 from bot.testbed.linkproxy import LinkProxy
 
 from .support import FAST, Clock, RunningBot, bot_starter
