@@ -3,6 +3,7 @@ limits or timings, so a changed default would pass them all.
 
 - a background duty that keeps failing: restarted after 1 s, doubling, up to 60 s; after 5
   failures within 10 minutes the bot exits 70 (README, "Failure modes"), through `Bot`'s wiring;
+  a failing retention pass is retried up to every count interval, never a reason to exit;
 - the figures logged 15 s after start, then every 3600 s plus 0..300 s (config.example.toml);
 - liveness: pings wait 30 s, at most 20 a second; the store is written every 1.0 s;
 - chat: 5 replies, then one per 2 s per sender (README, "a flood");
@@ -108,6 +109,37 @@ async def test_the_bot_exits_70_after_5_failures_of_a_duty_by_default(tmp_path, 
     assert failures == 5
     assert bot.duty_restarts == Counter({"count": 4})
     assert virtual.sleeps == [1.0, 2.0, 4.0, 8.0]  # 1 s, doubling
+
+
+@pytest.mark.asyncio
+async def test_by_default_a_failing_retention_pass_never_ends_the_bot(tmp_path, monkeypatch):
+    """Retention is retried with the default backoff's 1 s, doubling up to the count interval
+    (3600 s here), however often it fails: never exit 70 for it."""
+    listener, port = await silent_server()
+    server = types.SimpleNamespace(
+        component_jid="active.example.test",
+        component_secret="s3cret",
+        component_port=port,
+        domain="example.test",
+    )
+    settings = bot_settings(server, tmp_path / "a.db", retention_days=400, first_count_after=0)
+    bot = Bot(settings, timing=FAST)
+    virtual = VirtualTime().install(monkeypatch, supervise)
+    stop = asyncio.Event()
+
+    async def failing_retention(*_args: object) -> int:
+        if bot.duty_restarts["retention"] >= 20:
+            stop.set()
+        raise OSError("reading the store for retention failed")
+
+    bot.tracker.forget_inactive_soon = failing_retention
+    try:
+        status = await asyncio.wait_for(bot.serve(stop), 10)
+    finally:
+        listener.close()
+    assert status == 0  # stopped by the test, not by the failures
+    assert bot.duty_restarts["retention"] >= 20
+    assert virtual.sleeps[:13] == [float(2**n) for n in range(12)] + [3600.0]
 
 
 @pytest.mark.asyncio
