@@ -76,6 +76,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         announces_sessions: bool = True,
         loaded_sessions_alive_until: int = 0,
         watch_limits: WatchLimits | None = None,
+        secret_source: str = "[component] secret",
     ) -> None:
         """`announces_sessions`: the server re-sends every online user's presence when we
         connect (Prosody); otherwise (ejabberd) sessions are re-checked by pings instead.
@@ -112,6 +113,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             pings_every_session=self.pings_every_session,
             check_sessions=lambda: self.liveness.check_now(),
             spawn=self._spawn,
+            secret_source=secret_source,
         )
         self.pinger = Pinger(self, guard=partial(self.errors.guard, "ping answer"))
         self.checks = SessionChecks(

@@ -58,6 +58,8 @@ class Settings:
     liveness_max_rate: float = 20.0
     retention_days: int = 0  # 0: keep forever
     pseudonym_key: bytes | None = None  # set: the store keys users by a keyed hash
+    # Where the secret came from, for the message when the server refuses it.
+    secret_source: str = "[component] secret"
     nodeinfo: NodeInfoSettings | None = None  # set: NodeInfo documents on the HTTP listener
     # The periodic report and the alerts to admins (opt-in); frozen, so one default is shared.
     reports: ReportSettings = field(default_factory=ReportSettings)
@@ -333,7 +335,7 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     values = _validate(path, _read_toml(path))
-    secret = _resolve_secret(path, values, environ) if need_secret else ""
+    secret, secret_source = _resolve_secret(path, values, environ) if need_secret else ("", "")
     token = _resolve_token(path, values, environ) if need_secret else None
     windows = values["counting.windows"] or Settings.windows
     nodeinfo = _nodeinfo(path, values)
@@ -342,6 +344,7 @@ def load_settings(
     return Settings(
         component_jid=values["component.jid"],
         secret=secret,
+        secret_source=secret_source,
         server_host=values["server.host"],
         server_port=values["server.port"],
         domains=values["counting.domains"],
@@ -524,15 +527,23 @@ def _validate(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _resolve_secret(path: Path, values: dict[str, Any], environ: Mapping[str, str]) -> str:
-    """The environment variable wins (containers); else exactly one of secret / secret_file."""
+def _resolve_secret(
+    path: Path, values: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[str, str]:
+    """The environment variable wins (containers); else exactly one of secret / secret_file.
+    Returns the secret and where it came from, in words."""
     secret = _read_secret(path, "component", "secret", values, environ.get(SECRET_ENV))
     if secret is None:
         raise ConfigError(
             f'{path}: [component] secret is missing; add secret = "..." or '
             f'secret_file = "...", or set the environment variable {SECRET_ENV}'
         )
-    return secret
+    if (environ.get(SECRET_ENV) or "").strip():
+        return secret, f"the secret in the environment variable {SECRET_ENV}"
+    if values["component.secret_file"]:
+        file = _beside(path, values["component.secret_file"])
+        return secret, f"the secret read from {file} ([component] secret_file)"
+    return secret, f"[component] secret in {path}"
 
 
 def _resolve_token(path: Path, values: dict[str, Any], environ: Mapping[str, str]) -> str | None:

@@ -276,6 +276,7 @@ class Bot:
         return ActiveUsersComponent(
             jid=settings.component_jid,
             secret=settings.secret,
+            secret_source=settings.secret_source,
             host=settings.server_host,
             port=settings.server_port,
             tracker=self.tracker,

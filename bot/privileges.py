@@ -21,6 +21,13 @@ PRIVILEGE_NAMESPACES = ("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
 PRESENCE_GRANTS = ("managed_entity", "roster")
 
 
+MAX_UNCOUNTED_NAMED = 5
+
+
+def _is_domain(address: str) -> bool:
+    return bool(address) and "@" not in address and "/" not in address
+
+
 class Privileges:
     def __init__(
         self,
@@ -34,14 +41,20 @@ class Privileges:
         self.servers = frozenset(domains) | ({parent_domain} - {""})
         self._ignored = ignored
         self.granted: dict[str, dict[str, str]] = {}  # server -> access -> type, this stream
+        # Servers not counted that advertised privileges anyway, this stream (a few at most):
+        # named when a counted domain grants nothing, since a typo is the likely cause.
+        self.uncounted: set[str] = set()
 
     def reset(self) -> None:
         """A new stream: the server advertises again."""
         self.granted = {}
+        self.uncounted = set()
 
     def on_advertisement(self, message: Any) -> None:
         server = message.xml.get("from", "")
         if server not in self.servers:  # anyone can send a message: not a grant
+            if _is_domain(server) and len(self.uncounted) < MAX_UNCOUNTED_NAMED:
+                self.uncounted.add(server)
             self._ignored.refused(
                 server,
                 "Privilege advertisement from %r ignored: only %s grant privileges",
@@ -77,9 +90,20 @@ class Privileges:
             return None  # that connection is gone; the next one checks again
         jid = self._component_jid
         missing = []
+        elsewhere = sorted(self.uncounted | self._granted_uncounted())
         for domain in self._domains:
             presence = self.granted.get(domain, {}).get("presence")
-            if presence not in PRESENCE_GRANTS:
+            if presence not in PRESENCE_GRANTS and elsewhere:
+                missing.append(domain)
+                log.warning(
+                    "No presence permission from %s, but %s advertised privileges to the bot: "
+                    "is [counting] domains mistyped? It lists %s; each server grants for its "
+                    "own VirtualHost names only, so write them as in the server's config",
+                    domain,
+                    " and ".join(elsewhere),
+                    ", ".join(sorted(self._domains)),
+                )
+            elif presence not in PRESENCE_GRANTS:
                 missing.append(domain)
                 log.warning(
                     "No presence permission from %s (got %s): the bot sees only users who "
@@ -102,3 +126,11 @@ class Privileges:
                     jid,
                 )
         return missing
+
+    def _granted_uncounted(self) -> set[str]:
+        """Servers not counted (the component's parent domain) that granted presence."""
+        return {
+            server
+            for server, perms in self.granted.items()
+            if server not in self._domains and perms.get("presence") in PRESENCE_GRANTS
+        }

@@ -53,6 +53,7 @@ class _Attempt:
     started: asyncio.Future[None]
     ended: asyncio.Future[str]
     stream_error: str | None = None
+    stream_error_text: str = ""
     handshake_timed_out: bool = False  # connected, but the server did not answer in time
 
 
@@ -68,10 +69,13 @@ class Connection:
         pings_every_session: bool,
         check_sessions: Callable[[], Awaitable[int]],
         spawn: Callable[[Any], None],
+        secret_source: str = "[component] secret",
     ) -> None:
         """`announces_sessions`: the server re-sends every online user's presence when we
         connect (Prosody); otherwise (ejabberd) `check_sessions` pings them, if the pings are
-        on. `spawn` runs a background task of the component."""
+        on. `spawn` runs a background task of the component. `secret_source` says where the
+        secret came from (the config file, a secret file, the environment): the fix when the
+        server refuses it."""
         self._xmpp = xmpp
         self._tracker = tracker
         self.timing = timing
@@ -80,6 +84,7 @@ class Connection:
         self._pings_every_session = pings_every_session
         self._check_sessions = check_sessions
         self._spawn = spawn
+        self._secret_source = secret_source
         self.connected_since: float | None = None
         self.dropped_at: int | None = None  # when the last connection was lost
         self.catching_up = False  # re-learning who is online after (re)connecting
@@ -177,8 +182,21 @@ class Connection:
         if attempt.stream_error == "not-authorized":
             return (
                 f"the server at {self.address()} refused the component secret for "
-                f"{jid}: make [component] secret equal the server's "
-                "component_secret for that component"
+                f"{jid}: make {self._secret_source} equal the server's "
+                f'component_secret for that component (Prosody: in Component "{jid}")'
+            )
+        if attempt.stream_error == "conflict":
+            return (
+                f"the server at {self.address()} says another connection is already {jid}: "
+                "is a second bot running with the same [component] jid (systemctl status "
+                "xmpp-active-users, ps)? Stop it; a bot that just stopped is forgotten by the "
+                "server within seconds"
+            )
+        if _client_port(attempt.stream_error, attempt.stream_error_text, self._port):
+            return (
+                f"{self.address()} is a port for clients, not for components: set [server] "
+                "port to the server's component port (Prosody: component_ports, 5347 by "
+                "default; ejabberd: the listener with module ejabberd_service)"
             )
         if attempt.handshake_timed_out:
             return (
@@ -226,6 +244,7 @@ class Connection:
         condition = str(error["condition"])
         if self._attempt is not None:
             self._attempt.stream_error = condition
+            self._attempt.stream_error_text = str(error["text"])
         log.error("Stream error from the server: %s %s", condition, error["text"])
 
     # --- what depends on the connection -----------------------------------------------------
@@ -285,3 +304,15 @@ class Connection:
             self._xmpp.event("resynced", closed)
 
         self._tracker.when_loaded(None, end_resync)
+
+
+CLIENT_PORT = 5222  # RFC 6120's port for clients: never a component port
+
+
+def _client_port(condition: str | None, text: str, port: int) -> bool:
+    """Whether a refused handshake says we reached the server's port for clients: the standard
+    port, a stream namespace the port does not take, or Prosody's c2s answer for a host it does
+    not serve (its component port says "does not match any configured external components")."""
+    if port == CLIENT_PORT or condition == "invalid-namespace":
+        return True
+    return condition == "host-unknown" and "does not serve" in text

@@ -127,3 +127,43 @@ async def test_a_server_too_busy_for_the_first_handshake_is_retried_not_fatal(
     finally:
         await bot.stop_quietly()
     assert "declared as a component" not in caplog.text
+
+
+# --- mistakes whose message must name the real fix (issue: an admin's first hour) ------------
+
+
+async def test_the_client_port_instead_of_the_component_port_names_component_ports(
+    prosody, tmp_path, caplog
+):
+    settings = bot_settings(prosody, tmp_path / "activity.db", server_port=prosody.c2s_port)
+    caplog.set_level(logging.ERROR)
+    bot = Bot(settings, timing=FAST)
+    assert await asyncio.wait_for(bot.serve(asyncio.Event()), 15) == 1
+    assert f"127.0.0.1:{prosody.c2s_port} is a port for clients" in caplog.text
+    assert "component_ports" in caplog.text
+    assert "declared as a component" not in caplog.text
+
+
+async def test_a_second_bot_on_the_same_component_jid_is_named_so(prosody, tmp_path, caplog):
+    first = await RunningBot(Bot(bot_settings(prosody, tmp_path / "one.db"), timing=FAST)).start()
+    try:
+        caplog.set_level(logging.ERROR)
+        second = Bot(bot_settings(prosody, tmp_path / "two.db"), timing=FAST)
+        assert await asyncio.wait_for(second.serve(asyncio.Event()), 15) == 1
+    finally:
+        await first.stop()
+    assert "another connection is already active.example.test" in caplog.text
+    assert "declared as a component" not in caplog.text
+
+
+async def test_a_wrong_secret_from_secret_file_names_the_file(prosody, tmp_path, caplog):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("not-the-secret\n", encoding="utf-8")
+    settings = bot_settings(
+        prosody, tmp_path / "activity.db", secret=None, secret_file=str(secret_file)
+    )
+    caplog.set_level(logging.ERROR)
+    bot = Bot(settings, timing=FAST)
+    assert await asyncio.wait_for(bot.serve(asyncio.Event()), 15) == 1
+    assert f"the secret read from {secret_file}" in caplog.text
+    assert "make [component] secret equal" not in caplog.text

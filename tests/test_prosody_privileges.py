@@ -44,3 +44,20 @@ async def test_prosody_granting_no_presence_gets_the_warning_with_the_fix(tmp_pa
         'privileged_entities = { ["active.example.test"] = { presence = "managed_entity" } }'
         in (record.getMessage())
     )
+
+
+async def test_a_typo_in_counting_domains_is_named_not_mod_privilege(prosody, tmp_path):
+    """example.test grants presence; the config counts example.tset: the fix is the typo, not
+    mod_privilege on a VirtualHost "example.tset" that does not exist."""
+    settings = bot_settings(prosody, tmp_path / "activity.db", domains=["example.tset"])
+    with LogWatch("bot.component") as watch:
+        bot = await RunningBot(Bot(settings, timing=FAST)).start()
+        try:
+            record = await watch.next(lambda text: "presence permission" in text)
+        finally:
+            await bot.stop()
+    assert record.getMessage() == (
+        "No presence permission from example.tset, but example.test advertised privileges to "
+        "the bot: is [counting] domains mistyped? It lists example.tset; each server grants "
+        "for its own VirtualHost names only, so write them as in the server's config"
+    )
