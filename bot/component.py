@@ -44,6 +44,7 @@ from .commands import (
 from .contact import (
     IDENTITIES,
     IDENTITY_NAME,
+    PRESENCE_RESOURCE,
     SOFTWARE_NAME,
     ContactPresence,
     OwnPresence,
@@ -622,10 +623,11 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
             self.refresh_contacts()
 
     def _send_own_presence(self, presence: OwnPresence) -> None:
+        pfrom = f"{self.boundjid.bare}/{PRESENCE_RESOURCE}"  # contact.py says why a resource
         if presence.status is None:
-            self.send_presence(pto=presence.to, pfrom=self.boundjid.bare, ptype="unavailable")
+            self.send_presence(pto=presence.to, pfrom=pfrom, ptype="unavailable")
         else:
-            self.send_presence(pto=presence.to, pfrom=self.boundjid.bare, pstatus=presence.status)
+            self.send_presence(pto=presence.to, pfrom=pfrom, pstatus=presence.status)
 
     # --- liveness -------------------------------------------------------------------------
 

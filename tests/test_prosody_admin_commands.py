@@ -24,6 +24,7 @@ from bot.commands import (
     CHAT_UNKNOWN,
 )
 from bot.component import COMMANDS_NODE
+from bot.forms import table_rows
 from bot.history import utc_day
 
 from .support import Chat
@@ -115,10 +116,11 @@ async def test_admin_gets_history_by_adhoc_in_two_steps_and_by_chat(start_bot, c
     step["command"].append(answer)
     result = await step.send()
     assert result["command"]["status"] == "completed"
-    rows = result["command"]["form"]["items"]
-    assert [row["date"] for row in rows][-1] == utc_day(time.time())
-    assert (rows[-1]["active_1d"], rows[-1]["peak_online"]) == ("1", "1")
-    assert (rows[0]["active_1d"], rows[0]["peak_online"]) == ("", "")  # the bot did not run
+    rows = table_rows(result["command"]["form"])
+    dates = list(rows)
+    assert dates[-1] == utc_day(time.time())
+    assert (rows[dates[-1]]["active_1d"], rows[dates[-1]]["peak_online"]) == ("1", "1")
+    assert (rows[dates[0]]["active_1d"], rows[dates[0]]["peak_online"]) == ("", "")  # not running
 
     chart = await Chat(admin).ask("history 7")
     assert chart.startswith("Active users over the last 7 days")
