@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import traceback
+from pathlib import Path
 from typing import Any
 
 
@@ -82,7 +84,11 @@ def stage(request: dict[str, Any]) -> dict[str, Any]:
     try:
         page.process_stage(parsed)  # what AdHocCommands._received_stage does
     except Exception as error:  # what Gajim hits, and leaves the window on "Executing…"
-        return {"error": f"{type(error).__name__} in Gajim's {type(page).__name__} page: {error}"}
+        where = traceback.extract_tb(error.__traceback__)[-2]  # the last frame is nbxmpp's
+        return {
+            "error": f"{type(error).__name__} {error} in Gajim's {type(page).__name__} page, at "
+            f"{Path(where.filename).name} {where.name}: {where.line}"
+        }
     shown: dict[str, Any] = {
         "page": type(page).__name__,
         "notes": [note.text for note in parsed.notes],
