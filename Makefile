@@ -42,8 +42,9 @@ servers: prosody prosody13
 	fi
 
 # The admin's other programs the tests run for real (privately, on loopback), from Debian, when
-# missing: Prometheus with promtool (never its system service: the tests start their own), and
-# Chromium for the status page.
+# missing: Prometheus with promtool (never its system service: the tests start their own),
+# Chromium for the status page, and the XMPP clients admins use: Gajim (its code shows the bot's
+# answers, on Xvfb's virtual display) and Profanity (typed into through tmux).
 tools:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 		echo "Installing Debian package prometheus..."; \
@@ -54,6 +55,12 @@ tools:
 		echo "Installing Debian package chromium..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends chromium; \
+	fi
+	@if ! /usr/bin/python3 -c 'import gajim, nbxmpp' 2>/dev/null || ! command -v xvfb-run >/dev/null \
+		|| ! command -v profanity >/dev/null || ! command -v tmux >/dev/null; then \
+		echo "Installing Debian packages gajim, xvfb, profanity and tmux..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends gajim xvfb xauth profanity tmux; \
 	fi
 
 prosody:
