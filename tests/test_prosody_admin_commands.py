@@ -287,3 +287,22 @@ async def test_bad_history_days_get_a_clear_error_and_leave_no_session(start_bot
         assert error["text"].startswith("the number of days must be 1 to 366, in digits 0-9, not")
         assert "Exceeds the limit" not in error["text"]
     assert len(bot.component.plugin["xep_0050"].sessions) == 0
+
+
+async def test_chat_to_any_address_of_the_component_is_answered_from_that_address(
+    start_bot, clients
+):
+    # Gajim's Start Chat takes only an address with an '@': stats@active.example.test is one.
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+    replies: asyncio.Queue = asyncio.Queue()
+    admin.add_event_handler("message", replies.put_nowait)
+    admin.send_message(mto="stats@active.example.test", mbody="help", mtype="chat")
+    reply = await asyncio.wait_for(replies.get(), 5)
+    assert (str(reply["from"]), reply["body"]) == ("stats@active.example.test", CHAT_HELP)
+    alice = await clients.login("alice@example.test/phone")
+    alice.add_event_handler("message", replies.put_nowait)
+    alice.send_message(mto="stats@active.example.test", mbody="stats", mtype="chat")
+    reply = await asyncio.wait_for(replies.get(), 5)
+    assert (str(reply["from"]), reply["body"]) == ("stats@active.example.test", CHAT_REFUSED)
