@@ -179,21 +179,29 @@ def clients_table(clients: ClientFigures, windows: tuple[int, ...]) -> Table:
 
 
 def clients_text(table: Table, windows: tuple[int, ...]) -> str:
-    """The table as chat: a preformatted block whose columns line up, then what it means.
+    """The table as chat: a preformatted block whose columns line up (short column names, so
+    that it fits a phone or a chat pane), then what it means.
 
-    ```
-    client                  24 hours  7 days  30 days  online now
-    Conversations (mobile)        12      30       45           8
-    ```
+        Active users by client (24h, 7d, 30d: in the last 24 hours, 7 days, 30 days):
+        ```
+        client                  24h  7d  30d  online
+        Conversations (mobile)   12  30   45       8
+        ```
     """
     if not table.rows:
         return f"{table.title}: none.\n{table.note}"
-    figures = table.figures()
+    shorts = [_short(w) for w in windows]
+    spans = ", ".join(window_label(w) for w in windows)
     lines = aligned(
-        ("client", *(label for _, label in figures)),
-        ((table.row_label(row), *(row[name] for name, _ in figures)) for row in table.rows),
+        ("client", *shorts, "online"),
+        ((table.row_label(row), *(row[name] for name, _ in table.figures())) for row in table.rows),
     )
-    return f"{table.title}:\n{preformatted(lines)}\n{table.note}"
+    title = f"{table.title} ({', '.join(shorts)}: in the last {spans}):"
+    return f"{title}\n{preformatted(lines)}\n{table.note}"
+
+
+def _short(window: int) -> str:
+    return "24h" if window == DAY else window_short(window)
 
 
 # The status line of the bot in a contact list: the figures for admins, a fixed text for others.

@@ -138,11 +138,11 @@ def test_clients_are_one_table_rendered_as_a_form_and_as_chat():
         },
     }
     assert commands.chat_reply("admin@a.test", " Clients ") == (
-        "Active users by client:\n"
+        "Active users by client (24h, 7d, 30d: in the last 24 hours, 7 days, 30 days):\n"
         "```\n"
-        "client                  24 hours  7 days  30 days  online now\n"
-        "Gajim (desktop)                0       2        2           0\n"
-        "Conversations (mobile)         1       1        1           1\n"
+        "client                  24h  7d  30d  online\n"
+        "Gajim (desktop)           0   2    2       0\n"
+        "Conversations (mobile)    1   1    1       1\n"
         "```\n" + commands.clients_table().note
     )
     assert "A user on two clients counts for each." in commands.clients_table().note

@@ -54,6 +54,13 @@ class Profanity:
         _exc: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
+        # /quit closes the stream: killed, Profanity would leave its session on the server (and
+        # its presence to the next test's bot) until the server notices.
+        await self._tmux("send-keys", "-t", "p", "-l", "/quit", check=False)
+        await self._tmux("send-keys", "-t", "p", "Enter", check=False)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and await self._alive():
+            await asyncio.sleep(0.1)
         await self._tmux("kill-server", check=False)
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
@@ -89,6 +96,14 @@ class Profanity:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Profanity did not show {text!r}; its screen:\n{screen}")
             await asyncio.sleep(0.2)
+
+    async def _alive(self) -> bool:
+        """Whether Profanity still runs (tmux ends its session when it exits)."""
+        process = await asyncio.create_subprocess_exec(
+            "tmux", "-L", self.socket, "has-session", "-t", "p",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        return await process.wait() == 0
 
     async def _tmux(self, *args: str, check: bool = True) -> str:
         process = await asyncio.create_subprocess_exec(
