@@ -116,6 +116,7 @@ class Table:
     note: str  # what the figures mean (and, with no rows, why there are none)
     key: str = ""
     label: tuple[str, ...] = ()
+    line: str = ""  # a row's figures as one short line: a str.format template over the row
 
     def row_label(self, row: Mapping[str, str]) -> str:
         first, *others = [row[name] for name in self.label]
@@ -130,7 +131,7 @@ class Table:
             Row(
                 key=row[self.key],
                 label=self.row_label(row),
-                text=" · ".join(f"{label} {row[name]}" for name, label in self.figures()),
+                text=self.line.format_map(row),
                 cells=row,
             )
             for row in self.rows
@@ -160,12 +161,13 @@ def clients_table(clients: ClientFigures, windows: tuple[int, ...]) -> Table:
         ("online_users", "online now"),
         ("family", "Metrics label"),
     )
-    spans = ", ".join(window_label(w) for w in windows)
+    spans = " / ".join(window_label(w) for w in windows)
     note = (
-        f"Users active with each client in the last {spans}, and online now with it. Active: "
-        "online now with it, or their last login or logout with it within the window (XEP-0115 "
-        "caps node of their sessions). A user on two clients counts for each."
+        f"Each client: its users active in the last {spans} · online now. Active: online now "
+        "with it, or their last login or logout with it within the window (XEP-0115 caps node "
+        "of their sessions). A user on two clients counts for each."
     )
+    line = " / ".join(f"{{active_{window_short(w)}}}" for w in windows) + " · {online_users} online"
     if not rows:
         note += " No client is known yet: each session's client is learnt at its login."
     return Table(
@@ -175,6 +177,7 @@ def clients_table(clients: ClientFigures, windows: tuple[int, ...]) -> Table:
         note,
         key="family",
         label=("client", "platform"),
+        line=line,
     )
 
 

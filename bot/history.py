@@ -118,7 +118,7 @@ def history_form(days: list[Day], windows: Iterable[int]) -> Form:
     spans = " / ".join(window_label(w) for w in windows)
     instructions = (
         f"One row per UTC day, oldest first: users active in the last {spans} (as counted "
-        "that day), new users in the same windows, and the peak of users online."
+        "that day) · new users in the same windows · the peak of users online that day."
     )
     rows = []
     for day in days:
@@ -129,7 +129,7 @@ def history_form(days: list[Day], windows: Iterable[int]) -> Form:
         else:
             active = " / ".join(cells[f"active_{window_short(w)}"] for w in windows)
             new = " / ".join(cells[f"new_{window_short(w)}"] for w in windows)
-            text = f"active {active} · new {new} · peak online {cells['peak_online']}"
+            text = f"{active} · new {new} · peak {cells['peak_online']}"
         rows.append(Row(key=day.date, label=day.date, text=text, cells=cells))
     return rows_form(f"Active users, last {len(days)} days (UTC)", instructions, rows)
 

@@ -52,7 +52,7 @@ def test_table_has_a_row_per_day_and_empty_cells_on_gap_days():
     ]
     assert shown == [
         ("2027-01-14", "no figures: the bot was not running"),
-        ("2027-01-15", "active 2 / 2 / 2 · new 2 / 2 / 2 · peak online 2"),
+        ("2027-01-15", "2 / 2 / 2 · new 2 / 2 / 2 · peak 2"),
     ]
     rows = table_rows(form)
     assert list(rows) == ["2027-01-14", "2027-01-15"]
