@@ -97,7 +97,7 @@ async def test_profanity_shows_every_commands_answer_and_lines_up_the_chat(
 
     await profanity.type(f"/msg {COMPONENT} clients")
     block = preformatted_block(
-        await profanity.wait_for("A user on two clients counts for each."), "Active users by"
+        await profanity.wait_for(f"{COMPONENT}: Active users by client"), "Active users by"
     )
     header, *rows = block
     assert header.split() == ["client", "24h", "7d", "30d", "online"]
@@ -107,7 +107,8 @@ async def test_profanity_shows_every_commands_answer_and_lines_up_the_chat(
     assert [m.end() for m in re.finditer(r"\b\d+\b", rows[0])] == ends
 
     await profanity.type("history 3")
-    block = preformatted_block(await profanity.wait_for("peak online  "), "Active users over")
+    screen = await profanity.wait_for(f"{COMPONENT}: Active users over the last 3 days")
+    block = preformatted_block(screen, "Active users over")
     assert [line.split("  ")[-1] for line in block] == ["(now 1, max 1)"] * 3 + ["(max 1)"]
     # Lined up: every sparkline starts in the same column.
     assert len({re.search("[·▁▂▃▄▅▆▇█]", line).start() for line in block}) == 1, block
@@ -139,6 +140,6 @@ async def test_profanity_shows_a_non_admin_no_figure(start_bot, prosody, profani
     assert "Error executing command active-users: Only the administrators" in screen
     assert "Form title" not in screen
     await profanity.type(f"/msg {COMPONENT} stats")
-    screen = await profanity.wait_for("only the administrators")
+    screen = await profanity.wait_for(f"{COMPONENT}: Sorry")
     reply = screen[screen.index(f"{COMPONENT}: Sorry") :]
     assert not any(ch.isdigit() for ch in reply.split("\n")[0])
