@@ -127,8 +127,10 @@ async def test_profanity_shows_the_bot_online_with_its_figures(start_bot, prosod
         screen = await profanity.wait_for(" is online")
         shown = [line.split(" - ", 1)[-1] for line in screen.splitlines() if " is online" in line]
         assert set(shown) == {f'++ {COMPONENT} (bot) is online, "DAU 1 · WAU 1 · MAU 1 · 1 online"'}
-    finally:
+    finally:  # the session's Prosody keeps rosters, and requests not answered, between tests
+        await profanity.type(f"/sub deny {COMPONENT}")  # the bot's own request
         await profanity.type(f"/roster remove {COMPONENT}")
+        await profanity.wait_for(f"Roster item removed: {COMPONENT}")
 
 
 async def test_profanity_shows_a_non_admin_no_figure(start_bot, prosody, profanity):
