@@ -8,6 +8,9 @@ Reads one JSON request on stdin and prints one JSON answer on its last line of s
   instructions and each row Gajim draws as (label, value); or the error Gajim hit.
 - {"kind": "commands", "iq": XML}: the answer to the command list request, as nbxmpp's
   `AdHoc.request_command_list` parses it: the commands' names, or the error condition.
+- {"kind": "chat", "text": TEXT}: a chat message's body as Gajim's chat view draws it (its
+  `MessageWidget`, which styles it with `gajim.common.styling`): each block in order, a code
+  block with whether its view is monospaced and its text, a plain block with its text.
 - {"kind": "contact", "account": JID, "contact": JID, "presences": [XML, ...]}: the presences,
   in order, through nbxmpp's presence parsing and Gajim's `Presence` module into its `Contacts`,
   with `contact` in the roster (subscription both): the contact as Gajim's contact list draws it
@@ -34,7 +37,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gajim-profile-") as profile:
         _start_gajim(profile)
         kind = request["kind"]
-        answer = {"stage": stage, "commands": commands, "contact": contact}[kind](request)
+        views = {"stage": stage, "commands": commands, "chat": chat, "contact": contact}
+        answer = views[kind](request)
     print(json.dumps(answer))
 
 
@@ -123,6 +127,22 @@ def commands(request: dict[str, Any]) -> dict[str, Any]:
     except StanzaError as error:
         return {"error": error.condition}
     return {"commands": [command.name for command in listed]}
+
+
+def chat(request: dict[str, Any]) -> dict[str, Any]:
+    from gajim.gtk.conversation.code_widget import CodeWidget
+    from gajim.gtk.conversation.message_widget import MessageWidget
+
+    message = MessageWidget("account")
+    message.add_with_styling(request["text"])
+    blocks = []
+    for widget in message.get_children():
+        if isinstance(widget, CodeWidget):
+            view = widget._textview
+            blocks.append({"code": view.get_code(), "monospace": view.get_monospace()})
+        else:
+            blocks.append({"plain": widget._text_widget.get_text()})  # a PlainWidget's label
+    return {"blocks": blocks}
 
 
 def contact(request: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """What an admin sees in Gajim 1.7.3 (Debian 12's `gajim`, with its nbxmpp), checked through
 Gajim's own code: each ad-hoc command's answer as Gajim's ad-hoc window draws it (a form with its
-rows), the bot as a contact (online, with the figures as its status line), and that a non-admin
-gets no command and no figure there either.
+rows), the bot as a contact (online, with the figures as its status line), the chat's tables and
+charts in a monospaced block, and that a non-admin gets no command and no figure there either.
 
 The stanzas are the real ones: the real bot answers through a real Prosody (0.12 and 13), and the
 admin's client hands each stanza as it arrived to Gajim's code, run by Debian's Python under Xvfb
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -33,6 +34,8 @@ from bot.commands import (
 )
 from bot.component import COMMANDS_NODE
 from bot.history import utc_day
+
+from .support import Chat
 
 pytestmark = pytest.mark.asyncio
 
@@ -190,3 +193,28 @@ async def test_gajim_lists_no_command_for_a_non_admin_and_shows_a_refusal(start_
     with pytest.raises(IqError) as refused:
         await run_command(alice, ADHOC_STATS_NODE)
     assert await shown_stage(refused.value.iq) == {"error": "stanza error forbidden"}
+
+
+async def test_gajim_draws_the_chat_tables_and_charts_monospaced(start_bot, clients):
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk", caps_node="https://gajim.org")
+    await bot.expect("available", "admin@example.test/desk")
+    bot.bot.record_today()
+    chat = Chat(admin)
+
+    shown = await gajim({"kind": "chat", "text": await chat.ask("clients")})
+    title, table, note = shown["blocks"]
+    assert title["plain"].startswith("Active users by client (24h, 7d, 30d: in the last")
+    assert table == {
+        "code": "client           24h  7d  30d  online\nGajim (desktop)    1   1    1       1",
+        "monospace": True,
+    }
+    assert "A user on two clients counts for each." in note["plain"]
+
+    shown = await gajim({"kind": "chat", "text": await chat.ask("history 3")})
+    title, chart = shown["blocks"]
+    assert title["plain"].startswith("Active users over the last 3 days")
+    assert chart["monospace"]
+    lines = chart["code"].splitlines()
+    assert [line.split("  ")[-1] for line in lines] == ["(now 1, max 1)"] * 3 + ["(max 1)"]
+    assert len({re.search("[·▁▂▃▄▅▆▇█]", line).start() for line in lines}) == 1  # lined up
