@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint demo screenshot prosody servers tools clean
+.PHONY: test lint demo screenshot gajim-screenshots prosody servers tools clean
 
 test: $(VENV)/.installed servers tools lint
 	$(BIN)/pytest
@@ -21,6 +21,16 @@ demo: $(VENV)/.installed prosody
 # headless Chromium taking the picture.
 screenshot: $(VENV)/.installed prosody tools
 	$(BIN)/python -m bot.testbed.screenshot docs/status-page.png
+
+# The README's pictures of Gajim (docs/gajim-*.png): real Gajim (Debian's) on a virtual display,
+# logged in as the admin of a private Prosody, driving the bot (bot/testbed/gajim_screenshots.py).
+gajim-screenshots: $(VENV)/.installed prosody tools
+	@if ! command -v xdotool >/dev/null || ! command -v import >/dev/null; then \
+		echo "Installing Debian packages xdotool and imagemagick..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends xdotool imagemagick; \
+	fi
+	$(BIN)/python -m bot.testbed.gajim_screenshots docs
 
 # The Python environment, rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -42,8 +52,9 @@ servers: prosody prosody13
 	fi
 
 # The admin's other programs the tests run for real (privately, on loopback), from Debian, when
-# missing: Prometheus with promtool (never its system service: the tests start their own), and
-# Chromium for the status page.
+# missing: Prometheus with promtool (never its system service: the tests start their own),
+# Chromium for the status page, and the XMPP clients admins use: Gajim (its code shows the bot's
+# answers, on Xvfb's virtual display) and Profanity (typed into through tmux).
 tools:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 		echo "Installing Debian package prometheus..."; \
@@ -54,6 +65,12 @@ tools:
 		echo "Installing Debian package chromium..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends chromium; \
+	fi
+	@if ! /usr/bin/python3 -c 'import gajim, nbxmpp' 2>/dev/null || ! command -v xvfb-run >/dev/null \
+		|| ! command -v profanity >/dev/null || ! command -v tmux >/dev/null; then \
+		echo "Installing Debian packages gajim, xvfb, profanity and tmux..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends gajim xvfb xauth profanity tmux; \
 	fi
 
 prosody:

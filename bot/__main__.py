@@ -23,7 +23,7 @@ from .commands import iso_utc, parse_days
 from .config import ConfigError, load_settings
 from .contact import software_version
 from .counter import Counts, window_label
-from .history import chat_chart, history_csv, last_days, utc_day
+from .history import chart_lines, history_csv, last_days, utc_day
 from .import_sources import SOURCES, open_source
 from .shelf import StoreError
 from .store import Store
@@ -303,7 +303,7 @@ def _history(args: argparse.Namespace) -> int:
     if args.csv:
         print(history_csv(rows, settings.windows, settings.domains), end="")
     else:
-        print(chat_chart(rows, settings.windows))
+        print("\n".join(chart_lines(rows, settings.windows)))
     return 0
 
 

@@ -17,6 +17,7 @@ from slixmpp.plugins.xep_0004 import Form
 
 from .client_families import describe
 from .counter import DAY, DEFAULT_WINDOWS, ClientCounts, Counts, window_label, window_short
+from .forms import Row, aligned, preformatted, rows_form
 from .history import Day, chat_chart, history_form
 from .notify import ADHOC_NOTIFY_NAME, ADHOC_NOTIFY_NODE, Notifier
 
@@ -107,24 +108,38 @@ def stats_text(figures: Figures) -> str:
 
 @dataclass(frozen=True)
 class Table:
-    """An answer made of rows: an XEP-0004 result with reported fields and items, or lines of
-    chat. `columns` are (field name, label); every row has a value for each."""
+    """An answer made of rows: an XEP-0004 result form whose rows are fields (forms.py says why
+    not `<reported>`/`<item>`), or lines of chat. `columns` are (field name, label); every row has
+    a value for each. `key` is the column naming each row for scripts, `label` the columns that
+    name it for people (the first as is, the others in parentheses)."""
 
     title: str
     columns: tuple[tuple[str, str], ...]
     rows: tuple[Mapping[str, str], ...]
     note: str  # what the figures mean (and, with no rows, why there are none)
+    key: str = ""
+    label: tuple[str, ...] = ()
+    line: str = ""  # a row's figures as one short line: a str.format template over the row
+
+    def row_label(self, row: Mapping[str, str]) -> str:
+        first, *others = [row[name] for name in self.label]
+        return first + "".join(f" ({other})" for other in others if other)
+
+    def figures(self) -> tuple[tuple[str, str], ...]:
+        """The columns shown as a row's figures: all but its key and label."""
+        return tuple(c for c in self.columns if c[0] != self.key and c[0] not in self.label)
 
     def form(self) -> Form:
-        form = Form()
-        form["type"] = "result"
-        form["title"] = self.title
-        form["instructions"] = self.note
-        for name, label in self.columns:
-            form.add_reported(name, ftype="text-single", label=label)
-        for row in self.rows:
-            form.add_item(dict(row))
-        return form
+        rows = (
+            Row(
+                key=row[self.key],
+                label=self.row_label(row),
+                text=self.line.format_map(row),
+                cells=row,
+            )
+            for row in self.rows
+        )
+        return rows_form(self.title, self.note, rows)
 
 
 def clients_table(clients: ClientFigures, windows: tuple[int, ...]) -> Table:
@@ -145,30 +160,54 @@ def clients_table(clients: ClientFigures, windows: tuple[int, ...]) -> Table:
     columns = (
         ("client", "Client"),
         ("platform", "Platform"),
-        *((f"active_{window_short(w)}", f"Active, {window_label(w)}") for w in windows),
-        ("online_users", "Online now"),
+        *((f"active_{window_short(w)}", window_label(w)) for w in windows),
+        ("online_users", "online now"),
         ("family", "Metrics label"),
     )
+    spans = " / ".join(window_label(w) for w in windows)
     note = (
-        "Users active with each client (XEP-0115 caps node of their sessions): online now with "
-        "it, or their last login or logout with it within the window. A user on two clients "
-        "counts for each."
+        f"Each client: its users active in the last {spans} · online now. Active: online now "
+        "with it, or their last login or logout with it within the window (XEP-0115 caps node "
+        "of their sessions). A user on two clients counts for each."
     )
+    line = " / ".join(f"{{active_{window_short(w)}}}" for w in windows) + " · {online_users} online"
     if not rows:
         note += " No client is known yet: each session's client is learnt at its login."
-    return Table("Active users by client", columns, tuple(rows), note)
+    return Table(
+        "Active users by client",
+        columns,
+        tuple(rows),
+        note,
+        key="family",
+        label=("client", "platform"),
+        line=line,
+    )
 
 
 def clients_text(table: Table, windows: tuple[int, ...]) -> str:
-    """The table as chat lines: 'Conversations (mobile): 12 / 30 / 45; online 8'."""
-    spans = " / ".join(window_label(w) for w in windows)
-    lines = [f"Active users by client ({spans}; online now):"]
-    for row in table.rows:
-        platform = f" ({row['platform']})" if row["platform"] else ""
-        figures = " / ".join(row[f"active_{window_short(w)}"] for w in windows)
-        lines.append(f"  {row['client']}{platform}: {figures}; online {row['online_users']}")
-    lines.append(table.note)
-    return "\n".join(lines)
+    """The table as chat: a preformatted block whose columns line up (short column names, so
+    that it fits a phone or a chat pane), then what it means.
+
+        Active users by client (24h, 7d, 30d: in the last 24 hours, 7 days, 30 days):
+        ```
+        client                  24h  7d  30d  online
+        Conversations (mobile)   12  30   45       8
+        ```
+    """
+    if not table.rows:
+        return f"{table.title}: none.\n{table.note}"
+    shorts = [_short(w) for w in windows]
+    spans = ", ".join(window_label(w) for w in windows)
+    lines = aligned(
+        ("client", *shorts, "online"),
+        ((table.row_label(row), *(row[name] for name, _ in table.figures())) for row in table.rows),
+    )
+    title = f"{table.title} ({', '.join(shorts)}: in the last {spans}):"
+    return f"{title}\n{preformatted(lines)}\n{table.note}"
+
+
+def _short(window: int) -> str:
+    return "24h" if window == DAY else window_short(window)
 
 
 # The status line of the bot in a contact list: the figures for admins, a fixed text for others.

@@ -29,6 +29,11 @@ IDENTITY_NAME = "Active users"
 # automated client that is not controlled by a human user", tells a contact list that a
 # program, not a person, answers its messages.
 IDENTITIES = (("component", "stats"), ("client", "bot"))
+# The bot's own presence comes from this resource of the component (active.example.org/bot), not
+# from the bare component: Gajim keeps a contact's presence per resource, and a presence from a
+# bare address updates no resource, so the contact stays offline there (checked in Gajim's own
+# code by tests/test_client_gajim.py). Subscriptions stay with the bare address, as RFC 6121 asks.
+PRESENCE_RESOURCE = "bot"
 
 
 def software_version() -> str:

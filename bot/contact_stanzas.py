@@ -18,7 +18,7 @@ from slixmpp.jid import JID, InvalidJID
 
 from .activity import ActivityTracker
 from .commands import CommandSet
-from .contact import IDENTITIES, IDENTITY_NAME, ContactPresence, OwnPresence
+from .contact import IDENTITIES, IDENTITY_NAME, PRESENCE_RESOURCE, ContactPresence, OwnPresence
 from .ratelimit import RateLimiter, RefusalLog
 
 SENDER_BURST = 3
@@ -124,7 +124,9 @@ class ContactStanzas:
                 self.send(presence)
 
     def send(self, presence: OwnPresence) -> None:
-        bot = self._xmpp.boundjid.bare
+        # From a resource of the component: Gajim keeps presence per resource and shows a
+        # contact whose presence comes from its bare address as offline (docs/clients.md).
+        bot = f"{self._xmpp.boundjid.bare}/{PRESENCE_RESOURCE}"
         if presence.status is None:
             self._xmpp.send_presence(pto=presence.to, pfrom=bot, ptype="unavailable")
         else:

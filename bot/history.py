@@ -17,6 +17,7 @@ from typing import Any
 from slixmpp.plugins.xep_0004 import Form
 
 from .counter import Counts, window_label, window_short
+from .forms import Row, preformatted, rows_form
 
 SPARKS = "▁▂▃▄▅▆▇█"
 GAP = "·"
@@ -71,7 +72,9 @@ def sparkline(values: Iterable[int | None]) -> str:
     return "".join(GAP if v is None else SPARKS[v * (len(SPARKS) - 1) // high] for v in values)
 
 
-def chat_chart(days: list[Day], windows: Iterable[int]) -> str:
+def chart_lines(days: list[Day], windows: Iterable[int]) -> list[str]:
+    """A title line, then one sparkline per window and one for the peak online, lined up in a
+    monospaced font (the command line prints them as they are)."""
     lines = [
         f"Active users over the last {len(days)} days (UTC, oldest first; "
         f"{GAP} = the bot was not running):"
@@ -85,7 +88,14 @@ def chat_chart(days: list[Day], windows: Iterable[int]) -> str:
     present_peaks = [v for v in peaks if v is not None]
     if present_peaks:
         lines.append(f"{'peak online':>11}  {sparkline(peaks)}  (max {max(present_peaks)})")
-    return "\n".join(lines)
+    return lines
+
+
+def chat_chart(days: list[Day], windows: Iterable[int]) -> str:
+    """The chart as chat: its title, then the sparklines in a preformatted block (XEP-0393),
+    so that they line up in the clients that draw chat in a proportional font."""
+    title, *charts = chart_lines(days, windows)
+    return f"{title}\n{preformatted(charts)}"
 
 
 def _columns(windows: Iterable[int]) -> list[tuple[str, str, str, str]]:
@@ -101,24 +111,31 @@ def _columns(windows: Iterable[int]) -> list[tuple[str, str, str, str]]:
 
 
 def history_form(days: list[Day], windows: Iterable[int]) -> Form:
-    """XEP-0004 table: reported fields and one item per day (empty values on gap days)."""
+    """One row per day, oldest first (forms.py: a field per row, the figures hidden for scripts
+    too); a gap day says the bot was not running, and its hidden figures are empty."""
+    windows = list(windows)
     columns = _columns(windows)
-    form = Form()
-    form["type"] = "result"
-    form["title"] = f"Active users, last {len(days)} days (UTC)"
-    form.add_reported("date", ftype="text-single", label="Date (UTC)")
-    for name, label, _, _ in columns:
-        form.add_reported(name, ftype="text-single", label=label)
-    form.add_reported("peak_online", ftype="text-single", label="Peak online")
+    spans = " / ".join(window_label(w) for w in windows)
+    instructions = (
+        f"One row per UTC day, oldest first: users active in the last {spans} (as counted "
+        "that day) · new users in the same windows · the peak of users online that day."
+    )
+    rows = []
     for day in days:
-        item = {"date": day.date}
-        for name, _, part, short in columns:
-            value = day.total(part, short)
-            item[name] = "" if value is None else str(value)
-        peak = day.peak_online()
-        item["peak_online"] = "" if peak is None else str(peak)
-        form.add_item(item)
-    return form
+        cells = {name: _cell(day.total(part, short)) for name, _, part, short in columns}
+        cells["peak_online"] = _cell(day.peak_online())
+        if day.domains is None:
+            text = "no figures: the bot was not running"
+        else:
+            active = " / ".join(cells[f"active_{window_short(w)}"] for w in windows)
+            new = " / ".join(cells[f"new_{window_short(w)}"] for w in windows)
+            text = f"{active} · new {new} · peak {cells['peak_online']}"
+        rows.append(Row(key=day.date, label=day.date, text=text, cells=cells))
+    return rows_form(f"Active users, last {len(days)} days (UTC)", instructions, rows)
+
+
+def _cell(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def history_csv(days: list[Day], windows: Iterable[int], domains: Iterable[str]) -> str:

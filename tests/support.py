@@ -26,6 +26,7 @@ from bot.component import ActiveUsersComponent, Timing
 from bot.config import Settings, load_settings
 from bot.counter import DAY
 from bot.daemon import Bot, figures_source
+from bot.forms import table_rows
 from bot.history import utc_day
 from bot.model import UserRecord
 from bot.store import Store
@@ -269,8 +270,7 @@ async def ask_adhoc_clients(client) -> dict[str, dict[str, str]]:
         jid="active.example.test", node=ADHOC_CLIENTS_NODE
     )
     assert result["command"]["status"] == "completed"
-    rows = [dict(item) for item in result["command"]["form"]["items"]]
-    return {row["family"]: row for row in rows}
+    return table_rows(result["command"]["form"])
 
 
 class Chat:

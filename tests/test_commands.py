@@ -15,6 +15,7 @@ from bot.commands import (
     stats_form,
 )
 from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
+from bot.forms import table_rows
 from bot.model import UserRecord
 
 NOW = 1_800_000_000
@@ -115,17 +116,18 @@ def test_clients_are_one_table_rendered_as_a_form_and_as_chat():
     commands = client_commands()
     form = commands.clients_table().form()
     assert form["type"] == "result"
-    assert list(form.get_reported()) == [
-        "client",
-        "platform",
-        "active_1d",
-        "active_7d",
-        "active_30d",
-        "online_users",
-        "family",
+    assert form.get_reported() == {}  # no <reported>: Gajim 1.7 cannot show it (forms.py)
+    shown = [
+        (var, field["label"], field["value"])
+        for var, field in form.get_fields().items()
+        if field["type"] != "hidden"
     ]
-    assert form["items"] == [
-        {
+    assert shown == [
+        ("gajim", "Gajim (desktop)", "0 / 2 / 2 · 0 online"),
+        ("conversations", "Conversations (mobile)", "1 / 1 / 1 · 1 online"),
+    ]  # fmt: skip
+    assert table_rows(form) == {
+        "gajim": {
             "client": "Gajim",
             "platform": "desktop",
             "family": "gajim",
@@ -134,7 +136,7 @@ def test_clients_are_one_table_rendered_as_a_form_and_as_chat():
             "active_30d": "2",
             "online_users": "0",
         },
-        {
+        "conversations": {
             "client": "Conversations",
             "platform": "mobile",
             "family": "conversations",
@@ -143,11 +145,14 @@ def test_clients_are_one_table_rendered_as_a_form_and_as_chat():
             "active_30d": "1",
             "online_users": "1",
         },
-    ]
+    }
     assert commands.chat_reply("admin@a.test", " Clients ") == (
-        "Active users by client (24 hours / 7 days / 30 days; online now):\n"
-        "  Gajim (desktop): 0 / 2 / 2; online 0\n"
-        "  Conversations (mobile): 1 / 1 / 1; online 1\n" + commands.clients_table().note
+        "Active users by client (24h, 7d, 30d: in the last 24 hours, 7 days, 30 days):\n"
+        "```\n"
+        "client                  24h  7d  30d  online\n"
+        "Gajim (desktop)           0   2    2       0\n"
+        "Conversations (mobile)    1   1    1       1\n"
+        "```\n" + commands.clients_table().note
     )
     assert "A user on two clients counts for each." in commands.clients_table().note
 
@@ -155,8 +160,11 @@ def test_clients_are_one_table_rendered_as_a_form_and_as_chat():
 def test_no_client_known_yet_is_said_rather_than_an_empty_table():
     commands = CommandSet(admins=frozenset({"admin@a.test"}), figures=lambda: TWO_DOMAINS)
     reply = commands.chat_reply("admin@a.test", "clients")
-    assert reply.splitlines()[1:] == [commands.clients_table().note]
+    assert reply.splitlines() == ["Active users by client: none.", commands.clients_table().note]
     assert "No client is known yet" in reply
+    form = commands.clients_table().form()
+    assert [f["type"] for f in form.get_fields().values()] == []
+    assert "No client is known yet" in form["instructions"]
 
 
 def test_non_admins_get_no_clients_either():

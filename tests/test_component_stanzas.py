@@ -63,7 +63,7 @@ class ComponentStanzaTest(ComponentHarness):
             '<presence type="probe" from="alice@example.test/phone" to="active.example.test"/>'
         )
         self.send(
-            '<presence from="active.example.test" to="alice@example.test/phone">'
+            '<presence from="active.example.test/bot" to="alice@example.test/phone">'
             f"<status>{PLAIN_STATUS}</status></presence>",
             method="exact",
             use_values=False,
@@ -80,7 +80,7 @@ class ComponentStanzaTest(ComponentHarness):
             use_values=False,
         )
         self.send(
-            '<presence from="active.example.test" to="alice@example.test">'
+            '<presence from="active.example.test/bot" to="alice@example.test">'
             f"<status>{PLAIN_STATUS}</status></presence>",
             use_values=False,
         )

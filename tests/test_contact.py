@@ -13,12 +13,14 @@ import tomllib
 from pathlib import Path
 
 from bot.commands import CHAT_REFUSED, PLAIN_STATUS, CommandSet, Figures, figures_status
-from bot.contact import ContactPresence, OwnPresence, software_version
+from bot.contact import PRESENCE_RESOURCE, ContactPresence, OwnPresence, software_version
 from bot.contact_stanzas import SENDER_BURST
 from bot.counter import DAY, ActivityIndex, Counts
 from bot.model import UserRecord
 
 from .support import COMPONENT, T0, ComponentHarness
+
+OWN = f"{COMPONENT}/{PRESENCE_RESOURCE}"  # the bot's own presence: from a resource (contact.py)
 
 NOW = 1_800_000_000
 ADMINS = frozenset({"admin@a.test", "boss@elsewhere.test"})
@@ -148,7 +150,7 @@ class ContactStanzaTest(ComponentHarness):
     def test_a_probe_from_an_admin_gets_the_figures(self):
         self.recv(f'<presence type="probe" from="admin@example.test/desk" to="{COMPONENT}"/>')
         self.send(
-            f'<presence from="{COMPONENT}" to="admin@example.test/desk">'
+            f'<presence from="{OWN}" to="admin@example.test/desk">'
             f"<status>{ADMIN_STATUS}</status></presence>",
             use_values=False,
         )
@@ -156,7 +158,7 @@ class ContactStanzaTest(ComponentHarness):
     def test_a_probe_from_a_user_gets_the_plain_status(self):
         self.recv(f'<presence type="probe" from="bob@example.test/pc" to="{COMPONENT}"/>')
         self.send(
-            f'<presence from="{COMPONENT}" to="bob@example.test/pc">'
+            f'<presence from="{OWN}" to="bob@example.test/pc">'
             f"<status>{PLAIN_STATUS}</status></presence>",
             use_values=False,
         )
@@ -170,7 +172,7 @@ class ContactStanzaTest(ComponentHarness):
         for stanza in (
             f'<presence from="{COMPONENT}" to="admin@example.test" type="subscribed"/>',
             f'<presence from="{COMPONENT}" to="admin@example.test" type="subscribe"/>',
-            f'<presence from="{COMPONENT}" to="admin@example.test">'
+            f'<presence from="{OWN}" to="admin@example.test">'
             f"<status>{ADMIN_STATUS}</status></presence>",
         ):
             self.send(stanza, use_values=False)
@@ -186,7 +188,7 @@ class ContactStanzaTest(ComponentHarness):
             use_values=False,
         )
         self.send(
-            f'<presence from="{COMPONENT}" to="boss@elsewhere.org">'
+            f'<presence from="{OWN}" to="boss@elsewhere.org">'
             f"<status>{ADMIN_STATUS}</status></presence>",
             use_values=False,
         )
@@ -195,14 +197,14 @@ class ContactStanzaTest(ComponentHarness):
     def test_after_a_count_only_the_admin_gets_a_presence(self):
         self.recv(f'<presence type="probe" from="bob@example.test/pc" to="{COMPONENT}"/>')
         self.send(
-            f'<presence from="{COMPONENT}" to="bob@example.test/pc">'
+            f'<presence from="{OWN}" to="bob@example.test/pc">'
             f"<status>{PLAIN_STATUS}</status></presence>",
             use_values=False,
         )
         self.xmpp.connection.connected_since = T0
         self.xmpp.refresh_contacts()
         self.send(
-            f'<presence from="{COMPONENT}" to="admin@example.test">'
+            f'<presence from="{OWN}" to="admin@example.test">'
             f"<status>{ADMIN_STATUS}</status></presence>",
             use_values=False,
         )
@@ -217,7 +219,7 @@ class ContactStanzaTest(ComponentHarness):
     def test_an_admin_who_unsubscribes_sees_the_bot_offline(self):
         self.recv(f'<presence type="unsubscribe" from="admin@example.test" to="{COMPONENT}"/>')
         self.send(
-            f'<presence from="{COMPONENT}" to="admin@example.test" type="unavailable"/>',
+            f'<presence from="{OWN}" to="admin@example.test" type="unavailable"/>',
             use_values=False,
         )
         self.xmpp.connection.connected_since = T0
@@ -238,7 +240,7 @@ class ContactStanzaTest(ComponentHarness):
             use_values=False,
         )
         self.send(
-            f'<presence from="{COMPONENT}" to="admin@example.test">'
+            f'<presence from="{OWN}" to="admin@example.test">'
             f"<status>{ADMIN_STATUS}</status></presence>",
             use_values=False,
         )

@@ -7,7 +7,18 @@ import sys
 import time
 
 from bot.counter import DEFAULT_WINDOWS, ActivityIndex
-from bot.history import GAP, day_snapshot, history_csv, history_form, last_days, sparkline, utc_day
+from bot.forms import table_rows
+from bot.history import (
+    GAP,
+    chart_lines,
+    chat_chart,
+    day_snapshot,
+    history_csv,
+    history_form,
+    last_days,
+    sparkline,
+    utc_day,
+)
 from bot.model import UserRecord
 from bot.store import Store
 
@@ -30,16 +41,39 @@ def test_days_without_a_snapshot_are_gaps_not_zeros():
     assert sparkline(d.total("active", "1d") for d in days) == f"{GAP}█{GAP}▄"
 
 
-def test_table_has_reported_fields_and_empty_cells_on_gap_days():
+def test_table_has_a_row_per_day_and_empty_cells_on_gap_days():
     days = last_days({"2027-01-15": snapshot(2, [])}, "2027-01-15", 2)
     form = history_form(days, DEFAULT_WINDOWS)
-    assert list(form.get_reported()) == [
-        "date", "active_1d", "active_7d", "active_30d", "new_1d", "new_7d", "new_30d",
-        "peak_online",
+    assert form.get_reported() == {}  # no <reported>: Gajim 1.7 cannot show it (forms.py)
+    shown = [
+        (field["label"], field["value"])
+        for field in form.get_fields().values()
+        if field["type"] != "hidden"
+    ]
+    assert shown == [
+        ("2027-01-14", "no figures: the bot was not running"),
+        ("2027-01-15", "2 / 2 / 2 · new 2 / 2 / 2 · peak 2"),
+    ]
+    rows = table_rows(form)
+    assert list(rows) == ["2027-01-14", "2027-01-15"]
+    assert list(rows["2027-01-15"]) == [
+        "active_1d", "active_7d", "active_30d", "new_1d", "new_7d", "new_30d", "peak_online",
     ]  # fmt: skip
-    gap, today = form["items"]
-    assert gap["active_30d"] == ""
+    assert set(rows["2027-01-14"].values()) == {""}
+    today = rows["2027-01-15"]
     assert (today["active_30d"], today["new_1d"], today["peak_online"]) == ("2", "2", "2")
+
+
+def test_chat_chart_is_a_preformatted_block_the_command_line_prints_bare():
+    days = last_days({"2027-01-15": snapshot(2, [])}, "2027-01-15", 2)
+    lines = chart_lines(days, DEFAULT_WINDOWS)
+    assert lines[1:] == [
+        f"   24 hours  {GAP}█  (now 2, max 2)",
+        f"     7 days  {GAP}█  (now 2, max 2)",
+        f"    30 days  {GAP}█  (now 2, max 2)",
+        f"peak online  {GAP}█  (max 2)",
+    ]
+    assert chat_chart(days, DEFAULT_WINDOWS).splitlines() == [lines[0], "```", *lines[1:], "```"]
 
 
 def test_csv_has_one_row_per_day_and_domain():

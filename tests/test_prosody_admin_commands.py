@@ -24,6 +24,7 @@ from bot.commands import (
     CHAT_REFUSED,
     CHAT_UNKNOWN,
 )
+from bot.forms import table_rows
 from bot.history import utc_day
 
 from .support import Chat
@@ -115,10 +116,11 @@ async def test_admin_gets_history_by_adhoc_in_two_steps_and_by_chat(start_bot, c
     step["command"].append(answer)
     result = await step.send()
     assert result["command"]["status"] == "completed"
-    rows = result["command"]["form"]["items"]
-    assert [row["date"] for row in rows][-1] == utc_day(time.time())
-    assert (rows[-1]["active_1d"], rows[-1]["peak_online"]) == ("1", "1")
-    assert (rows[0]["active_1d"], rows[0]["peak_online"]) == ("", "")  # the bot did not run
+    rows = table_rows(result["command"]["form"])
+    dates = list(rows)
+    assert dates[-1] == utc_day(time.time())
+    assert (rows[dates[-1]]["active_1d"], rows[dates[-1]]["peak_online"]) == ("1", "1")
+    assert (rows[dates[0]]["active_1d"], rows[dates[0]]["peak_online"]) == ("", "")  # not running
 
     chart = await Chat(admin).ask("history 7")
     assert chart.startswith("Active users over the last 7 days")
@@ -285,3 +287,22 @@ async def test_bad_history_days_get_a_clear_error_and_leave_no_session(start_bot
         assert error["text"].startswith("the number of days must be 1 to 366, in digits 0-9, not")
         assert "Exceeds the limit" not in error["text"]
     assert len(bot.component.plugin["xep_0050"].sessions) == 0
+
+
+async def test_chat_to_any_address_of_the_component_is_answered_from_that_address(
+    start_bot, clients
+):
+    # Gajim's Start Chat takes only an address with an '@': stats@active.example.test is one.
+    bot = await start_bot()
+    admin = await clients.login("admin@example.test/desk")
+    await bot.expect("available", "admin@example.test/desk")
+    replies: asyncio.Queue = asyncio.Queue()
+    admin.add_event_handler("message", replies.put_nowait)
+    admin.send_message(mto="stats@active.example.test", mbody="help", mtype="chat")
+    reply = await asyncio.wait_for(replies.get(), 5)
+    assert (str(reply["from"]), reply["body"]) == ("stats@active.example.test", CHAT_HELP)
+    alice = await clients.login("alice@example.test/phone")
+    alice.add_event_handler("message", replies.put_nowait)
+    alice.send_message(mto="stats@active.example.test", mbody="stats", mtype="chat")
+    reply = await asyncio.wait_for(replies.get(), 5)
+    assert (str(reply["from"]), reply["body"]) == ("stats@active.example.test", CHAT_REFUSED)

@@ -98,11 +98,15 @@ async def test_clients_announcing_caps_are_counted_per_client_everywhere(start_b
 
     reply = await Chat(admin).ask("clients")
     lines = reply.splitlines()
-    assert lines[0] == "Active users by client (24 hours / 7 days / 30 days; online now):"
-    assert "  Conversations (mobile): 1 / 1 / 1; online 1" in lines
-    assert "  Gajim (desktop): 1 / 1 / 1; online 1" in lines
-    assert "  chat.example.net: 1 / 1 / 1; online 1" in lines
-    assert "  Unknown (no caps): 1 / 1 / 1; online 0" in lines
+    assert lines[:3] == [
+        "Active users by client (24h, 7d, 30d: in the last 24 hours, 7 days, 30 days):",
+        "```",
+        "client                  24h  7d  30d  online",
+    ]
+    assert "Conversations (mobile)    1   1    1       1" in lines
+    assert "Gajim (desktop)           1   1    1       1" in lines
+    assert "chat.example.net          1   1    1       1" in lines
+    assert "Unknown (no caps)         1   1    1       0" in lines
 
     url = bot.bot.web.url
     samples = {

@@ -25,6 +25,7 @@ import pytest
 import bot
 from bot.commands import ADHOC_HISTORY_NODE, CHAT_REFUSED
 from bot.counter import DAY
+from bot.forms import table_rows
 from bot.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.linkproxy import LinkProxy
@@ -118,7 +119,8 @@ async def history_rows(client, days: int) -> list[dict[str, str]]:
     step["command"]["action"] = "complete"
     step["command"].append(form)
     result = await step.send()
-    return [dict(item) for item in result["command"]["form"]["items"]]
+    rows = table_rows(result["command"]["form"])  # by date, oldest first
+    return [{"date": date, **cells} for date, cells in rows.items()]
 
 
 def expected_lines(rows: list[dict[str, str]]) -> list[str]:

@@ -332,10 +332,8 @@ class _Demo:
         self.say("            the client must allow an unencrypted connection to 127.0.0.1.")
         self.say(f"Gajim:      account settings > connection: custom host 127.0.0.1, port {port},")
         self.say("            type Plain; accept the warning about the unencrypted connection.")
-        self.say(
-            f"            Then Discover Services > {COMPONENT} > Execute command > Active users,"
-        )
-        self.say(f"            or send the chat message 'stats' to {COMPONENT}.")
+        self.say(f"            Then Add Contact {COMPONENT}; right-click it > Execute Command…")
+        self.say(f"            > Active users; or Start Chat with stats@{COMPONENT}: 'stats'.")
         self.say(f"Profanity:  /connect {ADMIN} server 127.0.0.1 port {port} tls disable")
         self.say(f"            /cmd exec {ADHOC_STATS_NODE} {COMPONENT}")
         self.say(f"            /msg {COMPONENT} stats")
