@@ -651,7 +651,7 @@ class CoreMachine(RuleBasedStateMachine):
             duties = [
                 task
                 for task in component.background_tasks()
-                if task.get_coro().__name__ != "check_after"  # the privileges' warning
+                if task.get_coro().__name__ != "_check_privileges"  # the privileges' warning
             ]
             await asyncio.gather(*duties)
 
