@@ -7,10 +7,10 @@ back what it returns. Access is decided in one place, `CommandSet.allowed`.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from slixmpp.jid import JID, InvalidJID
 from slixmpp.plugins.xep_0004 import Form
@@ -283,19 +283,21 @@ def _chat_command(text: str) -> tuple[str, str]:
     return word, argument
 
 
+async def _no_history(_days: int) -> list[Day]:
+    return []
+
+
 @dataclass(frozen=True)
 class CommandSet:
     """Who may ask, and the answer to each question.
 
     The figures come from memory. The history is read from the store: the running bot gives
-    `history_off_loop` (it scans the store in a worker thread), used by `chat_answer` and
-    `history_form_off_loop`; without it they call `history`."""
+    `history`, which scans the store in a worker thread."""
 
     admins: frozenset[str]
     figures: FiguresSource
-    history: Callable[[int], list[Day]] = lambda _days: []
+    history: Callable[[int], Awaitable[list[Day]]] = _no_history
     windows: tuple[int, ...] = DEFAULT_WINDOWS
-    history_off_loop: Callable[[int], Awaitable[list[Day]]] | None = None
     client_figures: Callable[[], ClientFigures] = dict
     # Forget a user (bare JID, asked by): whether anything was stored. The component gives it.
     forget_user: Callable[[str, str], Awaitable[bool]] | None = None
@@ -303,11 +305,6 @@ class CommandSet:
 
     def allowed(self, bare_jid: str) -> bool:
         return bare_jid in self.admins
-
-    def chat_reply(self, bare_jid: str, text: str) -> str:
-        """The reply to a chat message, for callers without an event loop (the history is
-        read with `history`); figures only ever for admins."""
-        return _finished(self.chat_answer(bare_jid, text))
 
     async def chat_answer(self, bare_jid: str, text: str) -> str:
         """The reply to a chat message: the chat front-end of `ADMIN_COMMANDS`."""
@@ -337,51 +334,15 @@ class CommandSet:
             return PLAIN_STATUS
         return figures_status(self.figures().total)
 
-    def _history_asked(self, bare_jid: str, text: str) -> int | str:
-        """The days of history asked for, or the whole reply when it is not a history."""
-        if not self.allowed(bare_jid):
-            return CHAT_REFUSED
-        word, argument = _chat_command(text)
-        if word == "stats":
-            return stats_text(self.figures())
-        if word == "clients":
-            return clients_text(self.clients_table(), self.windows)
-        if word == "history":
-            try:
-                return parse_days(argument)
-            except ValueError as exc:
-                return f"Sorry, {exc}. Example: history 7"
-        if word in ("help", "?"):
-            return CHAT_HELP
-        return CHAT_UNKNOWN
-
     def stats_form(self) -> Form:
         return stats_form(self.figures())
 
     def clients_table(self) -> Table:
         return clients_table(self.client_figures(), self.windows)
 
-    def history_form(self, days: int) -> Form:
-        return history_form(self.history(days), self.windows)
-
-    async def history_form_off_loop(self, days: int) -> Form:
-        return history_form(await self.history_days(days), self.windows)
-
     async def history_days(self, days: int) -> list[Day]:
-        """The last `days` days of history, off the event loop when the bot gives the means."""
-        if self.history_off_loop is None:
-            return self.history(days)
-        return await self.history_off_loop(days)
-
-
-def _finished(coroutine: Coroutine[Any, Any, str]) -> str:
-    """The result of a coroutine that never waits (the history read with `history`)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return cast(str, done.value)
-    coroutine.close()
-    raise RuntimeError("chat_reply waited: use chat_answer in the event loop")
+        """The last `days` days of history (the bot reads them off the event loop)."""
+        return await self.history(days)
 
 
 # --- each admin command, defined once: rendered by the ad-hoc and the chat front-ends ----------

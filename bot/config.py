@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from slixmpp.jid import JID, InvalidJID
 
 from .alerts import AlertSettings
+from .counter import DEFAULT_WINDOWS
 from .nodeinfo import HALF_YEAR, NodeInfoSettings
 from .pseudonym import MIN_SECRET_LENGTH
 from .reports import WEEKDAYS, ReportSettings
@@ -48,7 +49,7 @@ class Settings:
     first_count_after: float
     count_interval: float
     count_jitter: float
-    windows: tuple[int, ...] = (86_400, 7 * 86_400, 30 * 86_400)
+    windows: tuple[int, ...] = DEFAULT_WINDOWS  # 24 hours, 7 days, 30 days
     exclude: tuple[str, ...] = ()  # bare JIDs and glob patterns never counted nor stored
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9470)  # None: no HTTP listener
     metrics_token: str | None = None  # set: every HTTP request needs it (bearer or basic auth)

@@ -269,7 +269,6 @@ class Bot:
             figures=figures_source(self.tracker, self.clock, self.answered_windows()),
             history=self.history,
             windows=settings.windows,
-            history_off_loop=self.history_off_loop,
             client_figures=lambda: self.tracker.client_counts(int(self.clock())),
             notices=self.notifier if self.notifier.enabled else None,
         )
@@ -395,11 +394,8 @@ class Bot:
             log.info("Retention: forgot %d users inactive for over %d days", forgotten, days)
         return forgotten
 
-    def history(self, days: int) -> list[Day]:
-        return last_days(self.store.days(), utc_day(self.clock()), days)
-
-    async def history_off_loop(self, days: int) -> list[Day]:
-        """`history` for the event loop: the store's scan runs in a worker thread."""
+    async def history(self, days: int) -> list[Day]:
+        """The last `days` days: the store's scan runs in a worker thread."""
         return last_days(await self.store.days_off_loop(), utc_day(self.clock()), days)
 
     def metrics_snapshot(self) -> Snapshot:
@@ -411,6 +407,8 @@ class Bot:
             clients_by_domain=self.tracker.client_counts_by_domain(now),
             presence_events=dict(self.component.presence_events),
             internal_errors=self.component.errors.by_place(),
+            session_pings=self.component.liveness.verdicts(),
+            pings_in_flight=self.component.pinger.waiting,
             connected=self.component.connected_since is not None,
             duty_restarts=dict(self.duty_restarts),
             duties=self.duty_names(),

@@ -110,19 +110,6 @@ def iter_terms(
         yield term, line, end
 
 
-def parse_term(data: bytes) -> Term:
-    """The one term of `data`; its ending `.` is optional."""
-    if not data.rstrip().endswith(b"."):
-        data += b"."
-    terms = list(iter_terms(data))
-    if len(terms) != 1:
-        raise ErlTermError(1, f"expected one term, found {len(terms)}")
-    term, _, _ = terms[0]
-    if isinstance(term, ErlTermError):
-        raise term
-    return term
-
-
 class _LineCounter:
     """Line numbers of offsets met in order, counted forward: linear over the whole file."""
 

@@ -93,6 +93,11 @@ class LivenessChecker:
         self.pings_sent = 0
         self.sessions_closed = 0
         self.undecided = 0  # pings that could not tell: those sessions were kept
+        self._by_verdict = dict.fromkeys((v.value for v in Verdict), 0)
+
+    def verdicts(self) -> dict[str, int]:
+        """Pings answered so far, by verdict (for the metrics)."""
+        return dict(self._by_verdict)
 
     async def run_forever(self) -> None:
         while True:
@@ -139,6 +144,7 @@ class LivenessChecker:
             log.exception("Ping of %s/%s failed", bare_jid, resource)
             verdict = Verdict.UNKNOWN
         log.debug("Ping of %s/%s: %s", bare_jid, resource, verdict.value)
+        self._by_verdict[verdict.value] += 1
         if verdict is Verdict.UNKNOWN:
             self.undecided += 1  # kept; pinged again in the next round
         elif verdict is Verdict.GONE and self._still_pinged(session):

@@ -31,12 +31,16 @@ class Snapshot:
     last_presence_at: float | None = None  # the last login or logout tracked (Unix time)
     store_last_write_at: float | None = None  # the last successful write of the store
     store_failed_writes: int = 0
-    # domain -> client family -> figures; the families are bounded (clients.Families)
+    # domain -> client family -> figures; the families are bounded (client_families.Families)
     clients_by_domain: Mapping[str, Mapping[str, ClientCounts]] = field(default_factory=dict)
     http: HttpStats | None = None  # the HTTP listener's connections and refusals
     history_failures: int = 0  # updates of the day's history snapshot (its peak) that failed
     # place in the XMPP edge -> faults of ours there (bot/internal_errors.py); bounded places
     internal_errors: Mapping[str, int] = field(default_factory=dict)
+    # Session pings (liveness.py): verdict ("alive", "gone", "cannot tell") -> pings, and the
+    # pings waiting for their answer now.
+    session_pings: Mapping[str, int] = field(default_factory=dict)
+    pings_in_flight: int = 0
 
 
 class ActivityCollector(Collector):
@@ -145,6 +149,19 @@ def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
     for where, value in sorted(snapshot.internal_errors.items()):
         faults.add_metric([where], value)
     yield faults
+    pings = CounterMetricFamily(
+        "xmpp_session_pings",
+        "Pings of sessions believed online, by verdict (gone: the session was closed)",
+        labels=["verdict"],
+    )
+    for verdict, value in sorted(snapshot.session_pings.items()):
+        pings.add_metric([verdict], value)
+    yield pings
+    yield GaugeMetricFamily(
+        "xmpp_pings_in_flight",
+        "Pings of sessions sent and not answered yet (bounded per user and in total)",
+        value=snapshot.pings_in_flight,
+    )
     if snapshot.store_last_write_at is not None:
         yield GaugeMetricFamily(
             "xmpp_store_last_write_timestamp_seconds",

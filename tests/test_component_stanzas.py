@@ -246,7 +246,7 @@ class AdhocSessionsTest(ComponentHarness):
             assert len(self.sessions()) == 0, action
 
     def test_a_step_that_fails_on_our_side_ends_its_session(self):
-        def broken(_days):
+        async def broken(_days):
             raise RuntimeError("a bug of ours")
 
         self.xmpp.commands = CommandSet(

@@ -232,7 +232,9 @@ class ContactStanzaTest(ComponentHarness):
             f'<message type="chat" from="admin@example.test/desk" to="{COMPONENT}">'
             "<body>stats</body></message>"
         )
-        reply = self.xmpp.commands.chat_reply("admin@example.test", "stats")
+        reply = self.xmpp.loop.run_until_complete(
+            self.xmpp.commands.chat_answer("admin@example.test", "stats")
+        )
         assert reply.startswith("Active users: 1 (24 hours)")
         self.send(
             f'<message type="chat" from="{COMPONENT}" to="admin@example.test/desk">'

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.erlterm import MAX_DEPTH, Atom, ErlTermError, iter_terms, parse_term
+from bot.erlterm import MAX_DEPTH, Atom, ErlTermError, Term, iter_terms
 
 # What ejabberd 23.01 wrote here (`ejabberdctl dump_table FILE last_activity`, byte for byte),
 # after registering zoë, łukasz, 日本 and back\slash and `set_last` of a status with a quote, a
@@ -31,6 +31,19 @@ REAL_DUMP = (
     b'{last_activity,{<<"back\\\\slash">>,<<"example.test">>},\n'
     b'               1796207234,<<"Registered but didn\\\'t login">>}.\n'
 )
+
+
+def parse_term(data: bytes) -> Term:
+    """The one term of `data` (its ending `.` optional), as an import reads it."""
+    if not data.rstrip().endswith(b"."):
+        data += b"."
+    terms = list(iter_terms(data))
+    if len(terms) != 1:
+        raise ErlTermError(1, f"expected one term, found {len(terms)}")
+    term, _, _ = terms[0]
+    if isinstance(term, ErlTermError):
+        raise term
+    return term
 
 
 def test_reads_what_ejabberd_wrote():

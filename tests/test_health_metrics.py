@@ -56,6 +56,9 @@ async def test_health_metrics_follow_presences_and_the_stores_writes(tmp_path):
         assert metrics[("xmpp_store_write_failures_total", ())] == 0
         assert metrics[("xmpp_duty_restarts_total", (("duty", "count"),))] == 0
         assert metrics[("xmpp_duty_restarts_total", (("duty", "flush"),))] == 0
+        for verdict in ("alive", "gone", "cannot tell"):  # from 0, for rate() and alerts
+            assert metrics[("xmpp_session_pings_total", (("verdict", verdict),))] == 0
+        assert metrics[("xmpp_pings_in_flight", ())] == 0
 
         clock[0] = T0 + 60
         component._on_presence(component.make_presence(pfrom="alice@example.test/phone"))

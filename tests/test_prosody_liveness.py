@@ -73,6 +73,9 @@ async def test_pings_that_get_no_answer_over_a_silent_link_keep_the_sessions(pro
     assert await liveness.check_now() == 0
     assert (liveness.pings_sent, liveness.undecided) == (4, 2)
     assert len(bot.bot.tracker.online_sessions()) == 2
+    snapshot = bot.bot.metrics_snapshot()  # what /metrics exports
+    assert snapshot.session_pings == {"alive": 2, "gone": 0, "cannot tell": 2}
+    assert snapshot.pings_in_flight == 0
 
 
 async def test_pings_waiting_when_the_bot_link_drops_keep_the_sessions(proxied, clients):
