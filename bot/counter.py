@@ -121,6 +121,9 @@ class ClientIndex:
         elif self.floor is None or time > self.floor:
             self._offline.remove(time)
 
+    def is_empty(self) -> bool:
+        return not self.online_users and not self._offline
+
     def active(self, now: int, window: int) -> int:
         offline = self._offline
         return self.online_users + len(offline) - offline.bisect_right(now - window)
@@ -215,6 +218,23 @@ class ActivityIndex:
             for family, parts in (clients or {}).items()
         }
         return index
+
+    def kept_lists(
+        self,
+    ) -> tuple[SortedList, SortedList, dict[str, tuple[SortedList, int, int]]]:
+        """The sorted lists it keeps (live, not copies: for the index snapshot at a clean stop,
+        when nothing changes them any more): offline last activity, first seen, and per client
+        family (its offline times, users online with it, their sessions)."""
+        clients = {
+            family: (index._offline, index.online_users, index.online_sessions)
+            for family, index in self.clients.items()
+        }
+        return self._offline_last_active, self._first_seen, clients
+
+    def drop_empty_clients(self) -> None:
+        """Forget the families with nobody in them (as a start-up scan would not find them)."""
+        for family in [f for f, index in self.clients.items() if index.is_empty()]:
+            del self.clients[family]
 
     def _kept(self, timestamp: int) -> bool:
         return self.floor is None or timestamp > self.floor
