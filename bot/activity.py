@@ -15,7 +15,7 @@ import re
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +25,15 @@ from time import perf_counter
 from . import index_snapshot
 from .client_families import Families
 from .codec import DamagedRecord, decode_record
-from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, ClientCounts, ClientParts, Counts
+from .counter import (
+    DAY,
+    DEFAULT_WINDOWS,
+    ActivityIndex,
+    ClientCounts,
+    ClientParts,
+    Counts,
+    SortedTimes,
+)
 from .index_snapshot import ClientPart, DomainPart, FileState, IndexSnapshot, SnapshotRefused
 from .model import UserRecord, domain_of, with_client_activity
 from .store import Store
@@ -187,6 +195,7 @@ class ActivityTracker:
         self._clock_warned = False
         self._floors: tuple[int, int] | None = None  # the load's (floor, windows floor)
         self._hidden: dict[str, int] = {}  # per domain, stored users the exclusions hide
+        self.load_report: LoadReport | None = None  # the last load's
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -233,13 +242,14 @@ class ActivityTracker:
         )
         for key, record in stale:
             self._store.put(key, record)
-        return LoadReport(
+        self.load_report = LoadReport(
             users=sum(index.known_users for index in self._indexes.values()),
             recovered_sessions=recovered,
             closed_at=closed_at,
             hidden=sum(self._hidden.values()),
             snapshot=source,
         )
+        return self.load_report
 
     def _load_snapshot(
         self,
@@ -298,13 +308,11 @@ class ActivityTracker:
         close_at: int | None,
     ) -> tuple[dict[str, ActivityIndex], dict[str, int], list[tuple[str, UserRecord]], int]:
         """The snapshot's lists, cut at this load's floors, with the online users' records read
-        from the store (closed at `close_at`, unless None: then kept online). Equal timestamps
-        share one int object (a million users have a few hundred thousand distinct ones)."""
-        ints: dict[int, int] = {}
+        from the store (closed at `close_at`, unless None: then kept online). The arrays stay
+        packed: the index keeps them as they are (`counter.SortedTimes`)."""
 
-        def kept(values: array[int] | list[int], after: int) -> list[int]:
-            listed = values[bisect_right(values, after) :].tolist()  # type: ignore[union-attr]
-            return list(map(ints.setdefault, listed, listed))
+        def kept(values: Sequence[int], after: int) -> array[int]:
+            return values[bisect_right(values, after) :]  # type: ignore[return-value]
 
         indexes: dict[str, ActivityIndex] = {}
         online: list[str] = []
@@ -312,15 +320,15 @@ class ActivityTracker:
             part = snapshot.domains[domain]
             clients = {
                 family: ClientParts(
-                    kept(client.offline, windows_floor),  # type: ignore[arg-type]
+                    kept(client.offline, windows_floor),
                     client.online_users,
                     client.online_sessions,
                 )
                 for family, client in part.clients.items()
             }
             indexes[domain] = ActivityIndex.from_parts(
-                offline_last_active=kept(part.offline, floor),  # type: ignore[arg-type]
-                first_seen=kept(part.first_seen, windows_floor),  # type: ignore[arg-type]
+                offline_last_active=kept(part.offline, floor),
+                first_seen=kept(part.first_seen, windows_floor),
                 online_users=part.online_users,
                 online_sessions=part.online_sessions,
                 known_users=part.known_users,
@@ -331,7 +339,6 @@ class ActivityTracker:
                 windows_horizon=windows_horizon,
             )
             online.extend(part.online)
-        ints.clear()
         stale: list[tuple[str, UserRecord]] = []
         recovered = 0
         values = self._store.read_stored(online)
@@ -382,11 +389,11 @@ class ActivityTracker:
                 online_users=index.online_users,
                 online_sessions=index.online_sessions,
                 hidden=self._hidden.get(domain, 0),
-                offline=offline.irange(floor, inclusive=(False, True)),
-                first_seen=first_seen.irange(windows_floor, inclusive=(False, True)),
+                offline=_Later(offline, floor),
+                first_seen=_Later(first_seen, windows_floor),
                 clients={
                     family: ClientPart(
-                        times.irange(windows_floor, inclusive=(False, True)),
+                        _Later(times, windows_floor),
                         online_users,
                         online_sessions,
                     )
@@ -981,3 +988,14 @@ class _DailyPeaks:
     def take_ended(self) -> dict[int, dict[str, int]]:
         ended, self._ended = self._ended, {}
         return ended
+
+
+class _Later:
+    """A sorted list's values after `floor`, packed when called (in the thread that writes the
+    index snapshot, not on the event loop)."""
+
+    def __init__(self, times: SortedTimes, floor: int) -> None:
+        self._times, self._floor = times, floor
+
+    def __call__(self) -> array[int]:
+        return self._times.after(self._floor)

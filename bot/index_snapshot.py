@@ -26,7 +26,7 @@ import json
 import os
 import sys
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,10 @@ _MAC = 32
 FileState = tuple[tuple[int, int, int], tuple[int, int] | None]
 
 
+# Sorted timestamps: packed, a sequence, or what packs them when called (in the writing thread)
+Times = Sequence[int] | Callable[[], "array[int]"]
+
+
 class SnapshotRefused(Exception):
     """The snapshot cannot be used; the message says why (one line)."""
 
@@ -48,7 +52,7 @@ class SnapshotRefused(Exception):
 class ClientPart:
     """One client family of one domain: the sorted times of its users offline with it."""
 
-    offline: Sequence[int]
+    offline: Times
     online_users: int
     online_sessions: int
 
@@ -62,8 +66,8 @@ class DomainPart:
     online_users: int
     online_sessions: int
     hidden: int  # stored users that the exclusions hide
-    offline: Sequence[int]  # sorted last activity of the users offline, after `floor`
-    first_seen: Sequence[int]  # sorted, after `windows_floor`
+    offline: Times  # sorted last activity of the users offline, after `floor`
+    first_seen: Times  # sorted, after `windows_floor`
     clients: dict[str, ClientPart] = field(default_factory=dict)
     online: list[str] = field(default_factory=list)  # store keys of the users online
 
@@ -111,11 +115,11 @@ def write(path: Path, snapshot: IndexSnapshot, generation: bytes, state: FileSta
     arrays: list[array[int]] = []
     domains: dict[str, Any] = {}
     for name, part in sorted(snapshot.domains.items()):
-        offline, first_seen = array("q", part.offline), array("q", part.first_seen)
+        offline, first_seen = _array(part.offline), _array(part.first_seen)
         arrays += (offline, first_seen)
         clients = []
         for family, client in sorted(part.clients.items()):
-            times = array("q", client.offline)
+            times = _array(client.offline)
             arrays.append(times)
             clients.append([family, len(times), client.online_users, client.online_sessions])
         domains[name] = {
@@ -167,6 +171,12 @@ def write(path: Path, snapshot: IndexSnapshot, generation: bytes, state: FileSta
     return size + _MAC
 
 
+def _array(values: Times) -> array[int]:
+    if isinstance(values, array):
+        return values
+    return values() if callable(values) else array("q", values)
+
+
 def read(
     path: Path, generation: bytes, state: FileState, *, exclude: str, domains: Iterable[str]
 ) -> tuple[IndexSnapshot, int]:
@@ -187,25 +197,42 @@ def read(
         raise SnapshotRefused(f"truncated ({len(data)} bytes)")
     try:
         header = json.loads(bytes(view[start : start + length]))
-        if header["version"] != VERSION:
-            raise SnapshotRefused(f"of another version ({header['version']!r})")
-        counts = [
-            n
-            for part in header["domains"].values()
-            for n in (part["offline"], part["first_seen"], *(c[1] for c in part["clients"]))
-        ]
-        expected = start + length + 8 * sum(counts) + _MAC
-    except SnapshotRefused:
-        raise
+        parts = _checked(header, view, start + length, generation, state, exclude, domains)
+        snapshot = IndexSnapshot(header["floor"], header["windows_floor"], header["exclude"], parts)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         raise SnapshotRefused("damaged (its header cannot be read)") from None
-    if len(data) != expected:
-        raise SnapshotRefused(f"truncated ({len(data)} bytes, not {expected})")
+    return snapshot, len(data)
+
+
+def _checked(
+    header: dict[str, Any],
+    view: memoryview,
+    offset: int,
+    generation: bytes,
+    state: FileState,
+    exclude: str,
+    domains: Iterable[str],
+) -> dict[str, DomainPart]:
+    """The parts of a snapshot whose header was read, once every check has passed. A header
+    of an unexpected shape raises KeyError, TypeError and the like (`read` says damaged)."""
+    if header["version"] != VERSION:
+        raise SnapshotRefused(f"of another version ({header['version']!r})")
+    counts = [
+        n
+        for part in header["domains"].values()
+        for n in (part["offline"], part["first_seen"], *(c[1] for c in part["clients"]))
+    ]
+    if any(type(n) is not int or n < 0 for n in counts):
+        raise ValueError("counts")
+    expected = offset + 8 * sum(counts) + _MAC
+    if len(view) != expected:
+        raise SnapshotRefused(f"truncated ({len(view)} bytes, not {expected})")
     if header["generation"] != _generation_id(generation):
         raise SnapshotRefused("stale (the store was written after it)")
     mac = hashlib.blake2b(view[: expected - _MAC], key=generation, digest_size=_MAC).digest()
     if mac != view[expected - _MAC :]:
         raise SnapshotRefused("damaged (its checksum does not match)")
+    # From here on, the header is the one written for this generation.
     db, wal = header["file"]
     if (tuple(db), None if wal is None else tuple(wal)) != state:
         raise SnapshotRefused("stale (the store's file changed after it: another program wrote?)")
@@ -216,7 +243,6 @@ def read(
     missing = set(domains) - set(header["domains"])
     if missing:
         raise SnapshotRefused(f"written without the domain(s) {', '.join(sorted(missing))}")
-    offset = start + length
     parts: dict[str, DomainPart] = {}
 
     def take(n: int) -> array[int]:
@@ -242,5 +268,4 @@ def read(
             clients=clients,
             online=part["online"],
         )
-    snapshot = IndexSnapshot(header["floor"], header["windows_floor"], header["exclude"], parts)
-    return snapshot, len(data)
+    return parts
