@@ -77,12 +77,26 @@ def stop(store: Store, tracker: ActivityTracker, now: int) -> None:
 
 
 def figures(tracker: ActivityTracker, now: int) -> tuple:
+    """The figures, and what the index keeps (the same timestamps, not only the same counts)."""
     windows = tracker.windows + tracker.extra_windows
+    kept = {}
+    for domain, index in tracker._indexes.items():
+        offline, first_seen, clients = index.kept_lists()
+        kept[domain] = (
+            list(offline),
+            list(first_seen),
+            {
+                family: (list(times), users, sessions)
+                for family, (times, users, sessions) in clients.items()
+            },
+        )
     return (
         tracker.counts(now, windows),
         tracker.counts_by_domain(now, windows),
         tracker.client_counts_by_domain(now),
         sorted(tracker.online_sessions()),
+        kept,
+        tracker._families.hosts,
     )
 
 
@@ -179,6 +193,23 @@ def test_pseudonymize_and_nodeinfo(tmp_path):
     assert store.key_of("u5@one.test").encode() in data
     expected = full_scan_figures(path, T0 + 5, **options)
     assert snapshot_figures(path, T0 + 5, **options) == expected
+
+
+def test_a_family_whose_users_all_leave_the_windows_is_not_kept(tmp_path):
+    """A host family's only user was last active 25 days before the stop; 10 days later, a
+    scan finds nobody of it within the windows, nor must the snapshot bring it back."""
+    path = tmp_path / "activity.db"
+    fill(path)
+    with Store(path) as store:
+        old = T0 - 25 * DAY
+        store.put("old@one.test", UserRecord(old, old, old, clients=("chat.rare.example", old)))
+        store.flush(T0 - 50)
+    store, tracker, _ = start(path, T0)
+    assert "chat.rare.example" in tracker.client_counts(T0)
+    stop(store, tracker, T0 + 1)
+    expected = full_scan_figures(path, T0 + 10 * DAY)
+    assert "chat.rare.example" not in expected[0][2]["one.test"]
+    assert snapshot_figures(path, T0 + 10 * DAY) == expected
 
 
 def test_retention_and_forget_while_running_are_in_the_snapshot(stopped):
