@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,13 @@ import pytest
 from bot import index_snapshot
 from bot.activity import ActivityTracker
 from bot.counter import DAY
+from bot.daemon import EXIT_NOT_SAVED, Bot
 from bot.importer import Activity, import_activities
 from bot.model import UserRecord, with_client_activity
 from bot.store import Store
+from bot.testbed.clients import connect_client, disconnect_client
+
+from .support import FAST, RunningBot, bot_settings
 
 T0 = 1_800_000_000
 DOMAINS = ("one.test", "two.test")
@@ -435,3 +440,40 @@ def test_kill_9_while_the_snapshot_is_written(stopped, caplog, when, used):
         assert snapshot_figures(stopped, now) == full_scan_figures(stopped, now)
     else:
         assert "stale" in refused_start(stopped, now, caplog)
+
+
+# --- the real bot: `Bot.serve` writes it at a clean stop, never after losing changes ------------
+
+
+@pytest.mark.asyncio
+async def test_the_bots_clean_stop_writes_it_and_the_next_start_reads_it(prosody, tmp_path):
+    path = tmp_path / "a.db"
+    first = await RunningBot(Bot(bot_settings(prosody, path), timing=FAST)).start()
+    assert not first.bot.tracker.load_report.snapshot  # a new store: nothing to read
+    alice = await connect_client(prosody, "alice@example.test", "alicepw", resource="phone")
+    try:
+        await first.expect("available", "alice@example.test/phone")
+        assert await first.stop() == 0
+        assert index_snapshot.path_for(path).exists()
+        second = Bot(bot_settings(prosody, path), timing=FAST)
+        try:
+            report = second.tracker.load_report
+            assert report.snapshot == str(index_snapshot.path_for(path))
+            assert report.recovered_sessions == 1  # alice's session, closed at the heartbeat
+            assert second.tracker.counts(int(time.time())).dau == 1
+        finally:
+            second.store.close()
+    finally:
+        await disconnect_client(alice)
+
+
+@pytest.mark.asyncio
+async def test_the_bots_stop_that_loses_changes_writes_none(prosody, tmp_path):
+    path = tmp_path / "a.db"
+    bot = await RunningBot(Bot(bot_settings(prosody, path), timing=FAST)).start()
+    cx = bot.bot.store._db._cx  # fault injection: the disk is full from now on
+    cx.execute(f"PRAGMA max_page_count = {cx.execute('PRAGMA page_count').fetchone()[0]}")
+    for n in range(300):
+        bot.bot.store.put(f"user{n}@example.test", UserRecord(T0, T0, T0))
+    assert await bot.stop() == EXIT_NOT_SAVED
+    assert not index_snapshot.path_for(path).exists()
