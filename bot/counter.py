@@ -32,8 +32,9 @@ class SortedTimes:
 
     The array is rebuilt with the changes in it (`compact`) once they number half of it (at
     least COMPACT_AT_LEAST), on the caller's thread: with ten million users (5 million times
-    kept) a pause of one to two seconds of the event loop every 2.6 million changes, so that
-    the changes never cost much more memory than the array."""
+    kept) a pause of one to two seconds of the event loop every 2.6 million changes. Until
+    then each change costs a Python int in a sorted list (about 40 bytes, as the whole index
+    did before): at most half as many as the array holds."""
 
     __slots__ = ("_added", "_base", "_removed")
 
