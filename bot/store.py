@@ -122,6 +122,7 @@ class Store:
         self._heartbeat_written = 0
         self.generation = b""  # the store's generation as this writer last read or wrote it
         self.file_state_at_open: FileState | None = None  # before this writer wrote anything
+        self._discarded = False  # changes were dropped unwritten: no index snapshot at close
         self.writer_running = False  # readers: whether a writer holds the store right now
         if readonly:
             if not path.exists():
@@ -553,6 +554,7 @@ class Store:
         """Forget what could not be written (shutdown gave up); returns how many users' changes
         are lost. Daily snapshots pending are dropped too."""
         lost = len(self._pending)
+        self._discarded = self._discarded or bool(lost or self._pending_days)
         self._pending.clear()
         self._pending_days.clear()
         self._set_aside.clear()
@@ -576,7 +578,7 @@ class Store:
         try:
             if not self.readonly and (now is not None or self._pending or self._pending_days):
                 self.flush(self._heartbeat_written if now is None else now, heartbeat_interval=0)
-            written = not self.readonly and not self._pending and not self._pending_days
+            written = not (self.readonly or self._pending or self._pending_days or self._discarded)
         finally:
             with self._io:
                 self._shelf.close()

@@ -354,13 +354,15 @@ def test_the_clock_set_back(stopped, caplog):
     assert "too short a past" in refused_start(stopped, T0 - 2 * DAY, caplog)
 
 
-def test_no_snapshot_after_a_stop_that_lost_changes(tmp_path, caplog):
-    """`Bot._close_store` passes no writer when changes are lost; a failed close writes none."""
+def test_no_snapshot_once_changes_were_discarded(tmp_path):
+    """The store itself refuses, whatever its caller passes: its index has changes the file
+    has not."""
     path = tmp_path / "activity.db"
     fill(path)
     store, tracker, _ = start(path, T0)
     tracker.session_started("u1@two.test", "phone", T0 + 10)
-    store.close(then=None)
+    store.discard_pending()
+    store.close(T0 + 20, then=tracker.snapshot_writer(T0 + 20))
     assert not index_snapshot.path_for(path).exists()
 
 
