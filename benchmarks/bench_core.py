@@ -4,8 +4,10 @@
                                               [--nodeinfo] [--spread-days 60]
 
 For each size N: builds a store of N synthetic users through `Store` (put + flush in batches),
-runs a port of the seed's loop over it, then measures load, memory, counts, index updates and
-event throughput in a fresh Python process (so that memory is that process's alone). Progress
+runs a port of the seed's loop over it, starts and stops the bot's core once in a fresh process
+(a start that reads every record, as after an import; a clean stop, which writes the index
+snapshot), then measures load (from the snapshot), memory, counts, index updates and event
+throughput in another fresh Python process (so that memory is that process's alone). Progress
 goes to stderr; the report (one markdown table, the machine, the targets) to stdout.
 benchmarks/README.md says what each column means.
 """
@@ -33,8 +35,9 @@ from typing import Any
 
 from machine import bot_version, cpu_model, progress
 
+from bot import index_snapshot
 from bot.activity import ActivityTracker
-from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
+from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
 from bot.model import UserRecord, with_client_activity
 from bot.shelf import SqliteDict
 from bot.store import Store
@@ -208,8 +211,64 @@ def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[first : first + size]
 
 
+def figures(tracker: ActivityTracker, now: int) -> list[Any]:
+    """Every figure at `now`, per domain and client family, as JSON compares them."""
+
+    def plain(counts: Counts) -> list[Any]:
+        return [
+            sorted(counts.active.items()),
+            counts.online_users,
+            counts.online_sessions,
+            counts.known_users,
+            sorted(counts.new_users.items()),
+        ]
+
+    windows = tracker.windows + tracker.extra_windows
+    clients = tracker.client_counts_by_domain(now)
+    return [
+        [domain, plain(counts)] for domain, counts in tracker.counts_by_domain(now, windows).items()
+    ] + [
+        [domain, family, sorted(c.active.items()), c.online_users, c.online_sessions]
+        for domain, by_family in clients.items()
+        for family, c in sorted(by_family.items())
+    ]
+
+
+def first_start(path: Path, n: int, now: int, nodeinfo: bool) -> dict[str, Any]:
+    """The bot's core started on a store it has never seen (every record read: as after the
+    build, an import, or a crash), then stopped cleanly at `now` (the index snapshot written).
+    The sessions stored online stay online (as with ejabberd's pings), so that the snapshot
+    has users online, as a stop of a running bot has."""
+    importlib.import_module("bot.daemon")
+    started = time.perf_counter()
+    store = Store(path)
+    extra_windows = (NODEINFO_WINDOW,) if nodeinfo else ()
+    tracker = ActivityTracker(store, [DOMAIN], extra_windows=extra_windows)
+    report = tracker.load(now, close_stale_sessions=False)
+    load_s = time.perf_counter() - started
+    if report.users != n or report.snapshot:
+        raise AssertionError(f"the first start found {report.users} users, {report.snapshot!r}")
+    # What the next start must find: every record read again, the sessions closed at the
+    # heartbeat (a reader beside the writer: nothing is written).
+    with Store(path, readonly=True) as reader:
+        scanned = ActivityTracker(reader, [DOMAIN], extra_windows=extra_windows)
+        scanned.load(now)
+        result = figures(scanned, now)
+        del scanned
+    started = time.perf_counter()
+    store.close(now, then=tracker.snapshot_writer(now))
+    snapshot_s = time.perf_counter() - started
+    snapshot_bytes = index_snapshot.path_for(path).stat().st_size
+    return {
+        "scan_load_s": load_s,
+        "figures": result,
+        "close_s": snapshot_s,
+        "snapshot_bytes": snapshot_bytes,
+    }
+
+
 def measure(path: Path, n: int, now: int, seed: int, nodeinfo: bool) -> dict[str, Any]:
-    """Everything but the build and the seed port, in this (fresh) process."""
+    """Everything but the build, the seed port and the first start, in this (fresh) process."""
     # The whole bot's code (slixmpp included) is loaded first, so that "whole process" is the
     # bot's process: the baseline is the interpreter with every module the daemon imports.
     importlib.import_module("bot.daemon")
@@ -226,6 +285,9 @@ def measure(path: Path, n: int, now: int, seed: int, nodeinfo: bool) -> dict[str
     peak_loaded = proc_status_kib("VmHWM")
     if report.users != n:
         raise AssertionError(f"load found {report.users} users, the store has {n}")
+    if not report.snapshot:
+        raise AssertionError("the load did not use the index snapshot (the log says why)")
+    loaded_figures = figures(tracker, now)
 
     # Counts: ours at `now` (compared with the seed port by the caller), then timed.
     counts = tracker.counts(now)
@@ -313,6 +375,7 @@ def measure(path: Path, n: int, now: int, seed: int, nodeinfo: bool) -> dict[str
 
     return {
         "active": active,
+        "figures": loaded_figures,
         "load_s": load_s,
         "rss_before_open_kib": rss_before_open,
         "rss_loaded_kib": rss_loaded,
@@ -330,11 +393,11 @@ def measure(path: Path, n: int, now: int, seed: int, nodeinfo: bool) -> dict[str
 
 
 def measure_in_subprocess(
-    path: Path, n: int, now: int, seed: int, nodeinfo: bool
+    path: Path, n: int, now: int, seed: int, nodeinfo: bool, step: str = "--measure"
 ) -> dict[str, Any]:
     job = json.dumps({"path": str(path), "n": n, "now": now, "seed": seed, "nodeinfo": nodeinfo})
     done = subprocess.run(
-        [sys.executable, __file__, "--measure", job],
+        [sys.executable, __file__, step, job],
         stdout=subprocess.PIPE,
         check=True,
         text=True,
@@ -355,7 +418,7 @@ def cpu_count() -> int:
 
 
 def remove_store(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", ".lock"):
+    for suffix in ("", "-wal", "-shm", ".lock", ".index"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
@@ -377,6 +440,12 @@ def bench_size(workdir: Path, n: int, now: int, args: argparse.Namespace) -> dic
         seed_times.append(time.perf_counter() - started)
         progress(f"[{n:,}] seed port run {run + 1}/{runs}: {seed_times[-1]:.2f} s {seed_active}")
 
+    progress(f"[{n:,}] first start (every record read), clean stop (subprocess)")
+    first = measure_in_subprocess(path, n, now, seed, args.nodeinfo, "--first-start")
+    progress(
+        f"[{n:,}] load without snapshot {first['scan_load_s']:.2f} s; stop with snapshot "
+        f"{first['close_s']:.2f} s ({first['snapshot_bytes'] / 2**20:.0f} MiB)"
+    )
     progress(f"[{n:,}] load, counts, index updates, store writes (subprocess)")
     result = measure_in_subprocess(path, n, now, seed, args.nodeinfo)
     if tuple(result["active"]) != seed_active:
@@ -384,7 +453,17 @@ def bench_size(workdir: Path, n: int, now: int, args: argparse.Namespace) -> dic
             f"N={n}, now={now}: our counts {tuple(result['active'])} differ from the seed "
             f"port's {seed_active} (24 h, 7 d, 30 d)"
         )
-    progress(f"[{n:,}] ours == seed port's; load {result['load_s']:.2f} s")
+    if result["figures"] != first["figures"]:
+        raise AssertionError(
+            f"N={n}, now={now}: the figures loaded from the snapshot differ from those of the "
+            "start that read every record (per domain or client family)"
+        )
+    progress(
+        f"[{n:,}] ours == seed port's, client families equal to the full scan's; load "
+        f"{result['load_s']:.2f} s"
+    )
+    del first["figures"]
+    result.update(first)
     result.update(
         n=n,
         build_s=build_s,
@@ -402,6 +481,7 @@ def derived(row: dict[str, Any]) -> dict[str, float]:
         "rss_whole_b": row["rss_loaded_kib"] * 1024 / n,
         "rss_delta_b": (row["rss_loaded_kib"] - row["rss_before_open_kib"]) * 1024 / n,
         "speedup": row["seed_s"] / row["count_s"],
+        "load_ratio": row["load_s"] / row["seed_s"],
     }
 
 
@@ -410,6 +490,8 @@ COLUMNS = (
     "build s",
     "store write events/s",
     "load s",
+    "load ÷ seed count",
+    "load without snapshot s",
     "RSS B/user (whole process)",
     "RSS B/user (added by load)",
     "count (ours) µs",
@@ -435,6 +517,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{row['build_s']:.1f}",
             f"{d['write_rate']:,.0f}",
             f"{row['load_s']:.2f}",
+            f"{d['load_ratio']:.3f}",
+            f"{row['scan_load_s']:.2f}",
             f"{d['rss_whole_b']:,.0f}",
             f"{d['rss_delta_b']:,.0f}",
             f"{row['count_s'] * 1e6:.1f}",
@@ -496,7 +580,9 @@ def report(rows: list[dict[str, Any]], total_s: float, args: argparse.Namespace)
             f"N={row['n']:,}: peak RSS during load {row['peak_loaded_kib'] / 1024:.0f} MiB, "
             f"RSS before opening the store {row['rss_before_open_kib'] / 1024:.1f} MiB, "
             f"after load {row['rss_loaded_kib'] / 1024:.0f} MiB; "
-            f"store write spent {row['write_flush_s'] / row['write_s']:.0%} in flush"
+            f"store write spent {row['write_flush_s'] / row['write_s']:.0%} in flush; "
+            f"clean stop with the index snapshot {row['close_s']:.2f} s (snapshot "
+            f"{row['snapshot_bytes'] / 2**20:.0f} MiB)"
             + (
                 f"; NodeInfo's counts (30 and 180 days) {row['nodeinfo_count_s'] * 1e6:.1f} µs"
                 if row.get("nodeinfo_count_s")
@@ -551,8 +637,14 @@ def main() -> int:
         help="share of the users with client families in their record (default 1: all)",
     )
     parser.add_argument("--measure", metavar="JOB", help=argparse.SUPPRESS)  # the subprocess
+    parser.add_argument("--first-start", metavar="JOB", help=argparse.SUPPRESS)  # another one
     args = parser.parse_args()
 
+    if args.first_start:
+        job = json.loads(args.first_start)
+        result = first_start(Path(job["path"]), job["n"], job["now"], job["nodeinfo"])
+        print(json.dumps(result))
+        return 0
     if args.measure:
         job = json.loads(args.measure)
         result = measure(Path(job["path"]), job["n"], job["now"], job["seed"], job["nodeinfo"])

@@ -12,15 +12,29 @@ import fnmatch
 import gc
 import logging
 import re
+from array import array
+from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
+from time import perf_counter
 
+from . import index_snapshot
 from .client_families import Families
-from .counter import DAY, DEFAULT_WINDOWS, ActivityIndex, ClientCounts, ClientParts, Counts
+from .codec import DamagedRecord, decode_record
+from .counter import (
+    DAY,
+    DEFAULT_WINDOWS,
+    ActivityIndex,
+    ClientCounts,
+    ClientParts,
+    Counts,
+    SortedTimes,
+)
+from .index_snapshot import ClientPart, DomainPart, FileState, IndexSnapshot, SnapshotRefused
 from .model import UserRecord, domain_of, with_client_activity
 from .store import Store
 
@@ -39,6 +53,7 @@ class LoadReport:
     recovered_sessions: int  # sessions left online by a stop or crash, closed at the heartbeat
     closed_at: int
     hidden: int = 0  # stored users that the exclusions now hide
+    snapshot: str = ""  # how the index was read: "" (every record), else the snapshot's path
 
 
 def exclusion_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
@@ -59,6 +74,7 @@ class _Loading:
     known_users: int = 0
     online_users: int = 0
     online_sessions: int = 0
+    hidden: int = 0
     clients: dict[str, ClientParts] = field(default_factory=dict)
     # family -> its `offline` list's append: the scan's inner loop, one lookup per family
     client_appends: dict[str, Callable[[int], None]] = field(default_factory=dict)
@@ -106,7 +122,10 @@ class _Scan:
     domains: dict[bytes, _Loading]
     stale: list[tuple[str, UserRecord]] = field(default_factory=list)  # sessions to close
     recovered_sessions: int = 0
-    hidden: int = 0
+
+    @property
+    def hidden(self) -> int:
+        return sum(part.hidden for part in self.domains.values())
 
     @property
     def families(self) -> set[str]:
@@ -159,6 +178,7 @@ class ActivityTracker:
         self._read_paused = False  # after a failed read, until the retry
         self._read_problem = ""  # the store's last read failure, logged once
         exclude = tuple(exclude)
+        self._exclusions_id = index_snapshot.exclusions_id(exclude)
         self._excluded = exclusion_matcher(exclude)
         self._has_exclusions = bool(exclude)
         self.windows = tuple(windows)
@@ -173,6 +193,9 @@ class ActivityTracker:
         self._unconfirmed_times: Counter[int] = Counter()
         self._exact_since = 0  # the figures are exact for clocks from then on (see load)
         self._clock_warned = False
+        self._floors: tuple[int, int] | None = None  # the load's (floor, windows floor)
+        self._hidden: dict[str, int] = {}  # per domain, stored users the exclusions hide
+        self.load_report: LoadReport | None = None  # the last load's
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -194,27 +217,204 @@ class ActivityTracker:
         windows_floor = now - windows_horizon - LOAD_FLOOR_MARGIN
         self._exact_since = now - LOAD_FLOOR_MARGIN
         self._online.clear()
+        self._floors = (floor, windows_floor)
+        close_at = closed_at if close_stale_sessions else None
         gc.disable()  # a million short-lived tuples and no cycle: collecting would only cost time
         try:
-            scan = self._scan_store(
-                floor, windows_floor, closed_at if close_stale_sessions else None
-            )
+            loaded = self._load_snapshot(floor, horizon, windows_floor, windows_horizon, close_at)
+            if loaded is None:
+                scan = self._scan_store(floor, windows_floor, close_at)
+                indexes = {
+                    domain: part.index(floor, horizon, windows_floor, windows_horizon)
+                    for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
+                }
+                hidden = {
+                    domain: part.hidden
+                    for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
+                }
+                loaded = indexes, hidden, scan.stale, scan.recovered_sessions, ""
         finally:
             gc.enable()
+        self._indexes, self._hidden, stale, recovered, source = loaded
         self._families = Families()
-        self._families.admit_stored(scan.families)
-        self._indexes = {
-            domain: part.index(floor, horizon, windows_floor, windows_horizon)
-            for domain, part in zip(self._indexes, scan.domains.values(), strict=True)
-        }
-        for key, record in scan.stale:
-            self._store.put(key, record)
-        return LoadReport(
-            users=sum(index.known_users for index in self._indexes.values()),
-            recovered_sessions=scan.recovered_sessions,
-            closed_at=closed_at,
-            hidden=scan.hidden,
+        self._families.admit_stored(
+            family for index in self._indexes.values() for family in index.clients
         )
+        for key, record in stale:
+            self._store.put(key, record)
+        self.load_report = LoadReport(
+            users=sum(index.known_users for index in self._indexes.values()),
+            recovered_sessions=recovered,
+            closed_at=closed_at,
+            hidden=sum(self._hidden.values()),
+            snapshot=source,
+        )
+        return self.load_report
+
+    def _load_snapshot(
+        self,
+        floor: int,
+        horizon: int,
+        windows_floor: int,
+        windows_horizon: int,
+        close_at: int | None,
+    ) -> (
+        tuple[dict[str, ActivityIndex], dict[str, int], list[tuple[str, UserRecord]], int, str]
+        | None
+    ):
+        """The indexes from the index snapshot the last clean stop wrote, if it describes this
+        store as it is now (see `index_snapshot`); None otherwise, saying why in one line.
+        A writer only: it alone knows that nothing writes the store meanwhile."""
+        store = self._store
+        if store.readonly or store.file_state_at_open is None:
+            return None
+        path = index_snapshot.path_for(store.path)
+        started = perf_counter()
+        try:
+            snapshot, size = index_snapshot.read(
+                path,
+                store.generation,
+                store.file_state_at_open,
+                exclude=self._exclusions_id,
+                domains=self._indexes,
+            )
+            if snapshot.floor > floor or snapshot.windows_floor > windows_floor:
+                raise SnapshotRefused(
+                    "keeps too short a past for this start (a longer window, NodeInfo's 180 "
+                    "days, or a clock set back)"
+                )
+            loaded = self._indexes_from(
+                snapshot, floor, horizon, windows_floor, windows_horizon, close_at
+            )
+        except SnapshotRefused as refused:
+            level = logging.INFO if refused.args[0].startswith("none") else logging.WARNING
+            log.log(level, "Index snapshot %s: %s; reading every record instead", path, refused)
+            return None
+        log.info(
+            "Index read from its snapshot %s (%.0f MiB) in %.2f s",
+            path,
+            size / 2**20,
+            perf_counter() - started,
+        )
+        return (*loaded, str(path))
+
+    def _indexes_from(
+        self,
+        snapshot: IndexSnapshot,
+        floor: int,
+        horizon: int,
+        windows_floor: int,
+        windows_horizon: int,
+        close_at: int | None,
+    ) -> tuple[dict[str, ActivityIndex], dict[str, int], list[tuple[str, UserRecord]], int]:
+        """The snapshot's lists, cut at this load's floors, with the online users' records read
+        from the store (closed at `close_at`, unless None: then kept online). The arrays stay
+        packed: the index keeps them as they are (`counter.SortedTimes`)."""
+
+        def kept(values: Sequence[int], after: int) -> array[int]:
+            return values[bisect_right(values, after) :]  # type: ignore[return-value]
+
+        indexes: dict[str, ActivityIndex] = {}
+        online: list[str] = []
+        for domain in self._indexes:
+            part = snapshot.domains[domain]
+            clients = {
+                family: ClientParts(
+                    kept(client.offline, windows_floor),
+                    client.online_users,
+                    client.online_sessions,
+                )
+                for family, client in part.clients.items()
+            }
+            indexes[domain] = ActivityIndex.from_parts(
+                offline_last_active=kept(part.offline, floor),
+                first_seen=kept(part.first_seen, windows_floor),
+                online_users=part.online_users,
+                online_sessions=part.online_sessions,
+                known_users=part.known_users,
+                floor=floor,
+                horizon=horizon,
+                clients=clients,
+                windows_floor=windows_floor,
+                windows_horizon=windows_horizon,
+            )
+            online.extend(part.online)
+        stale: list[tuple[str, UserRecord]] = []
+        recovered = 0
+        values = self._store.read_stored(online)
+        sessions = Counter[str]()
+        for key in online:
+            try:
+                record = decode_record(values[key])  # type: ignore[arg-type]
+            except (DamagedRecord, TypeError):
+                record = None
+            domain = domain_of(key)
+            if record is None or not record.sessions or domain not in indexes:
+                raise SnapshotRefused(f"disagrees with the store (the record of {key})")
+            sessions[domain] += len(record.sessions)
+            if close_at is None:
+                self._online[key] = record
+                continue
+            closed = _closed(record, close_at)
+            indexes[domain].replace(record, closed)
+            stale.append((key, closed))
+            recovered += len(record.sessions)
+        for domain, index in indexes.items():
+            part = snapshot.domains[domain]
+            if sessions[domain] != part.online_sessions or len(part.online) != part.online_users:
+                raise SnapshotRefused(f"disagrees with the store (the sessions of {domain})")
+            index.drop_empty_clients()
+        hidden = {domain: snapshot.domains[domain].hidden for domain in indexes}
+        return indexes, hidden, stale, recovered
+
+    def snapshot_writer(self, now: int) -> Callable[[bytes, FileState], object] | None:
+        """What writes the index snapshot (`Store.close(then=...)`): call it at a clean stop,
+        once nothing changes the index any more, after the last change was handed to the
+        store. It takes the index as it is (no copy: the writing thread reads the live lists).
+        None before the first load."""
+        if self._floors is None:
+            return None
+        # What the next start needs at the earliest (the clock moves on); no less than is kept.
+        horizon = max(self.windows + self.extra_windows)
+        floor = max(self._floors[0], now - horizon - LOAD_FLOOR_MARGIN)
+        windows_floor = max(self._floors[1], now - max(self.windows) - LOAD_FLOOR_MARGIN)
+        domains: dict[str, DomainPart] = {}
+        online: dict[str, list[str]] = {domain: [] for domain in self._indexes}
+        for key in self._online:
+            online[domain_of(key)].append(key)
+        for domain, index in self._indexes.items():
+            offline, first_seen, clients = index.kept_lists()
+            domains[domain] = DomainPart(
+                known_users=index.known_users,
+                online_users=index.online_users,
+                online_sessions=index.online_sessions,
+                hidden=self._hidden.get(domain, 0),
+                offline=_Later(offline, floor),
+                first_seen=_Later(first_seen, windows_floor),
+                clients={
+                    family: ClientPart(
+                        _Later(times, windows_floor),
+                        online_users,
+                        online_sessions,
+                    )
+                    for family, (times, online_users, online_sessions) in clients.items()
+                },
+                online=online[domain],
+            )
+        snapshot = IndexSnapshot(floor, windows_floor, self._exclusions_id, domains)
+        path = index_snapshot.path_for(self._store.path)
+
+        def write(generation: bytes, state: FileState) -> None:
+            started = perf_counter()
+            size = index_snapshot.write(path, snapshot, generation, state)
+            log.info(
+                "Index snapshot written: %s (%.0f MiB) in %.2f s",
+                path,
+                size / 2**20,
+                perf_counter() - started,
+            )
+
+        return write
 
     def _scan_store(self, floor: int, windows_floor: int, close_sessions_at: int | None) -> _Scan:
         """One pass over the store for all domains; per user only ints are kept, and keys are
@@ -227,7 +427,7 @@ class ActivityTracker:
             if part is None:
                 continue
             if excluded is not None and excluded(raw_key.decode(errors="replace")):
-                scan.hidden += 1
+                part.hidden += 1
                 continue
             part.known_users += 1
             if first_seen > windows_floor:
@@ -627,9 +827,12 @@ class ActivityTracker:
         before = self._record(key)
         if before is None:
             return False
-        index = self._indexes.get(domain_of(key))
+        domain = domain_of(key)
+        index = self._indexes.get(domain)
         if index is not None and not self._excluded(key):
             index.replace(before, None)
+        elif index is not None and self._hidden.get(domain):
+            self._hidden[domain] -= 1
         self._online.pop(key, None)
         self._changed(key, None)
         if self._unconfirmed:
@@ -785,3 +988,14 @@ class _DailyPeaks:
     def take_ended(self) -> dict[int, dict[str, int]]:
         ended, self._ended = self._ended, {}
         return ended
+
+
+class _Later:
+    """A sorted list's values after `floor`, packed when called (in the thread that writes the
+    index snapshot, not on the event loop)."""
+
+    def __init__(self, times: SortedTimes, floor: int) -> None:
+        self._times, self._floor = times, floor
+
+    def __call__(self) -> array[int]:
+        return self._times.after(self._floor)

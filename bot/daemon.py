@@ -547,8 +547,10 @@ class Bot:
                 log.warning("Writing the store at shutdown failed (%s); retrying", problem)
                 await asyncio.sleep(min(1.0, budget / 10))
         lost = store.discard_pending()
+        # All written: the index is the store's, and its snapshot spares the next start a scan.
+        then = None if lost else self.tracker.snapshot_writer(int(self.clock()))
         with contextlib.suppress(Exception):  # nothing pending: at most the heartbeat is lost
-            await asyncio.to_thread(store.close)  # its checkpoint writes
+            await asyncio.to_thread(store.close, then=then)  # its checkpoint writes, the snapshot
         if lost:
             log.error(
                 "Stopped without writing the changes of %d users: %s. They are lost: the "

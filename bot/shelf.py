@@ -33,6 +33,7 @@ from urllib.parse import quote
 T = TypeVar("T")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CHUNK = 1024  # most keys per statement of the batch methods (a power of two, see _pieces)
+WRITER_CACHE_KIB = (2048, 64 * 1024)  # a writer's SQLite page cache, least and most (KiB)
 
 
 class StoreError(Exception):
@@ -69,7 +70,8 @@ class SqliteDict(MutableMapping[bytes, bytes]):
     - the -shm made read-only during a commit (from the check before it to its end: well under
       a millisecond for a few records, a few for a thousand, tens when it checkpoints);
     - the -shm made read-only while the WAL is not yet, during a flush that changes more than
-      SQLite's page cache holds (2 MiB: about a thousand users scattered in a large store),
+      a writer's page cache holds (2 MiB, or a fiftieth of the store: about 1,000 users
+      scattered in a store of a million, 3,000 in a store of ten million),
       which SQLite writes in part to the WAL before the commit.
     """
 
@@ -127,6 +129,15 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         # Checkpoint every 16 MiB of WAL rather than 4 MiB: a flush of a few thousand users
         # otherwise checkpoints (and syncs) on every commit.
         self._cx.execute("PRAGMA wal_autocheckpoint = 4096")
+        # A page cache that grows with the store (SQLite's default is 2 MiB): the inner pages
+        # of the two B-trees (rows, keys) of ten million users take 7 MiB, and a flush of a
+        # thousand scattered users dirties 2,000 pages (8 MiB). With 2 MiB, every lookup and
+        # every write of a large store read its inner pages again from the OS, and a flush
+        # spilled to the WAL before its commit: the write rate fell with the store's size
+        # (bench_core.py at 10M users). A small store keeps the default (and its memory).
+        size_kib = self.path.stat().st_size // 1024 if self.path.exists() else 0
+        cache_kib = min(WRITER_CACHE_KIB[1], max(WRITER_CACHE_KIB[0], size_kib // 50))
+        self._cx.execute(f"PRAGMA cache_size = -{cache_kib}")
         self._cx.execute(
             "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
         )

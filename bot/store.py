@@ -6,6 +6,8 @@ classes, so no pickle ever depends on this package's code. Keys:
     "meta:schema"     -> int, SCHEMA_VERSION
     "meta:heartbeat"  -> int, the last time (Unix seconds) the writer was known alive
     "meta:pseudonymized" -> bool, users keyed by a keyed hash instead of their JID
+    "meta:generation" -> bytes, random, replaced by every write transaction (what the index
+                         snapshot, `index_snapshot.py`, is tied to)
     "user:<bare JID>" -> (first_seen, last_login, last_logout, (resource, ...)[, clients, ...])
                          (see codec.py)
     "day:<YYYY-MM-DD>" -> {domain: {"active": {"1d": n, ...}, "new": {...}, "peak_online": n}}
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 import sqlite3
 import threading
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from .codec import DamagedRecord, decode_record, decode_records, encode_record
+from .index_snapshot import FileState, file_state
 from .model import UserRecord
 from .pseudonym import Pseudonyms
 from .shelf import (
@@ -62,6 +66,7 @@ _SCAN_BATCH = 10_000  # records decoded together by a full scan
 _SCHEMA_KEY = "meta:schema"
 _HEARTBEAT_KEY = "meta:heartbeat"
 _PSEUDONYMIZED_KEY = "meta:pseudonymized"
+_GENERATION_KEY = "meta:generation"
 
 
 @dataclass(eq=False)
@@ -118,6 +123,9 @@ class Store:
         self._thread: ThreadPoolExecutor | None = None  # see `in_thread`
         self._lock_file: IO[str] | None = None
         self._heartbeat_written = 0
+        self.generation = b""  # the store's generation as this writer last read or wrote it
+        self.file_state_at_open: FileState | None = None  # before this writer wrote anything
+        self._discarded = False  # changes were dropped unwritten: no index snapshot at close
         self.writer_running = False  # readers: whether a writer holds the store right now
         if readonly:
             if not path.exists():
@@ -138,6 +146,8 @@ class Store:
     def _open_shelf(self) -> Shelf:
         """Open and check the file; a writer changes nothing before the checks have passed."""
         refuse_foreign_file(self.path)
+        if not self.readonly and self.path.exists():
+            self.file_state_at_open = file_state(self.path)
         db: SqliteDict | None = None
         try:
             db = SqliteDict(self.path, readonly=self.readonly)
@@ -149,13 +159,17 @@ class Store:
                     raise StoreError(f"{self.path}: {mismatch}")
             if not self.readonly:
                 db.prepare_for_writing()
+                generation = shelf.get(_GENERATION_KEY)
+                self.generation = generation if isinstance(generation, bytes) else b""
                 if version is None:
                     with db.transaction():
                         shelf[_SCHEMA_KEY] = SCHEMA_VERSION
                         shelf[_PSEUDONYMIZED_KEY] = self._pseudonyms.enabled
+                        self._next_generation(shelf)
                 elif version != SCHEMA_VERSION:
                     with db.transaction():
                         shelf[_SCHEMA_KEY] = SCHEMA_VERSION
+                        self._next_generation(shelf)
                     log.info(
                         "%s: store of schema %d, now marked %d (records with client families)",
                         self.path,
@@ -548,34 +562,62 @@ class Store:
                 for key, value in batch.set_aside.items():
                     db[key.encode()] = value
                 shelf[_HEARTBEAT_KEY] = batch.heartbeat
+                generation = self._next_generation(shelf, commit=False)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: writing {len(batch)} records failed ({exc})") from exc
+        self.generation = generation
+
+    def _next_generation(self, shelf: Shelf, *, commit: bool = True) -> bytes:
+        """A new generation, written inside the caller's transaction (so an index snapshot of
+        the store before it is stale from the commit on). `commit`: the caller takes it as
+        the store's once its transaction has committed."""
+        generation = os.urandom(16)
+        shelf[_GENERATION_KEY] = generation
+        if commit:
+            self.generation = generation
+        return generation
 
     def discard_pending(self) -> int:
         """Forget what could not be written (shutdown gave up); returns how many users' changes
         are lost. Daily snapshots pending are dropped too."""
         lost = len(self._pending)
+        self._discarded = self._discarded or bool(lost or self._pending_days)
         self._pending.clear()
         self._pending_days.clear()
         self._set_aside.clear()
         return lost
 
-    def close(self, now: int | None = None) -> None:
+    def close(
+        self, now: int | None = None, *, then: Callable[[bytes, FileState], object] | None = None
+    ) -> None:
         """Write what is pending (writers), then release the file and the lock.
 
         `now` records the heartbeat: only the bot, which is alive, passes it. Other writers
         (an import) keep the heartbeat as it was, so a crashed bot's sessions still end when
         the bot was last alive.
+
+        `then(generation, file state)`: called once everything is written and the file closed
+        (checkpointed), before the lock is released, so that no other writer can come between;
+        not called if a write failed. The index snapshot is written there (its failure is
+        logged, never raised: the next start reads every record instead).
         """
+        written = False
         try:
             if not self.readonly and (now is not None or self._pending or self._pending_days):
                 self.flush(self._heartbeat_written if now is None else now, heartbeat_interval=0)
+            written = not (self.readonly or self._pending or self._pending_days or self._discarded)
         finally:
             with self._io:
                 self._shelf.close()
-            self._unlock()
-            if self._thread is not None:
-                self._thread.shutdown(wait=False)
+            try:
+                if then is not None and written and self.generation:
+                    then(self.generation, file_state(self.path))
+            except Exception as exc:
+                log.error("%s: the index snapshot was not written (%s)", self.path, exc)
+            finally:
+                self._unlock()
+                if self._thread is not None:
+                    self._thread.shutdown(wait=False)
 
     def _unlock(self) -> None:
         if self._lock_file is not None:

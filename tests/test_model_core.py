@@ -19,6 +19,10 @@ What is driven, in-process and without a network (the real objects, not their ca
   `send_ping` answered by a fake server (an answer: alive; `service-unavailable`: gone; with the
   connection down `_ping` itself answers "cannot tell"). What `serve()` does when a connection
   ends (`Connection.dropped`) is called as it calls it;
+- the index snapshot that a clean stop writes and the next start reads instead of every record
+  (every clean restart uses it); the "snapshot" step kills the bot after its stop's last flush
+  or while the snapshot is written, or damages it on disk, and the next start must read every
+  record instead (the invariants check the figures either way);
 - the real importer (`import_activities`, as `xmpp-active-users import` runs it on the stopped
   bot's store) and the CLI's `forget`; the ad-hoc "Forget a user" calls `tracker.forget`, as the
   component's handler does.
@@ -71,6 +75,7 @@ on 2 cores); MODEL_CHECK=heavy runs 500 of up to 80 steps each (3,000 in all, ab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -92,6 +97,7 @@ from hypothesis.stateful import (
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import xmlstream as slixmpp_xmlstream
 
+from bot import index_snapshot
 from bot.activity import LOAD_FLOOR_MARGIN
 from bot.component import Timing
 from bot.config import Settings
@@ -174,6 +180,15 @@ FAULTS: dict[str, str] = {
 
 # Not fixed yet: take a name off once its fault is fixed (its example then has to pass).
 KNOWN_FAULTS: frozenset[str] = frozenset()
+
+
+class Killed(BaseException):
+    """kill -9, in-process: nothing after it runs (not even `except Exception`)."""
+
+    @classmethod
+    def now(cls, *_args: object) -> None:
+        raise cls
+
 
 # --- the world ---------------------------------------------------------------------------------
 
@@ -674,12 +689,19 @@ class CoreMachine(RuleBasedStateMachine):
         if self.model.outage_since is None:
             self.model.outage_since = self.now
 
-    def _stop_cleanly(self) -> None:
-        """What `Bot.serve` does on its way out (SIGTERM)."""
+    def _stop_cleanly(self, killed_in_snapshot: bool = False) -> None:
+        """What `Bot.serve` does on its way out (SIGTERM): the last flush, then the index
+        snapshot (`Bot._close_store`). `killed_in_snapshot`: the process dies while writing
+        it, before its rename."""
         self._cancel_background()
         self.bot.record_today()
         self._check_day_snapshot()
-        self.bot.store.close(int(self.bot.heartbeat_clock()))
+        then = self.bot.tracker.snapshot_writer(int(self.now))
+        with contextlib.ExitStack() as stack:
+            if killed_in_snapshot:
+                stack.enter_context(mock.patch.object(index_snapshot.os, "replace", Killed.now))
+                stack.enter_context(contextlib.suppress(Killed))
+            self.bot.store.close(int(self.bot.heartbeat_clock()), then=then)
         self.model.close(self.now)
         self.bot = None
         self._check_file_equals(self.model.records)
@@ -898,6 +920,39 @@ class CoreMachine(RuleBasedStateMachine):
             self._stop_cleanly()
         self.now += downtime
         self._restart(announce, alive, leave)
+
+    @precondition(lambda self: self._may_restart())
+    @rule(
+        fault=st.sampled_from(["none", "killed after the last flush", "killed in it", "damaged"]),
+        where=st.integers(0, 2**20),
+        downtime=st.sampled_from([0, 1, 600, DAY]),
+        announce=verdict_list,
+        alive=verdict_list,
+        leave=verdict_list,
+    )
+    def snapshot(self, fault, where, downtime, announce, alive, leave):
+        """A clean stop writes the index snapshot and the next start reads it instead of every
+        record (the invariants then check its figures). A kill -9 after the stop's last flush
+        or while the snapshot is written, or a snapshot damaged on disk, makes the next start
+        read every record: never a snapshot that disagrees with the store."""
+        loaded_at = self.loaded_at
+        if fault == "killed after the last flush":
+            self._cancel_background()
+            self.bot.record_today()
+            self.bot.store.flush(int(self.bot.heartbeat_clock()), heartbeat_interval=0)
+            self.model.close(self.now)
+            self._crash()
+        else:
+            self._stop_cleanly(killed_in_snapshot=fault == "killed in it")
+        if fault == "damaged":
+            path = index_snapshot.path_for(self.path)
+            data = bytearray(path.read_bytes())
+            data[where % len(data)] ^= 1 << (where % 8)
+            path.write_bytes(bytes(data))
+        self.now += downtime
+        self._restart(announce, alive, leave)
+        used = bool(self.bot.tracker.load_report.snapshot)
+        assert used == (fault == "none" and self.now >= loaded_at), (fault, used)
 
     # --- the connection -----------------------------------------------------------------------
 
