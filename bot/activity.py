@@ -253,9 +253,11 @@ class ActivityTracker:
             # Per client family its time; one family, mostly, whose time is the user's last
             # activity: one int object in both lists. Dormant families are not kept (they free
             # their place among the host families, see clients.Families).
+            # The ignores: `clients` alternates family (str) and time (int), checked by the
+            # codec; mypy sees str | int, and a cast per item would cost in this hot loop.
             time = clients[1]
             if time > windows_floor:  # type: ignore[operator]
-                append = part.client_appends.get(clients[0]) or part.client_append(clients[0])
+                append = part.client_appends.get(clients[0]) or part.client_append(clients[0])  # type: ignore[arg-type]
                 append(last_active if time == last_active else time)  # type: ignore[arg-type]
             for i in range(2, len(clients), 2):
                 time = clients[i + 1]

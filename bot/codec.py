@@ -104,7 +104,7 @@ def _record(fields: Any) -> UserRecord:
     if type(sessions) is not tuple or (sessions and not _strings(sessions)):
         raise DamagedRecord(f"sessions are not a tuple of strings: {_short(fields)}")
     if size == 4:
-        return _new_record(UserRecord, fields + _NO_CLIENTS)  # type: ignore[no-any-return]
+        return _new_record(UserRecord, fields + _NO_CLIENTS)
     if type(clients) is not tuple or not (
         (len(clients) == 2 and type(clients[0]) is str and type(clients[1]) is int)
         or not clients
@@ -119,7 +119,7 @@ def _record(fields: Any) -> UserRecord:
         session_clients and (len(session_clients) != len(sessions) or not _strings(session_clients))
     ):
         raise DamagedRecord(f"not one client family per session: {_short(fields)}")
-    return _new_record(UserRecord, fields)  # type: ignore[no-any-return]
+    return _new_record(UserRecord, fields)
 
 
 def _strings(values: tuple[Any, ...]) -> bool:

@@ -91,7 +91,7 @@ class ClientIndex:
     """The users of one client family: those online with it, and a sorted list of the last
     login or logout of their sessions with it for the others (after `floor`, if set)."""
 
-    _offline: SortedList = field(default_factory=SortedList)
+    _offline: SortedList[int] = field(default_factory=SortedList)
     online_users: int = 0
     online_sessions: int = 0
     floor: int | None = None
@@ -137,8 +137,8 @@ class ClientIndex:
 class ActivityIndex:
     """Counts for one set of users, updated in O(log n) per change of one user's record."""
 
-    _offline_last_active: SortedList = field(default_factory=SortedList)
-    _first_seen: SortedList = field(default_factory=SortedList)
+    _offline_last_active: SortedList[int] = field(default_factory=SortedList)
+    _first_seen: SortedList[int] = field(default_factory=SortedList)
     online_users: int = 0
     online_sessions: int = 0
     known_users: int = 0
@@ -267,19 +267,21 @@ class ActivityIndex:
                     index.remove(one_before[1])
                     index.add(one_after[1])
                 return
-        old = {} if before is None or not (before.clients or before.session_clients) else None
-        new = {} if after is None or not (after.clients or after.session_clients) else None
-        if old is not None and new is not None:
+        if before is not None and not (before.clients or before.session_clients):
+            before = None  # no client known: as if absent
+        if after is not None and not (after.clients or after.session_clients):
+            after = None
+        if before is None and after is None:
             return  # nobody's client is known on either side
         if (
-            old is None
-            and new is None
-            and before.clients == after.clients  # type: ignore[union-attr]
-            and before.session_clients == after.session_clients  # type: ignore[union-attr]
+            before is not None
+            and after is not None
+            and before.clients == after.clients
+            and before.session_clients == after.session_clients
         ):
             return
-        old = before.client_states() if old is None else old  # type: ignore[union-attr]
-        new = after.client_states() if new is None else new  # type: ignore[union-attr]
+        old = {} if before is None else before.client_states()
+        new = {} if after is None else after.client_states()
         for family, state in old.items():
             if new.get(family) != state:
                 self._client(family).remove(state)

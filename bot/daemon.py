@@ -16,7 +16,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ class Bot:
     def _presence_tracked(self, _change: object) -> None:
         self.last_presence_at = self.clock()
 
-    def _duties(self) -> dict[str, Awaitable[None]]:
+    def _duties(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The background duties, each supervised (see `supervisor`)."""
         settings, component = self.settings, self.component
         duties: dict[str, Callable[[], Awaitable[None]]] = {
@@ -516,7 +516,9 @@ class Bot:
 
 
 async def _serve_until_stopped(
-    component: ActiveUsersComponent, duties: dict[str, Awaitable[None]], stop: asyncio.Event
+    component: ActiveUsersComponent,
+    duties: dict[str, Coroutine[Any, Any, None]],
+    stop: asyncio.Event,
 ) -> int:
     """Serve until `stop` is set (0), retrying cannot help (1), or a duty keeps failing (70)."""
     serving = asyncio.create_task(component.serve(), name="xmpp")

@@ -89,13 +89,14 @@ def iter_terms(data: bytes | mmap.mmap) -> Iterator[tuple[Term | ErlTermError, i
     tokens = _TOKEN.finditer(data)
     lines = _LineCounter(data)
     for first in tokens:
-        line = lines.at(first.start(first.lastgroup))
+        line = lines.at(first.start(first.lastgroup or 0))
         try:
             term, end = _term(first, tokens)
         except _Refused as refused:
             token = refused.token
             # The end of the file: the line where the unfinished term starts says more.
-            where = first.start(first.lastgroup) if token is None else token.start(token.lastgroup)
+            at = first if token is None else token
+            where = at.start(at.lastgroup or 0)
             if token is None or token.lastgroup == "dot":
                 end = len(data) if token is None else token.end()
             else:  # the rest of the term, up to its '.'
