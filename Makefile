@@ -22,7 +22,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-# Mutation testing of the pure modules against their unit tests (setup.cfg's [mutmut] says
+# Mutation testing of the pure modules against their unit tests (pyproject.toml's [tool.mutmut]
 # which): slow, local, never in CI. The score: `$(BIN)/mutmut results`, or the summary printed.
 mutate: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[mutation]'
@@ -92,4 +92,4 @@ $(PROSODY13)/.built: tools/build-prosody13
 	tools/build-prosody13 $(PROSODY13)
 
 clean:
-	rm -rf $(VENV) $(PROSODY13) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PROSODY13) .pytest_cache .ruff_cache .hypothesis .mypy_cache mutants
