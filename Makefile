@@ -5,14 +5,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint demo screenshot gajim-screenshots prosody servers tools clean
+.PHONY: test check lint typecheck mutate demo screenshot gajim-screenshots prosody servers tools clean
 
-test: $(VENV)/.installed servers tools lint
+test: $(VENV)/.installed servers tools lint typecheck
 	$(BIN)/pytest
+
+# The inner loop, under a minute: lint, types, and the unit tests (no server, no browser).
+check: $(VENV)/.installed lint typecheck
+	$(BIN)/pytest -m unit -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check bot tests benchmarks
 	$(BIN)/ruff format --check bot tests benchmarks
+
+# mypy, strict (its settings and the few modules it excuses are in pyproject.toml).
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+# Mutation testing of the pure modules against their unit tests (pyproject.toml's [tool.mutmut]
+# which): slow, local, never in CI. The score: `$(BIN)/mutmut results`, or the summary printed.
+mutate: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	$(BIN)/mutmut run
 
 demo: $(VENV)/.installed prosody
 	$(BIN)/xmpp-active-users demo
@@ -95,4 +109,4 @@ $(PROSODY13)/.built: tools/build-prosody13
 	tools/build-prosody13 $(PROSODY13)
 
 clean:
-	rm -rf $(VENV) $(PROSODY13) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PROSODY13) .pytest_cache .ruff_cache .hypothesis .mypy_cache mutants

@@ -15,7 +15,7 @@ import re
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,7 +34,14 @@ from .counter import (
     Counts,
     SortedTimes,
 )
-from .index_snapshot import ClientPart, DomainPart, FileState, IndexSnapshot, SnapshotRefused
+from .index_snapshot import (
+    ClientPart,
+    DomainPart,
+    FileState,
+    IndexSnapshot,
+    SnapshotRefused,
+    Times,
+)
 from .model import UserRecord, domain_of, with_client_activity
 from .store import Store
 
@@ -311,8 +318,10 @@ class ActivityTracker:
         from the store (closed at `close_at`, unless None: then kept online). The arrays stay
         packed: the index keeps them as they are (`counter.SortedTimes`)."""
 
-        def kept(values: Sequence[int], after: int) -> array[int]:
-            return values[bisect_right(values, after) :]  # type: ignore[return-value]
+        def kept(values: Times, after: int) -> array[int]:
+            if not isinstance(values, array):  # read from the file: always packed
+                raise TypeError(f"a snapshot's times are not packed: {type(values)}")
+            return values[bisect_right(values, after) :]
 
         indexes: dict[str, ActivityIndex] = {}
         online: list[str] = []
@@ -453,9 +462,11 @@ class ActivityTracker:
             # Per client family its time; one family, mostly, whose time is the user's last
             # activity: one int object in both lists. Dormant families are not kept (they free
             # their place among the host families, see clients.Families).
+            # The ignores: `clients` alternates family (str) and time (int), checked by the
+            # codec; mypy sees str | int, and a cast per item would cost in this hot loop.
             time = clients[1]
             if time > windows_floor:  # type: ignore[operator]
-                append = part.client_appends.get(clients[0]) or part.client_append(clients[0])
+                append = part.client_appends.get(clients[0]) or part.client_append(clients[0])  # type: ignore[arg-type]
                 append(last_active if time == last_active else time)  # type: ignore[arg-type]
             for i in range(2, len(clients), 2):
                 time = clients[i + 1]

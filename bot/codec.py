@@ -116,7 +116,7 @@ def _record(fields: Any) -> UserRecord:
     if type(sessions) is not tuple or (sessions and not _strings(sessions)):
         raise DamagedRecord(f"sessions are not a tuple of strings: {_short(fields)}")
     if size == 4:
-        return _new_record(UserRecord, fields + _NO_CLIENTS)  # type: ignore[no-any-return]
+        return _new_record(UserRecord, fields + _NO_CLIENTS)
     if type(clients) is not tuple or not (
         (
             len(clients) == 2
@@ -136,7 +136,7 @@ def _record(fields: Any) -> UserRecord:
         session_clients and (len(session_clients) != len(sessions) or not _strings(session_clients))
     ):
         raise DamagedRecord(f"not one client family per session: {_short(fields)}")
-    return _new_record(UserRecord, fields)  # type: ignore[no-any-return]
+    return _new_record(UserRecord, fields)
 
 
 def _strings(values: tuple[Any, ...]) -> bool:

@@ -59,7 +59,7 @@ PRESENCE_KINDS = frozenset(
 QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
-class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is untyped
+class ActiveUsersComponent(ComponentXMPP):
     def __init__(
         self,
         *,
@@ -84,7 +84,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         from it were known to be alive (when a ping finds one gone, it ended then).
         `clock` gives the time of events (wall clock); `monotonic` measures intervals (rate
         limits, expiry of command sessions): wall-clock steps do not move it."""
-        super().__init__(jid, secret, host, port)
+        super().__init__(jid, secret, host, port)  # type: ignore[no-untyped-call]  # slixmpp's
         _register_plugins(self)
         self.tracker = tracker
         self.commands = replace(commands, forget_user=commands.forget_user or self._forget_user)
@@ -238,7 +238,7 @@ class ActiveUsersComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp is u
         if missing is not None:  # for the admins' alerts (notify.py)
             self.event("privileges_checked", missing)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | str) -> None:
         _ack_at_once(self.transport)
         super().data_received(data)
 

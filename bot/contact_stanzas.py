@@ -49,12 +49,12 @@ class ContactStanzas:
         self._connected = connected
         self._per_sender = RateLimiter(monotonic, burst=SENDER_BURST, rate=SENDER_RATE)
         self._total = RateLimiter(monotonic, burst=TOTAL_BURST, rate=TOTAL_RATE, max_senders=1)
-        self.contact = ContactPresence(xmpp.commands)  # the bot's own presence (contact.py)
+        self.contact = ContactPresence(self.commands)  # the bot's own presence (contact.py)
         self.answers_dropped = 0
 
     @property
     def commands(self) -> CommandSet:
-        return self._xmpp.commands  # type: ignore[no-any-return]  # tests swap it
+        return self._xmpp.commands  # type: ignore[attr-defined,no-any-return]  # the component's; tests swap it
 
     def register_identities(self, _event: object = None) -> None:
         for category, itype in IDENTITIES:

@@ -44,8 +44,8 @@ class SortedTimes:
             self._base = values
         else:
             self._base = array("q", sorted(values))
-        self._added = SortedList()
-        self._removed = SortedList()
+        self._added: SortedList[int] = SortedList()
+        self._removed: SortedList[int] = SortedList()
 
     def __len__(self) -> int:
         return len(self._base) + len(self._added) - len(self._removed)
@@ -92,14 +92,14 @@ class SortedTimes:
             kept = base[start:]
         else:  # the array without the values taken out: slices between them, copied in C
             kept, at = array("q"), start
-            for value in sorted(set(removed.irange(floor, inclusive=(False, True)))):  # type: ignore[arg-type]
+            for value in sorted(set(removed.irange(floor, inclusive=(False, True)))):
                 begin = bisect_left(base, value)
                 kept.extend(base[at:begin])
                 at = begin + removed.count(value)
             kept.extend(base[at:])
         if not added:
             return kept
-        new = list(added.irange(floor, inclusive=(False, True)))  # type: ignore[arg-type]
+        new = list(added.irange(floor, inclusive=(False, True)))
         return array("q", sorted(kept.tolist() + new)) if new else kept
 
     def compact(self) -> None:
@@ -379,19 +379,21 @@ class ActivityIndex:
                     index.remove(one_before[1])
                     index.add(one_after[1])
                 return
-        old = {} if before is None or not (before.clients or before.session_clients) else None
-        new = {} if after is None or not (after.clients or after.session_clients) else None
-        if old is not None and new is not None:
+        if before is not None and not (before.clients or before.session_clients):
+            before = None  # no client known: as if absent
+        if after is not None and not (after.clients or after.session_clients):
+            after = None
+        if before is None and after is None:
             return  # nobody's client is known on either side
         if (
-            old is None
-            and new is None
-            and before.clients == after.clients  # type: ignore[union-attr]
-            and before.session_clients == after.session_clients  # type: ignore[union-attr]
+            before is not None
+            and after is not None
+            and before.clients == after.clients
+            and before.session_clients == after.session_clients
         ):
             return
-        old = before.client_states() if old is None else old  # type: ignore[union-attr]
-        new = after.client_states() if new is None else new  # type: ignore[union-attr]
+        old = {} if before is None else before.client_states()
+        new = {} if after is None else after.client_states()
         for family, state in old.items():
             if new.get(family) != state:
                 self._client(family).remove(state)

@@ -16,9 +16,11 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
+
+from slixmpp.jid import JID
 
 from .activity import ActivityTracker
 from .commands import CommandSet, Figures
@@ -214,7 +216,7 @@ class Bot:
         """A chat message to a bare JID: the server keeps it for an admin who is offline."""
         component = self.component
         component.send_message(
-            mto=to_bare_jid, mbody=text, mtype="chat", mfrom=component.boundjid.bare
+            mto=JID(to_bare_jid), mbody=text, mtype="chat", mfrom=component.boundjid.bare
         )
 
     def _link_up(self, _event: object) -> None:
@@ -226,7 +228,7 @@ class Bot:
     def _presence_tracked(self, _change: object) -> None:
         self.last_presence_at = self.clock()
 
-    def _duties(self) -> dict[str, Awaitable[None]]:
+    def _duties(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The background duties, each supervised (see `supervisor`)."""
         settings, component = self.settings, self.component
         duties: dict[str, Callable[[], Awaitable[None]]] = {
@@ -564,7 +566,9 @@ class Bot:
 
 
 async def _serve_until_stopped(
-    component: ActiveUsersComponent, duties: dict[str, Awaitable[None]], stop: asyncio.Event
+    component: ActiveUsersComponent,
+    duties: dict[str, Coroutine[Any, Any, None]],
+    stop: asyncio.Event,
 ) -> int:
     """Serve until `stop` is set (0), retrying cannot help (1), or a duty keeps failing (70)."""
     serving = asyncio.create_task(component.serve(), name="xmpp")

@@ -93,13 +93,14 @@ def iter_terms(
     tokens = _TOKEN.finditer(data)
     lines = _LineCounter(data)
     for first in tokens:
-        line = lines.at(first.start(first.lastgroup))
+        line = lines.at(first.start(first.lastgroup or 0))
         try:
             term, end = _term(first, tokens, max_bytes)
         except _Refused as refused:
             token = refused.token
             # The end of the file: the line where the unfinished term starts says more.
-            where = first.start(first.lastgroup) if token is None else token.start(token.lastgroup)
+            at = first if token is None else token
+            where = at.start(at.lastgroup or 0)
             if token is None or token.lastgroup == "dot":
                 end = len(data) if token is None else token.end()
             else:  # the rest of the term, up to its '.'
@@ -135,7 +136,7 @@ def _term(first: Token, tokens: Iterator[Token], max_bytes: int | None) -> tuple
     closers: list[bytes] = []
     token = first
     if max_bytes is not None:
-        limit = first.start(first.lastgroup) + max_bytes
+        limit = first.start(first.lastgroup or 0) + max_bytes
         if first.end() > limit:
             raise _Refused(first, f"a record of more than {max_bytes} bytes")
         tokens = _bounded(tokens, limit, max_bytes)

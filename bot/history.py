@@ -53,7 +53,7 @@ class Day:
     def peak_online(self) -> int | None:
         if self.domains is None:
             return None
-        return sum(d["peak_online"] for d in self.domains.values())
+        return sum(int(d["peak_online"]) for d in self.domains.values())
 
 
 def last_days(stored: Mapping[str, Any], today: str, count: int) -> list[Day]:

@@ -151,7 +151,8 @@ def write(path: Path, snapshot: IndexSnapshot, generation: bytes, state: FileSta
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as file:
-            for piece in (MAGIC, len(header).to_bytes(_LENGTH, "little"), header, *arrays):
+            pieces: list[bytes | array[int]] = [MAGIC, len(header).to_bytes(_LENGTH, "little")]
+            for piece in (*pieces, header, *arrays):
                 data = memoryview(piece).cast("B")
                 mac.update(data)
                 file.write(data)

@@ -37,7 +37,7 @@ class UserRecord(NamedTuple):
         """(family, last login or logout of its sessions) of each family the user used."""
         clients = self.clients
         for i in range(0, len(clients), 2):
-            yield clients[i], clients[i + 1]  # type: ignore[misc]  # checked by the codec
+            yield clients[i], clients[i + 1]  # type: ignore[misc]  # str, int: checked by the codec
 
     def session_families(self) -> tuple[str, ...]:
         """The family of each session online, as long as `sessions`."""
@@ -52,6 +52,7 @@ class UserRecord(NamedTuple):
         if len(clients) != 2:
             return None
         families = self.session_clients
+        # The ignores: the codec checked that `clients` is (family str, time int).
         if not families:
             return None if self.sessions else (clients[0], (clients[1], 0))  # type: ignore[return-value]
         if families == (clients[0],) and len(self.sessions) == 1:
@@ -71,8 +72,11 @@ class UserRecord(NamedTuple):
         return states
 
 
-def with_client_activity(clients: tuple[str | int, ...], family: str, time: int) -> tuple:
+def with_client_activity(
+    clients: tuple[str | int, ...], family: str, time: int
+) -> tuple[str | int, ...]:
     """`clients` with `family` last active at `time` at the latest (the newest time wins)."""
+    # The ignores: `clients` alternates family (str) and time (int), checked by the codec.
     if len(clients) == 2 and clients[0] == family:  # one client, the same: most logins
         return clients if clients[1] >= time else (family, time)  # type: ignore[operator]
     for i in range(0, len(clients), 2):

@@ -78,7 +78,7 @@ def _same_jid(one: str, other: str) -> bool:
         return False
 
 
-class _Answers(MatcherBase):  # type: ignore[misc]  # slixmpp is untyped
+class _Answers(MatcherBase):
     """An iq result or error whose id has our prefix: one string test per incoming stanza."""
 
     def match(self, stanza: Any) -> bool:

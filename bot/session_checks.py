@@ -65,8 +65,9 @@ class SessionChecks:
         link_lost = self._connection.link_lost()
         answer = asyncio.ensure_future(self._pinger.ping(full_jid, self._ping_timeout))
         try:
+            waiting: list[asyncio.Future[Any]] = [answer, *([link_lost] if link_lost else [])]
             await asyncio.wait(
-                [answer, *([link_lost] if link_lost else [])],
+                waiting,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         except BaseException:  # cancelled (a stop, a newer presence): the ping too

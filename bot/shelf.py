@@ -151,7 +151,7 @@ class SqliteDict(MutableMapping[bytes, bytes]):
 
     def is_empty(self) -> bool:
         """No table at all: a new (or zero-byte) database file."""
-        return self._cx.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+        return int(self._cx.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]) == 0
 
     def has_dict_table(self) -> bool:
         row = self._cx.execute(
@@ -336,11 +336,12 @@ def load_primitives(value: bytes) -> Any:
         raise pickle.UnpicklingError(f"not a pickle ({type(exc).__name__}: {exc})") from None
 
 
-class Shelf(shelve.Shelf):  # type: ignore[type-arg]
+class Shelf(shelve.Shelf[Any]):
     """A Shelf over a SqliteDict that never runs code from the file, and can read a key range in
     one query."""
 
     dict: SqliteDict
+    keyencoding: str  # set by shelve.Shelf, missing from its stubs
 
     def __init__(self, db: SqliteDict) -> None:
         super().__init__(db, protocol=pickle.HIGHEST_PROTOCOL)

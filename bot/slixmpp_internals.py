@@ -102,7 +102,10 @@ def registered_disco_items(
 ) -> DiscoItems:
     """The items slixmpp would answer for `node` (what `add_command` registered), for a
     node handler of our own that answers them only to some."""
-    return _attribute(xmpp.plugin["xep_0030"], "static").get_items(jid, node, ifrom, data)
+    items: DiscoItems = _attribute(xmpp.plugin["xep_0030"], "static").get_items(
+        jid, node, ifrom, data
+    )
+    return items
 
 
 def registered_disco_info(
@@ -110,7 +113,8 @@ def registered_disco_info(
 ) -> DiscoInfo:
     """The disco#info slixmpp would answer for `node` (what `add_command` registered), for a
     node handler of our own that answers it only to some."""
-    return _attribute(xmpp.plugin["xep_0030"], "static").get_info(jid, node, ifrom, data)
+    info: DiscoInfo = _attribute(xmpp.plugin["xep_0030"], "static").get_info(jid, node, ifrom, data)
+    return info
 
 
 def error_condition(stanza: ET.Element) -> str:

@@ -332,9 +332,9 @@ class Store:
                     _log_damaged(raw_key, record)
                 else:
                     yield raw_key, record
-        for raw_key, record in pending.items():
-            if record is not None:
-                yield raw_key, record
+        for raw_key, unwritten_record in pending.items():
+            if unwritten_record is not None:
+                yield raw_key, unwritten_record
 
     # --- the admins' reports and alerts (notify.py) ---------------------------------------------
 

@@ -145,12 +145,12 @@ class ConnectionPool:
             connection.timer.cancel()
 
     def request_started(self, transport: asyncio.BaseTransport | None) -> None:
-        if (connection := self._all.get(transport)) is not None:  # type: ignore[arg-type]
+        if transport is not None and (connection := self._all.get(transport)) is not None:
             connection.busy += 1
             connection.requests += 1
 
     def request_ended(self, transport: asyncio.BaseTransport | None) -> None:
-        if (connection := self._all.get(transport)) is not None:  # type: ignore[arg-type]
+        if transport is not None and (connection := self._all.get(transport)) is not None:
             connection.busy = max(0, connection.busy - 1)
 
     def close(self) -> None:
@@ -222,7 +222,7 @@ class _Admitted(asyncio.Protocol):
 CLIENT_ERRORS = (HttpProcessingError, RequestPayloadError, ConnectionError)
 
 
-class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger, quiet for what clients do: a malformed request (aiohttp logs
     each with a traceback and the escaped request line) or a dropped connection is counted in
     `client_errors`; anything else, a fault on our side, is logged once per kind."""

@@ -150,8 +150,9 @@ class Connection:
         xmpp.add_event_handler("connection_failed", on_failure, disposable=True)
         try:
             xmpp.connect(self._host, self._port)
+            waiting: list[asyncio.Future[Any]] = [attempt.started, attempt.ended, failed]
             done, _ = await asyncio.wait(
-                [attempt.started, attempt.ended, failed],
+                waiting,
                 timeout=self.timing.handshake_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -13,6 +13,7 @@ from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.ejabberd import EjabberdSandbox
 from bot.testbed.sandbox import INSTALLS, ProsodySandbox
 
+from .layers import REAL_PROGRAMS, layers_of
 from .support import USERS, bot_starter
 
 PROSODY_VERSIONS = tuple(INSTALLS)  # "0.12" (Debian 12's), "13" (built by `make prosody13`)
@@ -147,3 +148,29 @@ async def start_bot(prosody, tmp_path):
     (test_component_ejabberd.py has its own, against ejabberd.)"""
     async with bot_starter(prosody, tmp_path / "activity.db") as start:
         yield start
+
+
+# --- layers: unit / integration / contrib / model (tests/layers.py) -----------------------------
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        for layer in layers_of(item):
+            item.add_marker(layer)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_server(request, monkeypatch):
+    """A test marked unit that starts a real server or program fails, naming what it started:
+    the collection-time assignment missed what it uses (see tests/layers.py)."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    for owner in REAL_PROGRAMS:
+
+        def refuse(*_args, _owner=owner, **_kwargs):
+            raise AssertionError(
+                f"{request.node.nodeid} is marked unit but starts a real {_owner.__name__}: "
+                "teach tests/layers.py what it uses"
+            )
+
+        monkeypatch.setattr(owner, "start", refuse)

@@ -147,6 +147,34 @@ def test_the_range_holds_every_time_the_bot_writes():
         assert decode_record(encode_record(record)) == record
 
 
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ([T0, T0, T0, ()], "not a 4- or 6-tuple"),
+        ((T0, T0, T0), "not a 4- or 6-tuple"),
+        ((T0, 1.5, T0, ()), "a timestamp is not a whole number"),
+        ((T0, T0, T0, ["phone"]), "sessions are not a tuple of strings"),
+        ((T0, T0, T0, (), (7, T0), ()), "clients are not (family, time, ...)"),
+        ((T0, T0, T0, (), ("gajim", T0, "x"), ()), "clients are not (family, time, ...)"),
+        ((T0, T0, T0, ("pc",), ("gajim", T0), (1,)), "not one client family per session"),
+    ],
+)
+def test_the_reason_says_what_is_wrong_and_shows_the_value(fields, reason):
+    """What the log says of a damaged record: an admin can see what is wrong with which value."""
+    with pytest.raises(DamagedRecord) as refused:
+        decode_record(pickle.dumps(fields))
+    assert str(refused.value) == f"{reason}: {fields!r}"
+
+
+def test_a_long_damaged_value_is_shortened_in_the_reason():
+    with pytest.raises(DamagedRecord) as refused:
+        decode_record(pickle.dumps((T0, T0, T0, ("r" * 500,), ("gajim",), ())))
+    reason = str(refused.value)
+    assert reason.startswith(f"clients are not (family, time, ...): ({T0}, ")
+    assert reason.endswith("...")
+    assert len(reason) == len("clients are not (family, time, ...): ") + 120
+
+
 @pytest.fixture(params=DAMAGED.values(), ids=DAMAGED.keys())
 def store_with_a_damaged_record(request, tmp_path):
     """alice is fine (offline, active long ago); mallory's stored value is damaged."""

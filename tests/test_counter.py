@@ -182,6 +182,40 @@ def test_each_client_family_counts_like_the_seed_change_after_change(initial, ch
         assert our_counts(index, NOW) == seed_counts(users.values(), NOW)
 
 
+def test_online_users_and_sessions_follow_each_login_and_logout():
+    phone = UserRecord(1, NOW - 60, 0, ("phone",))
+    both = UserRecord(1, NOW - 30, 0, ("phone", "laptop"))
+    gone = UserRecord(1, NOW - 30, NOW - 10)
+    index = ActivityIndex.build([phone])
+    online = [(index.counts(NOW).online_users, index.counts(NOW).online_sessions)]
+    for before, after in ((phone, both), (both, phone), (phone, gone), (gone, both), (both, None)):
+        index.replace(before, after)
+        online.append((index.counts(NOW).online_users, index.counts(NOW).online_sessions))
+    assert online == [(1, 1), (1, 2), (1, 1), (0, 0), (1, 2), (0, 0)]
+
+
+def test_a_user_with_one_client_counts_for_it_at_their_latest_activity():
+    """Most logins and logouts: one client family, whose time moves with the user's."""
+    old = UserRecord(1, NOW - 3 * DAY, NOW - 3 * DAY, (), ("gajim", NOW - 3 * DAY))
+    new = UserRecord(1, NOW - 3 * DAY, NOW - 60, (), ("gajim", NOW - 60))
+    index = ActivityIndex.build([old])
+    assert index.client_counts(NOW, [DAY])["gajim"].active == {DAY: 0}
+    index.replace(old, new)
+    assert index.client_counts(NOW, [DAY])["gajim"].active == {DAY: 1}
+    index.replace(new, old)
+    assert index.client_counts(NOW, [DAY])["gajim"].active == {DAY: 0}
+
+
+def test_a_user_whose_only_client_changes_counts_for_the_new_one_only():
+    old = UserRecord(1, NOW - 60, NOW - 60, (), ("gajim", NOW - 60))
+    new = UserRecord(1, NOW - 60, NOW - 30, (), ("conversations", NOW - 30))
+    index = ActivityIndex.build([old])
+    index.replace(old, new)
+    active = {family: c.active[DAY] for family, c in index.client_counts(NOW, [DAY]).items()}
+    assert active.get("gajim", 0) == 0
+    assert active["conversations"] == 1
+
+
 def test_a_user_on_two_clients_counts_once_for_each():
     alice = UserRecord(
         1,

@@ -41,6 +41,13 @@ def test_days_without_a_snapshot_are_gaps_not_zeros():
     assert sparkline(d.total("active", "1d") for d in days) == f"{GAP}█{GAP}▄"
 
 
+def test_a_window_a_day_did_not_count_is_a_gap_not_a_zero():
+    """A window added to the config later: the days before it have no figure for it."""
+    (day,) = last_days({"2027-01-15": snapshot(1, [])}, "2027-01-15", 1)
+    assert (day.total("active", "1d"), day.total("active", "365d")) == (1, None)
+    assert sparkline([None, None]) == GAP * 2
+
+
 def test_table_has_a_row_per_day_and_empty_cells_on_gap_days():
     days = last_days({"2027-01-15": snapshot(2, [])}, "2027-01-15", 2)
     form = history_form(days, DEFAULT_WINDOWS)

@@ -42,6 +42,18 @@ def test_many_senders_keep_memory_bounded():
     assert len(limiter._buckets) == 100
 
 
+def test_a_full_table_of_senders_still_limits_the_one_flooding_now():
+    """Forged senders fill the table: the least recently seen is dropped, never the sender
+    being limited (its bucket forgotten, it would get a new burst at every message)."""
+    limiter = RateLimiter(Clock(), burst=2, max_senders=3)
+    for n in range(3):
+        limiter.allow(f"forged{n}@x")
+    assert [limiter.allow("eve@x") for _ in range(5)] == [True, True, False, False, False]
+    limiter.allow("forged0@x")  # seen again: now eve is the least recently seen but one
+    limiter.allow("forged9@x")  # a new sender: forged1 and forged2 are dropped first
+    assert not limiter.allow("eve@x")
+
+
 def test_a_clock_that_steps_back_an_hour_refuses_no_longer_than_one_interval():
     clock = Clock()
     limiter = RateLimiter(clock, burst=2, rate=0.5)

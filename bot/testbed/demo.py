@@ -388,7 +388,7 @@ class _Demo:
 
         client.add_event_handler("message", on_message)
         try:
-            client.send_message(mto=COMPONENT, mbody=text, mtype="chat")
+            client.send_message(mto=slixmpp.JID(COMPONENT), mbody=text, mtype="chat")
             return await asyncio.wait_for(reply, STEP_TIMEOUT)
         except TimeoutError:
             raise DemoError(f"no answer to the chat message {text!r}") from None

@@ -408,6 +408,6 @@ def _epmd_answers(port: int, deadline: float) -> bool:
                 if not chunk:
                     return False
                 reply += chunk
-            return struct.unpack(">I", reply[:4])[0] == port
+            return int(struct.unpack(">I", reply[:4])[0]) == port
     except OSError:
         return False

@@ -35,7 +35,7 @@ def main() -> None:
         app.settings.set(name, value)
     user, _, domain = jid.partition("@")
     app.settings.add_account(user)
-    for name, value in {
+    account: dict[str, object] = {
         "name": user,
         "hostname": domain,
         "resource": "desk",
@@ -49,8 +49,9 @@ def main() -> None:
         "savepass": True,
         "autoauth": True,
         "active": True,
-    }.items():
-        app.settings.set_account_setting(user, name, value)
+    }
+    for key, setting in account.items():
+        app.settings.set_account_setting(user, key, setting)
     app.settings.save()
 
 

@@ -41,7 +41,7 @@ def check_installed() -> None:
 
 def promtool(
     *args: str, cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[str]:
     """Run promtool; its exit code and output are the caller's to judge."""
     check_installed()
     return subprocess.run(

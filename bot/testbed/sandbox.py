@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, ClassVar, Self
+from typing import IO, Any, ClassVar, Self
 
 # mod_storage_sql's SQLite driver, for storage = "sql": LuaDBI for the Lua that runs Prosody.
 SQLITE_DRIVER = "/usr/lib/*/lua/5.4/dbd/sqlite3.so"  # Debian's path, under the arch triplet
@@ -550,7 +550,7 @@ Component {lua_string(self.component_jid)}
 """
 
 
-def terminate(process: subprocess.Popen[bytes], timeout: float, *, whole_group: bool) -> None:
+def terminate(process: subprocess.Popen[Any], timeout: float, *, whole_group: bool) -> None:
     """SIGTERM the process (with `whole_group`, its whole process group), SIGKILL its group
     after `timeout`; always reap it, then kill what is left in its group (helpers it spawned).
 
