@@ -2,7 +2,8 @@
 
 Loopback needs no token by default; with a token every request needs it (bearer, or basic auth's
 password), and a 401 gives away nothing. Listening beyond loopback without a token is refused at
-start, in one line. The README's scrape config for a token works with a real Prometheus.
+start, in one line. The scrape config for a token that docs/privacy-security.md shows works
+with a real Prometheus.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from bot.web import UNAUTHORIZED_TEXT, WebServer
 from .support import bot_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+SECURITY_PAGE = ROOT / "docs" / "privacy-security.md"
 TOKEN = "0123456789abcdef-test-token"
 
 pytestmark = pytest.mark.asyncio
@@ -176,19 +177,19 @@ async def test_a_failing_page_is_a_plain_500_logged_once(caplog):
     assert len(logged) == 1
 
 
-# --- the README's scrape config for a bot with a token ------------------------------------------
+# --- the scrape config for a bot with a token (docs/privacy-security.md) -------------------------
 
 
 def readme_scrape_job() -> dict:
-    """The YAML block of the README that scrapes a bot with a token."""
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+    """The YAML block of docs/privacy-security.md that scrapes a bot with a token."""
+    blocks = re.findall(r"```yaml\n(.*?)```", SECURITY_PAGE.read_text(encoding="utf-8"), re.DOTALL)
     jobs = [
         job
         for block in blocks
         if "credentials_file" in block
         for job in yaml.safe_load(block)["scrape_configs"]
     ]
-    assert len(jobs) == 1, f"expected one scrape job with a credentials_file in {README}"
+    assert len(jobs) == 1, f"expected one scrape job with a credentials_file in {SECURITY_PAGE}"
     return jobs[0]
 
 
@@ -206,7 +207,7 @@ async def test_the_readme_scrape_config_scrapes_a_bot_with_a_token(guarded, tmp_
     for name, token_file in (("right", "token"), ("wrong", "wrong")):
         copy = yaml.safe_load(yaml.safe_dump(job))
         copy["job_name"] = name
-        copy["scheme"] = "http"  # the README's TLS is the reverse proxy's; here, the bot itself
+        copy["scheme"] = "http"  # the page's TLS is the reverse proxy's; here, the bot itself
         copy["authorization"]["credentials_file"] = str(tmp_path / token_file)
         copy["static_configs"] = [{"targets": [f"127.0.0.1:{web_server.port}"]}]
         copy |= {"scrape_interval": "1s", "scrape_timeout": "1s"}
