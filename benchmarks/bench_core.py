@@ -35,16 +35,17 @@ from typing import Any
 
 from machine import bot_version, cpu_model, progress
 
-from bot import index_snapshot
-from bot.activity import ActivityTracker
-from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
-from bot.model import UserRecord, with_client_activity
-from bot.shelf import SqliteDict
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.core.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
+from bot.core.model import UserRecord, with_client_activity
+from bot.storage import index_snapshot
+from bot.storage.shelf import SqliteDict
+from bot.storage.store import Store
 from bot.testbed.seed import SeedRecord, seed_counts
 
 DOMAIN = "example.test"
-USER_KEY_PREFIX = "user:"  # the store's key layout (bot/store.py); the seed port reads it raw
+# the store's key layout (bot/storage/store.py); the seed port reads it raw
+USER_KEY_PREFIX = "user:"
 SPREAD_DAYS = 60  # last activity of offline users: uniform over the past 60 days (--spread-days)
 ONLINE_SHARE = 0.01  # ~1% online, with 1 or 2 sessions
 NODEINFO_WINDOW = 180 * DAY  # --nodeinfo: the index also keeps NodeInfo's half year
@@ -239,7 +240,7 @@ def first_start(path: Path, n: int, now: int, nodeinfo: bool) -> dict[str, Any]:
     build, an import, or a crash), then stopped cleanly at `now` (the index snapshot written).
     The sessions stored online stay online (as with ejabberd's pings), so that the snapshot
     has users online, as a stop of a running bot has."""
-    importlib.import_module("bot.daemon")
+    importlib.import_module("bot.app.daemon")
     started = time.perf_counter()
     store = Store(path)
     extra_windows = (NODEINFO_WINDOW,) if nodeinfo else ()
@@ -271,7 +272,7 @@ def measure(path: Path, n: int, now: int, seed: int, nodeinfo: bool) -> dict[str
     """Everything but the build, the seed port and the first start, in this (fresh) process."""
     # The whole bot's code (slixmpp included) is loaded first, so that "whole process" is the
     # bot's process: the baseline is the interpreter with every module the daemon imports.
-    importlib.import_module("bot.daemon")
+    importlib.import_module("bot.app.daemon")
     rss_before_open = proc_status_kib("VmRSS")
 
     # Load: the bot's start-up path (writer; sessions left open are closed at the heartbeat).

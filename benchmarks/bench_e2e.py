@@ -73,8 +73,8 @@ SCRIPT = Path(__file__).resolve()
 async def bot_worker(config: Path, events_path: Path) -> int:
     """The real Bot, as `xmpp-active-users run` builds it, plus a recorder of tracked changes.
     Prints "ready" once connected; stops on SIGTERM, then writes the changes as JSON."""
+    from bot.app.daemon import Bot
     from bot.config import load_settings
-    from bot.daemon import Bot
 
     settings = load_settings(config)
     bot = Bot(settings)

@@ -35,10 +35,10 @@ from pathlib import Path
 
 from machine import bot_version, cpu_model, progress
 
-from bot.import_ejabberd import REGISTERED_ONLY
-from bot.import_sources import open_source
-from bot.importer import Activity, ImportReport, import_activities
-from bot.store import Store
+from bot.importing.ejabberd import REGISTERED_ONLY
+from bot.importing.importer import Activity, ImportReport, import_activities
+from bot.importing.sources import open_source
+from bot.storage.store import Store
 
 DOMAIN = "example.test"
 SPREAD = 60 * 86_400  # last logouts: uniform over the past 60 days

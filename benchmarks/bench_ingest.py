@@ -55,8 +55,8 @@ from pathlib import Path
 from machine import bot_version, cpu_model, progress
 
 import bot
-from bot.activity import ActivityTracker
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.sandbox import free_ports
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from machine import bot_version, cpu_model, progress
 
-from bot.activity import ActivityTracker
-from bot.commands import CommandSet, Figures
-from bot.component import ActiveUsersComponent
-from bot.liveness import LivenessSettings
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.admin.commands import CommandSet, Figures
+from bot.storage.store import Store
+from bot.xmpp.component import ActiveUsersComponent
+from bot.xmpp.liveness import LivenessSettings
 
 ROUNDS = 3
 NOW = 1_800_000_000

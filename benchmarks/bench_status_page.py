@@ -33,14 +33,14 @@ from pathlib import Path
 from bench_core import DOMAIN, SPREAD_DAYS, build_store
 from machine import bot_version, cpu_model, progress
 
+from bot.admin.history import utc_day
+from bot.app.daemon import Bot
 from bot.config import load_settings
-from bot.counter import DAY
-from bot.daemon import Bot
-from bot.history import utc_day
-from bot.statuspage import render
-from bot.store import Store
+from bot.core.counter import DAY
+from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
-from bot.web import WebServer
+from bot.web.server import WebServer
+from bot.web.statuspage import render
 
 TARGET_USERS = 1_000_000
 TARGET_PAGE_BYTES = 100_000  # per domain, before compression

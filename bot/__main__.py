@@ -17,16 +17,17 @@ from typing import Any
 from slixmpp.jid import JID, InvalidJID
 from tqdm import tqdm
 
-from . import daemon, importer
-from .activity import ActivityTracker
-from .commands import iso_utc, parse_days
+from .activity.tracker import ActivityTracker
+from .admin.commands import iso_utc, parse_days
+from .admin.history import chart_lines, history_csv, last_days, utc_day
+from .app import daemon
 from .config import ConfigError, load_settings
-from .contact import software_version
-from .counter import Counts, window_label
-from .history import chart_lines, history_csv, last_days, utc_day
-from .import_sources import SOURCES, open_source
-from .shelf import StoreError
-from .store import Store
+from .core.counter import Counts, window_label
+from .importing import importer
+from .importing.sources import SOURCES, open_source
+from .storage.shelf import StoreError
+from .storage.store import Store
+from .xmpp.contact import software_version
 
 log = logging.getLogger("xmpp_active_users")
 

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 from slixmpp.jid import JID, InvalidJID
 
-from .alerts import AlertSettings
-from .counter import DEFAULT_WINDOWS
-from .nodeinfo import HALF_YEAR, NodeInfoSettings
-from .pseudonym import MIN_SECRET_LENGTH
-from .reports import WEEKDAYS, ReportSettings
+from .admin.alerts import AlertSettings
+from .admin.reports import WEEKDAYS, ReportSettings
+from .core.counter import DEFAULT_WINDOWS
+from .storage.pseudonym import MIN_SECRET_LENGTH
+from .web.nodeinfo import HALF_YEAR, NodeInfoSettings
 
 SECRET_ENV = "XMPP_ACTIVE_USERS_SECRET"
 TOKEN_ENV = "XMPP_ACTIVE_USERS_METRICS_TOKEN"

@@ -20,18 +20,18 @@ from pathlib import Path
 from slixmpp.test import SlixTest
 from slixmpp.test import TestTransport as Transport  # not collected as a test
 
-from bot.activity import ActivityTracker
-from bot.commands import ADHOC_CLIENTS_NODE, ADHOC_STATS_NODE, CommandSet
-from bot.component import ActiveUsersComponent, Timing
+from bot.activity.tracker import ActivityTracker
+from bot.admin.commands import ADHOC_CLIENTS_NODE, ADHOC_STATS_NODE, CommandSet
+from bot.admin.forms import table_rows
+from bot.admin.history import utc_day
+from bot.app.daemon import Bot, figures_source
 from bot.config import Settings, load_settings
-from bot.counter import DAY
-from bot.daemon import Bot, figures_source
-from bot.forms import table_rows
-from bot.history import utc_day
-from bot.model import UserRecord
-from bot.store import Store
+from bot.core.counter import DAY
+from bot.core.model import UserRecord
+from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
+from bot.xmpp.component import ActiveUsersComponent, Timing
 
 # --- accounts -----------------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.activity import ActivityTracker
-from bot.counter import DAY
-from bot.model import UserRecord
-from bot.store import Store, inactive_users
+from bot.activity.tracker import ActivityTracker
+from bot.core.counter import DAY
+from bot.core.model import UserRecord
+from bot.storage.store import Store, inactive_users
 from bot.testbed.seed import seed_counts
 
 T0 = 1_800_000_000

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.admin_commands import COMMAND_SESSION_TTL
+from bot.xmpp.admin_commands import COMMAND_SESSION_TTL
 
 from .support import COMPONENT, ComponentHarness
 

@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.client_families import OTHER, Families
+from bot.app.daemon import Bot
 from bot.config import load_settings
-from bot.daemon import Bot
-from bot.model import UserRecord
-from bot.store import Store
-from bot.web import WebServer
+from bot.core.client_families import OTHER, Families
+from bot.core.model import UserRecord
+from bot.storage.store import Store
+from bot.web.server import WebServer
 
 from .support import MINIMAL, T0, write
 

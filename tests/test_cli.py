@@ -14,8 +14,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from bot.activity import ActivityTracker
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.storage.store import Store
 
 from .support import MINIMAL, write
 

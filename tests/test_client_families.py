@@ -1,4 +1,5 @@
-"""Client families from caps nodes (bot/client_families.py): the table, hosts, and the bound."""
+"""Client families from caps nodes (bot/core/client_families.py): the table, hosts, and the
+bound."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.client_families import (
+from bot.core.client_families import (
     KNOWN,
     MAX_HOST_FAMILIES,
     OTHER,

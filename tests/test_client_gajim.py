@@ -24,8 +24,7 @@ from slixmpp.exceptions import IqError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from bot.admin_commands import COMMANDS_NODE
-from bot.commands import (
+from bot.admin.commands import (
     ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
@@ -33,7 +32,8 @@ from bot.commands import (
     PLAIN_STATUS,
     figures_status,
 )
-from bot.history import utc_day
+from bot.admin.history import utc_day
+from bot.xmpp.admin_commands import COMMANDS_NODE
 
 from .support import Chat
 

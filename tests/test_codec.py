@@ -16,13 +16,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.activity import ActivityTracker
-from bot.client_families import UNKNOWN
-from bot.codec import TIMESTAMPS, DamagedRecord, decode_record, decode_records, encode_record
-from bot.importer import Activity, import_activities
-from bot.model import UserRecord
-from bot.shelf import SqliteDict
-from bot.store import Store, inactive_users
+from bot.activity.tracker import ActivityTracker
+from bot.core.client_families import UNKNOWN
+from bot.core.model import UserRecord
+from bot.importing.importer import Activity, import_activities
+from bot.storage.codec import (
+    TIMESTAMPS,
+    DamagedRecord,
+    decode_record,
+    decode_records,
+    encode_record,
+)
+from bot.storage.shelf import SqliteDict
+from bot.storage.store import Store, inactive_users
 
 T0 = 1_800_000_000
 timestamps = st.integers(min_value=TIMESTAMPS[0], max_value=TIMESTAMPS[-1])

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.commands import (
+from bot.admin.commands import (
     ADMIN_COMMANDS,
     CHAT_REFUSED,
     CHAT_UNKNOWN,
@@ -16,9 +16,9 @@ from bot.commands import (
     parse_days,
     stats_form,
 )
-from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
-from bot.forms import table_rows
-from bot.model import UserRecord
+from bot.admin.forms import table_rows
+from bot.core.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
+from bot.core.model import UserRecord
 
 
 def chat_reply(commands, who: str, text: str) -> str:

@@ -15,9 +15,9 @@ import pytest_asyncio
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from bot.commands import ADHOC_STATS_NODE, CHAT_REFUSED
-from bot.liveness import Verdict
+from bot.admin.commands import ADHOC_STATS_NODE, CHAT_REFUSED
 from bot.testbed.clients import connect_client, disconnect_client
+from bot.xmpp.liveness import Verdict
 
 from .support import Chat, Clock, LogWatch, ask_adhoc, bot_starter
 

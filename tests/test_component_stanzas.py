@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.admin_commands import COMMAND_SESSION_TTL, MAX_COMMAND_SESSIONS
-from bot.commands import (
+from bot.admin.commands import (
     ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
@@ -19,6 +18,7 @@ from bot.commands import (
     PLAIN_STATUS,
     CommandSet,
 )
+from bot.xmpp.admin_commands import COMMAND_SESSION_TTL, MAX_COMMAND_SESSIONS
 
 from .support import COMPONENT, T0, ComponentHarness
 

@@ -12,11 +12,11 @@ import re
 import tomllib
 from pathlib import Path
 
-from bot.commands import CHAT_REFUSED, PLAIN_STATUS, CommandSet, Figures, figures_status
-from bot.contact import PRESENCE_RESOURCE, ContactPresence, OwnPresence, software_version
-from bot.contact_stanzas import SENDER_BURST
-from bot.counter import DAY, ActivityIndex, Counts
-from bot.model import UserRecord
+from bot.admin.commands import CHAT_REFUSED, PLAIN_STATUS, CommandSet, Figures, figures_status
+from bot.core.counter import DAY, ActivityIndex, Counts
+from bot.core.model import UserRecord
+from bot.xmpp.contact import PRESENCE_RESOURCE, ContactPresence, OwnPresence, software_version
+from bot.xmpp.contact_stanzas import SENDER_BURST
 
 from .support import COMPONENT, T0, ComponentHarness
 

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config import load_settings
-from bot.counter import DAY, ActivityIndex, window_short
-from bot.metrics import ActivityCollector, Snapshot
-from bot.model import UserRecord
+from bot.core.counter import DAY, ActivityIndex, window_short
+from bot.core.model import UserRecord
+from bot.web.metrics import ActivityCollector, Snapshot
 
 from .support import MINIMAL, write
 

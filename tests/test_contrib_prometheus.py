@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from bot.config import load_settings
-from bot.counter import DAY
+from bot.core.counter import DAY
 from bot.testbed.prometheus import promtool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ import pytest
 from bot import __main__ as cli
 from bot.config import SECRET_ENV, load_settings
 from bot.testbed.botconfig import write_config
-from bot.web_connections import MAX_CONNECTIONS, connection_cap
+from bot.web.connections import MAX_CONNECTIONS, connection_cap
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "contrib" / "systemd" / "xmpp-active-users.service"

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, window_label
-from bot.model import UserRecord
+from bot.core.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, window_label
+from bot.core.model import UserRecord
 from bot.testbed.seed import seed_counts
 
 NOW = 1_800_000_000

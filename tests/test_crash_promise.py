@@ -39,8 +39,8 @@ from pathlib import Path
 import pytest
 
 import bot
-from bot.model import UserRecord
-from bot.store import Store
+from bot.core.model import UserRecord
+from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
 

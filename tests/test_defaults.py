@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
+from bot.app.daemon import Bot, count_periodically
+from bot.app.supervisor import EXIT_DUTY_FAILED, DutyFailed, supervise
 from bot.config import load_settings
-from bot.daemon import Bot, count_periodically
-from bot.ratelimit import RateLimiter
-from bot.supervisor import EXIT_DUTY_FAILED, DutyFailed, supervise
-from bot.web import WebServer
-from bot.web_connections import connection_cap
+from bot.web.connections import connection_cap
+from bot.web.server import WebServer
+from bot.xmpp.ratelimit import RateLimiter
 
 from .support import FAST, MINIMAL, bot_settings, write
 

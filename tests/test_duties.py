@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from bot.daemon import Bot
-from bot.model import UserRecord
-from bot.store import Store, flush_periodically
-from bot.supervisor import Backoff
+from bot.app.daemon import Bot
+from bot.app.supervisor import Backoff
+from bot.core.model import UserRecord
+from bot.storage.store import Store, flush_periodically
 
 from .support import FAST, RunningBot, bot_settings
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.erlterm import MAX_DEPTH, Atom, ErlTermError, Term, iter_terms
+from bot.importing.erlterm import MAX_DEPTH, Atom, ErlTermError, Term, iter_terms
 
 # What ejabberd 23.01 wrote here (`ejabberdctl dump_table FILE last_activity`, byte for byte),
 # after registering zoë, łukasz, 日本 and back\slash and `set_last` of a status with a quote, a

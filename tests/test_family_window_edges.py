@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.activity import ActivityTracker
-from bot.model import UserRecord
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.core.model import UserRecord
+from bot.storage.store import Store
 
 from .support import T0
 

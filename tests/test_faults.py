@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.daemon import Bot
-from bot.model import UserRecord
-from bot.shelf import StoreError
-from bot.store import Store
+from bot.app.daemon import Bot
+from bot.core.model import UserRecord
+from bot.storage.shelf import StoreError
+from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
 

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.daemon import Bot
-from bot.store import StoreError
-from bot.web import WebServer
+from bot.app.daemon import Bot
+from bot.storage.store import StoreError
+from bot.web.server import WebServer
 
 from .support import bot_settings
 

@@ -6,9 +6,8 @@ import subprocess
 import sys
 import time
 
-from bot.counter import DEFAULT_WINDOWS, ActivityIndex
-from bot.forms import table_rows
-from bot.history import (
+from bot.admin.forms import table_rows
+from bot.admin.history import (
     GAP,
     chart_lines,
     chat_chart,
@@ -19,8 +18,9 @@ from bot.history import (
     sparkline,
     utc_day,
 )
-from bot.model import UserRecord
-from bot.store import Store
+from bot.core.counter import DEFAULT_WINDOWS, ActivityIndex
+from bot.core.model import UserRecord
+from bot.storage.store import Store
 
 from .support import MINIMAL, write
 
@@ -129,7 +129,7 @@ class FakeServer:
 def test_the_peak_between_the_last_count_of_a_day_and_midnight_is_that_days(tmp_path):
     """Counts at 23:10 and 00:30: the peak of 23:40 belongs to the day that ended, and the new
     day's peak starts from who was online at midnight."""
-    from bot.daemon import Bot
+    from bot.app.daemon import Bot
 
     from .support import bot_settings
 
@@ -157,7 +157,7 @@ def test_the_peak_between_the_last_count_of_a_day_and_midnight_is_that_days(tmp_
 
 
 def test_a_restart_never_lowers_the_peak_already_stored_for_today(tmp_path):
-    from bot.daemon import Bot
+    from bot.app.daemon import Bot
 
     from .support import bot_settings
 

@@ -12,10 +12,17 @@ import sys
 import pytest
 
 from bot.__main__ import main
-from bot.import_ejabberd import read_mnesia_dump, read_online_list, read_sql_export
-from bot.importer import MAX_RECORD, Activity, Ignored, Rejected, SourceError, import_activities
-from bot.model import UserRecord
-from bot.store import Store
+from bot.core.model import UserRecord
+from bot.importing.ejabberd import read_mnesia_dump, read_online_list, read_sql_export
+from bot.importing.importer import (
+    MAX_RECORD,
+    Activity,
+    Ignored,
+    Rejected,
+    SourceError,
+    import_activities,
+)
+from bot.storage.store import Store
 
 from .support import MINIMAL, write
 
@@ -417,7 +424,7 @@ def test_the_online_list_is_read_in_lines_of_bounded_length(tmp_path):
 def test_a_dump_gives_back_the_memory_of_what_it_has_parsed(tmp_path, monkeypatch):
     """The mapped pages already parsed are released as it goes (madvise), so a dump of any
     size costs a bounded RSS."""
-    monkeypatch.setattr("bot.import_ejabberd._RELEASE_EVERY", 4096)
+    monkeypatch.setattr("bot.importing.ejabberd._RELEASE_EVERY", 4096)
     released = []
     real_mmap = mmap.mmap
 
@@ -426,7 +433,7 @@ def test_a_dump_gives_back_the_memory_of_what_it_has_parsed(tmp_path, monkeypatc
             released.append((start, length))
             return super().madvise(option, start, length)
 
-    monkeypatch.setattr("bot.import_ejabberd.mmap.mmap", Watched)
+    monkeypatch.setattr("bot.importing.ejabberd.mmap.mmap", Watched)
     path = tmp_path / "last.dump"
     path.write_bytes(dump(*(record(b'<<"u%d">>' % n, T) for n in range(1000))))
     entries = list(read_mnesia_dump(path, now=NOW))

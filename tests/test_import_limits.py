@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import Store
+from bot.storage.store import Store
 
 from .support import MINIMAL, write
 

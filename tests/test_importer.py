@@ -14,8 +14,8 @@ import tracemalloc
 import pytest
 
 from bot.__main__ import main
-from bot.import_sources import open_source
-from bot.importer import (
+from bot.core.model import UserRecord
+from bot.importing.importer import (
     MAX_DATA_FILE,
     Activity,
     Ignored,
@@ -29,9 +29,9 @@ from bot.importer import (
     read_data_file,
     read_sql,
 )
-from bot.luadata import LuaDataError, parse_lua_data
-from bot.model import UserRecord
-from bot.store import Store
+from bot.importing.luadata import LuaDataError, parse_lua_data
+from bot.importing.sources import open_source
+from bot.storage.store import Store
 
 from .support import MINIMAL, write
 
@@ -541,7 +541,7 @@ def test_a_resource_error_during_an_import_is_one_line(tmp_path, capsys, monkeyp
     def fail(*args, **kwargs):
         raise fault
 
-    monkeypatch.setattr("bot.importer.import_activities", fail)
+    monkeypatch.setattr("bot.importing.importer.import_activities", fail)
     code = main(["import", "-c", str(config), "--from", "prosody-lastlog2", str(tmp_path / "data")])
     assert code == 2
     out, err = capsys.readouterr()

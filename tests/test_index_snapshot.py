@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from bot import index_snapshot
-from bot.activity import ActivityTracker
-from bot.counter import DAY
-from bot.daemon import EXIT_NOT_SAVED, Bot
-from bot.importer import Activity, import_activities
-from bot.model import UserRecord, with_client_activity
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.app.daemon import EXIT_NOT_SAVED, Bot
+from bot.core.counter import DAY
+from bot.core.model import UserRecord, with_client_activity
+from bot.importing.importer import Activity, import_activities
+from bot.storage import index_snapshot
+from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 
 from .support import FAST, RunningBot, bot_settings
@@ -371,9 +371,9 @@ def test_no_snapshot_once_changes_were_discarded(tmp_path):
 WRITER = textwrap.dedent(
     """
     import os, sys, time
-    from bot import index_snapshot
-    from bot.activity import ActivityTracker
-    from bot.store import Store
+    from bot.storage import index_snapshot
+    from bot.activity.tracker import ActivityTracker
+    from bot.storage.store import Store
 
     path, when = sys.argv[1], sys.argv[2]
     real_replace, real_fsync = os.replace, os.fsync

@@ -6,6 +6,7 @@ modules it loaded are listed: none may come from `bot.testbed`.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -74,3 +75,66 @@ def test_shipped_commands_load_no_testbed_module(config, command, exit_code):
     assert code == exit_code
     assert "bot.__main__" in modules
     assert [m for m in modules if m.startswith("bot.testbed")] == []
+
+
+# Each layer, the layers it may import (bottom first); `bot/config.py` the settings it reads.
+MAY_IMPORT = {
+    "core": [],
+    "storage": ["core"],
+    "activity": ["core", "storage"],
+    "admin": ["core"],
+    "importing": ["core", "storage", "activity"],
+    "xmpp": ["core", "storage", "activity", "admin"],
+    "web": ["core", "admin"],
+    "config": ["core", "storage", "admin", "web"],
+    "app": ["core", "storage", "activity", "admin", "importing", "xmpp", "web", "config"],
+}
+TOP_MODULES = {"bot", "bot.__main__", "bot.config"}
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """Every bot module a file imports, at its top, in a function or under TYPE_CHECKING."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            found |= {target} | {f"{target}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] == "bot"}
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    if module in TOP_MODULES or len(parts) < 2:
+        return parts[-1] if module != "bot" else None
+    return parts[1]
+
+
+def test_each_import_points_down():
+    bot = Path(__file__).resolve().parent.parent / "bot"
+    wrong = []
+    for path in sorted(bot.rglob("*.py")):
+        module = ".".join(path.relative_to(bot.parent).with_suffix("").parts)
+        layer = layer_of(module)
+        if layer not in MAY_IMPORT:  # __main__ and the testbed may import anything
+            continue
+        allowed = {layer, *MAY_IMPORT[layer]}
+        for name in sorted(imports_of(path, module)):
+            target = layer_of(name)
+            if target is not None and target not in allowed and name != "bot":
+                wrong.append(f"{module} imports {name}")
+    assert wrong == []
+
+
+def test_each_module_lives_in_a_layer():
+    bot = Path(__file__).resolve().parent.parent / "bot"
+    flat = sorted(p.name for p in bot.glob("*.py") if f"bot.{p.stem}" not in TOP_MODULES)
+    assert flat == ["__init__.py"]
+    for layer in MAY_IMPORT:
+        if layer != "config":
+            doc = ast.get_docstring(ast.parse((bot / layer / "__init__.py").read_text()))
+            assert doc, f"bot/{layer}/__init__.py says the layer's job"
+            assert "\n" not in doc.strip(), f"bot/{layer}/__init__.py: one line"

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bot.liveness import LivenessChecker, LivenessSettings, Verdict, verdict_of_error
+from bot.xmpp.liveness import LivenessChecker, LivenessSettings, Verdict, verdict_of_error
 
 pytestmark = pytest.mark.asyncio
 

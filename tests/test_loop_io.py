@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from slixmpp.plugins.xep_0004 import Form
 
-from bot.activity import ActivityTracker
-from bot.client_families import UNKNOWN
-from bot.commands import ADHOC_HISTORY_NODE, ADMIN_COMMANDS
-from bot.daemon import Bot
-from bot.model import UserRecord
-from bot.store import Store, StoreError, flush_periodically
+from bot.activity.tracker import ActivityTracker
+from bot.admin.commands import ADHOC_HISTORY_NODE, ADMIN_COMMANDS
+from bot.app.daemon import Bot
+from bot.core.client_families import UNKNOWN
+from bot.core.model import UserRecord
+from bot.storage.store import Store, StoreError, flush_periodically
 
 from .support import ADMIN, bot_settings
 
@@ -352,7 +352,7 @@ async def test_retention_rechecks_a_user_whose_login_waits_for_a_read(tracker):
 
 
 async def test_a_failing_read_is_retried_and_logged_once(tracker, caplog, monkeypatch):
-    monkeypatch.setattr("bot.activity.READ_RETRY_DELAY", 0.05)
+    monkeypatch.setattr("bot.activity.tracker.READ_RETRY_DELAY", 0.05)
     store = tracker._store
     real_read = store.read_stored
     failures = 0

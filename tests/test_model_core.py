@@ -4,7 +4,7 @@ settings and three server profiles (Prosody; ejabberd with liveness pings; gener
 off).
 
 What is driven, in-process and without a network (the real objects, not their calls re-enacted):
-- the real `Bot` (bot/daemon.py) on a real store file: its start-up load (`Bot._load`: stored
+- the real `Bot` (bot/app/daemon.py) on a real store file: its start-up load (`Bot._load`: stored
   sessions closed at the heartbeat, or kept for the pings), `record_today`, `after_count`
   (today's snapshot), then `apply_retention` (the retention duty's pass, whose candidates a
   worker thread reads from the file), and at a clean stop what `Bot.serve` does on its way
@@ -97,17 +97,17 @@ from hypothesis.stateful import (
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import xmlstream as slixmpp_xmlstream
 
-from bot import index_snapshot
-from bot.activity import LOAD_FLOOR_MARGIN
-from bot.component import Timing
+from bot.activity.tracker import LOAD_FLOOR_MARGIN
+from bot.admin.history import utc_day
+from bot.app.daemon import Bot
 from bot.config import Settings
-from bot.daemon import Bot
-from bot.history import utc_day
-from bot.importer import Activity, import_activities
-from bot.model import UserRecord
-from bot.pseudonym import Pseudonyms
-from bot.store import Store
+from bot.core.model import UserRecord
+from bot.importing.importer import Activity, import_activities
+from bot.storage import index_snapshot
+from bot.storage.pseudonym import Pseudonyms
+from bot.storage.store import Store
 from bot.testbed.seed import seed_counts
+from bot.xmpp.component import Timing
 
 # --- known faults ------------------------------------------------------------------------------
 # Every fault this machine found in the code under test: name -> diagnosis. Each has its shrunk

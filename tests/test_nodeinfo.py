@@ -17,11 +17,11 @@ import aiohttp
 import jsonschema
 import pytest
 
-from bot.counter import DAY, ActivityIndex
-from bot.model import UserRecord
-from bot.nodeinfo import SCHEMA, NodeInfoPages, NodeInfoSettings
-from bot.store import Store
-from bot.web import WebServer
+from bot.core.counter import DAY, ActivityIndex
+from bot.core.model import UserRecord
+from bot.storage.store import Store
+from bot.web.nodeinfo import SCHEMA, NodeInfoPages, NodeInfoSettings
+from bot.web.server import WebServer
 
 from .support import ask_adhoc
 

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.alerts import Alerts, AlertSettings, Incident
+from bot.admin.alerts import Alerts, AlertSettings, Incident
+from bot.admin.history import Day
+from bot.admin.notify import FIRST_RUN_GRACE, Notifier, Sources
+from bot.admin.reports import ReportSettings, figures, latest_scheduled, period_days
 from bot.config import ConfigError, load_settings
-from bot.counter import DAY, ClientCounts
-from bot.history import Day
-from bot.notify import FIRST_RUN_GRACE, Notifier, Sources
-from bot.reports import ReportSettings, figures, latest_scheduled, period_days
-from bot.store import Store
+from bot.core.counter import DAY, ClientCounts
+from bot.storage.store import Store
 
 from .support import MINIMAL, write
 

@@ -10,7 +10,7 @@ from slixmpp import ComponentXMPP
 from slixmpp.stanza import Iq
 from slixmpp.xmlstream import ET
 
-from bot.pinger import Pinger
+from bot.xmpp.pinger import Pinger
 
 pytestmark = pytest.mark.asyncio
 

@@ -14,8 +14,7 @@ import time
 import pytest
 from slixmpp.exceptions import IqError
 
-from bot.admin_commands import COMMANDS_NODE
-from bot.commands import (
+from bot.admin.commands import (
     ADHOC_CLIENTS_NODE,
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
@@ -24,8 +23,9 @@ from bot.commands import (
     CHAT_REFUSED,
     CHAT_UNKNOWN,
 )
-from bot.forms import table_rows
-from bot.history import utc_day
+from bot.admin.forms import table_rows
+from bot.admin.history import utc_day
+from bot.xmpp.admin_commands import COMMANDS_NODE
 
 from .support import Chat
 

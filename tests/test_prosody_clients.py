@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.store import Store
+from bot.storage.store import Store
 
 from .support import USERS, Chat, ask_adhoc, ask_adhoc_clients
 

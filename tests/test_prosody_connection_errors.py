@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from bot.daemon import Bot
+from bot.app.daemon import Bot
 from bot.testbed.sandbox import refused_port
 
 from .support import FAST, RunningBot, bot_settings

@@ -17,8 +17,8 @@ import pytest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from bot.commands import PLAIN_STATUS, figures_status
-from bot.contact import software_version
+from bot.admin.commands import PLAIN_STATUS, figures_status
+from bot.xmpp.contact import software_version
 
 from .support import Chat, LogWatch, ask_adhoc
 
@@ -210,7 +210,7 @@ async def test_a_user_who_adds_the_bot_sees_a_plain_status_and_never_the_figures
 
         await bot.bot.after_count()  # a count ...
         await ask_adhoc(admin)  # ... and an admin's question refresh the admin's status only
-        # (every configured admin's, whether they added the bot or not: see bot/contact.py)
+        # (every configured admin's, whether they added the bot or not: see bot/xmpp/contact.py)
         assert (await admin_presences.next())[1].startswith("DAU ")
         assert (await admin_presences.next())[1].startswith("DAU ")
         await presences.nothing_more()

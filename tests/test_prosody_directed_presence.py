@@ -20,7 +20,7 @@ import pytest_asyncio
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from bot.counter import DAY
+from bot.core.counter import DAY
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.sandbox import ProsodySandbox
 

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from bot.daemon import Bot
-from bot.luadata import parse_lua_data
+from bot.app.daemon import Bot
+from bot.importing.luadata import parse_lua_data
 
 from .support import FAST, Clock, RunningBot, bot_settings
 

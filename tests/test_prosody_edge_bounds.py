@@ -19,10 +19,10 @@ import pytest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from bot.commands import CommandSet
-from bot.component import ActiveUsersComponent
-from bot.contact_stanzas import SENDER_BURST
-from bot.privileges import Privileges
+from bot.admin.commands import CommandSet
+from bot.xmpp.component import ActiveUsersComponent
+from bot.xmpp.contact_stanzas import SENDER_BURST
+from bot.xmpp.privileges import Privileges
 
 from .support import ADMIN, FAST
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from bot.store import Store
+from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 
 from .support import MINIMAL, write

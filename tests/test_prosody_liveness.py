@@ -12,8 +12,8 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from bot.liveness import Verdict
 from bot.testbed.linkproxy import LinkProxy
+from bot.xmpp.liveness import Verdict
 
 from .support import bot_starter
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from bot.activity import ActivityTracker
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.storage.store import Store
 from bot.testbed.sandbox import refused_port
 
 from .support import Clock, LogWatch, ask_adhoc

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.daemon import Bot
+from bot.app.daemon import Bot
 from bot.testbed.sandbox import ProsodySandbox
 
 from .support import FAST, LogWatch, RunningBot, bot_settings

@@ -16,8 +16,8 @@ from dataclasses import replace
 import pytest
 import pytest_asyncio
 
-from bot import xmpp_connection as component_module
 from bot.testbed.linkproxy import LinkProxy
+from bot.xmpp import connection as component_module
 
 from .support import FAST, Clock, RunningBot, bot_starter
 

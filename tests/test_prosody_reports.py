@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 import bot
-from bot.commands import ADHOC_HISTORY_NODE, CHAT_REFUSED
-from bot.counter import DAY
-from bot.forms import table_rows
-from bot.store import Store
+from bot.admin.commands import ADHOC_HISTORY_NODE, CHAT_REFUSED
+from bot.admin.forms import table_rows
+from bot.core.counter import DAY
+from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.linkproxy import LinkProxy
 from bot.testbed.sandbox import ProsodySandbox
@@ -210,9 +210,9 @@ async def test_exactly_once_across_restarts_around_the_scheduled_minute(prosody,
 _CHILD = """
     import asyncio, signal, sys, time
     from pathlib import Path
-    from bot.component import Timing
+    from bot.xmpp.component import Timing
     from bot.config import load_settings
-    from bot.daemon import Bot
+    from bot.app.daemon import Bot
 
     config, clock_file, slow_disk = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from bot.daemon import Bot
-from bot.store import Store
+from bot.app.daemon import Bot
+from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.sandbox import INSTALLS, ProsodySandbox

@@ -1,5 +1,5 @@
-"""Pseudonyms (bot/pseudonym.py): one per user and per session, the same for the same JID, kept
-apart from each other, and unchanged from one release to the next (stores keep their keys)."""
+"""Pseudonyms (bot/storage/pseudonym.py): one per user and per session, the same for the same JID,
+kept apart from each other, and unchanged from one release to the next (stores keep their keys)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.pseudonym import Pseudonyms
+from bot.storage.pseudonym import Pseudonyms
 
 KEY = b"k" * 32
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from bot.ratelimit import RateLimiter, RefusalLog
+from bot.xmpp.ratelimit import RateLimiter, RefusalLog
 
 
 class Clock:

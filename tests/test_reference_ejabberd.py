@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from bot.__main__ import main
-from bot.store import Store
+from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.ejabberd import EjabberdSandbox
 from bot.testbed.seed import seed_counts

@@ -17,7 +17,7 @@ from datetime import datetime
 import pytest
 
 from bot.__main__ import main
-from bot.store import Store
+from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.sandbox import ProsodySandbox
 from bot.testbed.seed import seed_counts

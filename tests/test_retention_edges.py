@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from bot.app.daemon import Bot
 from bot.config import load_settings
-from bot.daemon import Bot
-from bot.model import UserRecord
-from bot.store import Store
+from bot.core.model import UserRecord
+from bot.storage.store import Store
 
 from .support import MINIMAL, T0, write
 

@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from bot.activity import ActivityTracker
-from bot.daemon import count_periodically
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.app.daemon import count_periodically
+from bot.storage.store import Store
 
 from .support import bot_settings
 

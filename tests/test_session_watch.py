@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from bot.liveness import Verdict
-from bot.session_watch import SessionWatch, State, WatchLimits
+from bot.xmpp.liveness import Verdict
+from bot.xmpp.session_watch import SessionWatch, State, WatchLimits
 
 pytestmark = pytest.mark.asyncio
 

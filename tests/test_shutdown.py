@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from bot.daemon import EXIT_NOT_SAVED, Bot
-from bot.store import Store
+from bot.app.daemon import EXIT_NOT_SAVED, Bot
+from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 
 from .support import FAST, RunningBot, bot_settings

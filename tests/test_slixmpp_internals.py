@@ -1,5 +1,5 @@
-"""What the bot relies on in slixmpp beyond its public API (bot/slixmpp_internals.py), pinned on
-the installed slixmpp: an upgrade that changes any of it fails here, not in production.
+"""What the bot relies on in slixmpp beyond its public API (bot/xmpp/slixmpp_internals.py), pinned
+on the installed slixmpp: an upgrade that changes any of it fails here, not in production.
 
 Plain ComponentXMPP streams on slixmpp's own harness (SlixTest, synchronous tests).
 """
@@ -12,7 +12,7 @@ import pytest
 from slixmpp.exceptions import IqTimeout, XMPPError
 from slixmpp.test import SlixTest
 
-from bot.slixmpp_internals import (
+from bot.xmpp.slixmpp_internals import (
     SlixmppChanged,
     error_condition,
     guard_adhoc_commands,

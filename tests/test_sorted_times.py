@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot import counter
-from bot.counter import SortedTimes
+from bot.core import counter
+from bot.core.counter import SortedTimes
 
 values = st.integers(-5, 40)
 operations = st.lists(st.tuples(st.sampled_from(["add", "remove", "compact"]), values), max_size=80)

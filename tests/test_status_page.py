@@ -1,4 +1,4 @@
-"""The status page's HTML (bot/statuspage.py), read with html.parser, and how the bot serves it:
+"""The status page's HTML (bot/web/statuspage.py), read with html.parser, and how the bot serves it:
 from memory and worker threads, never waiting on the disk in its event loop. (What a real
 browser shows of it: tests/test_status_page_browser.py.)
 """
@@ -13,14 +13,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot import daemon
-from bot.counter import DAY, Counts
-from bot.daemon import Bot
-from bot.history import last_days
-from bot.model import UserRecord
-from bot.statuspage import Health, StatusView, render
-from bot.store import Store
-from bot.web import WebServer
+from bot.admin.history import last_days
+from bot.app import daemon
+from bot.app.daemon import Bot
+from bot.core.counter import DAY, Counts
+from bot.core.model import UserRecord
+from bot.storage.store import Store
+from bot.web.server import WebServer
+from bot.web.statuspage import Health, StatusView, render
 
 from .support import bot_settings
 

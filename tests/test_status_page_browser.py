@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 
-from bot.counter import DAY
-from bot.history import utc_day
-from bot.statuspage import HISTORY_DAYS
+from bot.admin.history import utc_day
+from bot.core.counter import DAY
 from bot.testbed.chromium import Chromium
 from bot.testbed.clients import connect_client, disconnect_client
+from bot.web.statuspage import HISTORY_DAYS
 
 from .support import HISTORY_DAYS_BACK, USERS, World, history_figures, seeded_world
 

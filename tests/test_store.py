@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from bot.model import UserRecord
-from bot.shelf import SqliteDict, StoreCorruptError, StoreError, StoreLockedError
-from bot.store import SCHEMA_VERSION, Store
+from bot.core.model import UserRecord
+from bot.storage.shelf import SqliteDict, StoreCorruptError, StoreError, StoreLockedError
+from bot.storage.store import SCHEMA_VERSION, Store
 
 from .support import cpu_wait
 
@@ -120,8 +120,8 @@ _HOLD_STORE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from bot.model import UserRecord
-    from bot.store import Store
+    from bot.core.model import UserRecord
+    from bot.storage.store import Store
     store = Store(Path(sys.argv[1]))
     store.put("alice@example.test", UserRecord(1, 2, 3, ("phone",)))
     store.flush(4)
@@ -207,8 +207,8 @@ _WRITER = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from bot.activity import ActivityTracker
-    from bot.store import Store, flush_periodically
+    from bot.activity.tracker import ActivityTracker
+    from bot.storage.store import Store, flush_periodically
 
     async def main():
         store = Store(Path(sys.argv[1]))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import Store
+from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
 
@@ -89,9 +89,9 @@ def run_child(script: str, *args: str) -> dict:
 _FLUSH_INTO_IMMUTABLE = """
     import json, subprocess, sys
     from pathlib import Path
-    from bot.model import UserRecord
-    from bot.shelf import StoreError
-    from bot.store import Store
+    from bot.core.model import UserRecord
+    from bot.storage.shelf import StoreError
+    from bot.storage.store import Store
 
     path, immutable = Path(sys.argv[1]), sys.argv[2].split(",")
     record = UserRecord(1_800_000_000, 1_800_000_000, 0)
@@ -146,10 +146,10 @@ def test_flush_into_immutable_files_fails_in_one_line_and_writes_once_writable(t
 _IMMUTABLE_WHILE_FLUSHING = """
     import json, subprocess, sys
     from pathlib import Path
-    from bot import shelf
-    from bot.model import UserRecord
-    from bot.shelf import StoreError
-    from bot.store import Store
+    from bot.storage import shelf
+    from bot.core.model import UserRecord
+    from bot.storage.shelf import StoreError
+    from bot.storage.store import Store
 
     path, immutable = Path(sys.argv[1]), sys.argv[2].split(",")
     record = UserRecord(1_800_000_000, 1_800_000_000, 0)
@@ -197,9 +197,9 @@ def test_files_turning_immutable_while_a_flush_is_built_fail_it_before_the_commi
 _CLOSE_WHILE_IMMUTABLE = """
     import json, subprocess, sys
     from pathlib import Path
-    from bot.model import UserRecord
-    from bot.shelf import StoreError
-    from bot.store import Store
+    from bot.core.model import UserRecord
+    from bot.storage.shelf import StoreError
+    from bot.storage.store import Store
 
     path, immutable = Path(sys.argv[1]), sys.argv[2].split(",")
     record = UserRecord(1_800_000_000, 1_800_000_000, 0)

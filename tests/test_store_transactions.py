@@ -9,9 +9,9 @@ import sqlite3
 
 import pytest
 
-from bot.model import UserRecord
-from bot.shelf import SqliteDict, StoreError
-from bot.store import Store, flush_periodically
+from bot.core.model import UserRecord
+from bot.storage.shelf import SqliteDict, StoreError
+from bot.storage.store import Store, flush_periodically
 
 T0 = 1_800_000_000
 RECORD = UserRecord(T0, T0, 0)

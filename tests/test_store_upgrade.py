@@ -13,11 +13,11 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from bot.activity import ActivityTracker
-from bot.counter import DAY
-from bot.model import UserRecord
-from bot.shelf import SqliteDict
-from bot.store import SCHEMA_VERSION, Store
+from bot.activity.tracker import ActivityTracker
+from bot.core.counter import DAY
+from bot.core.model import UserRecord
+from bot.storage.shelf import SqliteDict
+from bot.storage.store import SCHEMA_VERSION, Store
 from bot.testbed.seed import seed_counts
 
 OLD_STORE = Path(__file__).parent / "data" / "store-schema-1.sqlite3"

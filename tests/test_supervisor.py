@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from bot.daemon import Bot
-from bot.supervisor import EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
+from bot.app.daemon import Bot
+from bot.app.supervisor import EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
 
 from .support import FAST, RunningBot, bot_settings
 
@@ -37,7 +37,7 @@ async def test_a_failing_duty_is_logged_and_restarted_with_backoff(caplog, monke
         delays.append(delay)
         await real_sleep(0)
 
-    monkeypatch.setattr("bot.supervisor.asyncio.sleep", sleep)
+    monkeypatch.setattr("bot.app.supervisor.asyncio.sleep", sleep)
 
     async def duty() -> None:
         nonlocal runs

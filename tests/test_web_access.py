@@ -23,11 +23,11 @@ import pytest_asyncio
 import yaml
 from aiohttp import web
 
-from bot.daemon import Bot
+from bot.app.daemon import Bot
 from bot.testbed.botconfig import write_config
 from bot.testbed.prometheus import PrometheusSandbox
 from bot.testbed.sandbox import free_ports
-from bot.web import UNAUTHORIZED_TEXT, WebServer
+from bot.web.server import UNAUTHORIZED_TEXT, WebServer
 
 from .support import bot_settings
 

@@ -15,14 +15,14 @@ import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine
 
-from bot.web import WebServer
-from bot.web_connections import (
+from bot.web.connections import (
     ACCEPT_FAILED,
     AcceptFailures,
     Limits,
     ServerLog,
     connection_cap,
 )
+from bot.web.server import WebServer
 
 ATTACKER, SCRAPER = "127.0.0.2", "127.0.0.1"  # two sources on loopback
 PARTIAL = b"GET / HTTP/1.1\r\nHost: bot\r\n"  # a request whose headers never end

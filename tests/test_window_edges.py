@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.activity import ActivityTracker
-from bot.counter import DAY, ActivityIndex
-from bot.model import UserRecord
-from bot.store import Store
+from bot.activity.tracker import ActivityTracker
+from bot.core.counter import DAY, ActivityIndex
+from bot.core.model import UserRecord
+from bot.storage.store import Store
 from bot.testbed.seed import seed_counts
 
 NOW = 1_800_000_000

@@ -26,9 +26,9 @@ from typing import Any, TextIO, TypeVar
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
-from ..commands import ADHOC_STATS_NODE
+from ..admin.commands import ADHOC_STATS_NODE
+from ..app.daemon import Bot
 from ..config import load_settings
-from ..daemon import Bot
 from . import botconfig
 from .clients import connect_client, disconnect_client
 from .sandbox import ProsodyNotInstalled, ProsodySandbox, check_installed, free_ports, tail

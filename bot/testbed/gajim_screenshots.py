@@ -24,8 +24,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..app.daemon import Bot
 from ..config import load_settings
-from ..daemon import Bot
 from .botconfig import write_config
 from .clients import connect_client, disconnect_client
 from .sandbox import ProsodySandbox

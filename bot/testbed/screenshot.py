@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..admin.history import utc_day
+from ..app.daemon import Bot
 from ..config import load_settings
-from ..counter import DAY
-from ..daemon import Bot
-from ..history import utc_day
-from ..model import UserRecord
-from ..store import Store
+from ..core.counter import DAY
+from ..core.model import UserRecord
+from ..storage.store import Store
 from .botconfig import write_config
 from .chromium import Chromium
 from .clients import connect_client, disconnect_client

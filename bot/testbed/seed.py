@@ -15,7 +15,7 @@ from typing import Any
 DAY = 86_400  # the seed's own constant, not ours: an oracle shares no code with what it checks
 
 # What the loop reads of one user: (first_seen, last_login, last_logout, sessions, ...), the
-# layout of a record in the store (bot/codec.py; what follows, the client families, the seed
+# layout of a record in the store (bot/storage/codec.py; what follows, the client families, the seed
 # does not have). A `UserRecord` is such a tuple.
 SeedRecord = tuple[Any, ...]
 

@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.web_connections")  # its name from before the layers: admins grep it
 
 # The descriptors kept away from HTTP: the XMPP link and its reconnections, the store (SQLite,
 # its write-ahead log, the read connections of worker threads), the log, Python's own; and one

@@ -25,7 +25,7 @@ import pickle
 from collections.abc import Sequence
 from typing import Any
 
-from .model import UserRecord
+from ..core.model import UserRecord
 from .shelf import PrimitivesUnpickler, load_primitives
 
 TIMESTAMPS = range(0, 4_102_444_800 + 1)  # 1970 .. 2100-01-01 00:00 UTC; see above

@@ -18,8 +18,8 @@ from slixmpp.exceptions import XMPPError
 from slixmpp.jid import JID
 from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
 
-from .activity import ActivityTracker
-from .commands import ADMIN_COMMANDS, Command, CommandError, CommandSet, Request
+from ..activity.tracker import ActivityTracker
+from ..admin.commands import ADMIN_COMMANDS, Command, CommandError, CommandSet, Request
 from .internal_errors import InternalErrors
 from .ratelimit import RateLimiter, RefusalLog
 from .slixmpp_internals import (

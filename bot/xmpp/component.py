@@ -1,6 +1,6 @@
 """The XMPP edge: a thin external component (XEP-0114) on slixmpp that registers its parts.
 
-Each part is one module with its own state: the connection (xmpp_connection.py), the session
+Each part is one module with its own state: the connection (xmpp/connection.py), the session
 watch (session_watch.py), the liveness rounds (liveness.py, pinger.py), privileges
 (privileges.py), the admin commands (admin_commands.py, defined in commands.py) and the bot as a
 contact (contact_stanzas.py, contact.py). This class routes presence stanzas to the tracker and
@@ -31,9 +31,10 @@ from slixmpp.jid import JID, InvalidJID
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from .activity import ActivityTracker
+from ..activity.tracker import ActivityTracker
+from ..admin.commands import CommandSet
 from .admin_commands import AdminCommands
-from .commands import CommandSet
+from .connection import Connection, ConnectionFatal, Timing
 from .contact import SOFTWARE_NAME, software_version
 from .contact_stanzas import ContactStanzas
 from .internal_errors import InternalErrors
@@ -44,11 +45,10 @@ from .ratelimit import RefusalLog
 from .session_checks import SessionChecks
 from .session_watch import SessionWatch, WatchLimits
 from .slixmpp_internals import NS_COMPONENT, take_over_presence
-from .xmpp_connection import Connection, ConnectionFatal, Timing
 
 __all__ = ["ActiveUsersComponent", "ConnectionFatal", "Timing"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.component")  # its name from before the layers: admins grep it
 
 # XEP-0115 entity capabilities in a presence: its `node` names the client (see client_families.py).
 CAPS = "{http://jabber.org/protocol/caps}c"
@@ -203,7 +203,7 @@ class ActiveUsersComponent(ComponentXMPP):
         """Faults of ours by (place, error type); `errors.by_place()` for the metric."""
         return self.errors.counts
 
-    # --- the connection (xmpp_connection.py) ------------------------------------------------
+    # --- the connection (xmpp/connection.py) ------------------------------------------------
 
     async def serve(self) -> None:
         await self.connection.serve()

@@ -22,27 +22,27 @@ from typing import Any
 
 from slixmpp.jid import JID
 
-from .activity import ActivityTracker
-from .commands import CommandSet, Figures
-from .component import ActiveUsersComponent, ConnectionFatal, Timing
-from .config import Settings
-from .counter import DAY, Counts, window_label
-from .history import Day, day_snapshot, last_days, utc_day
-from .liveness import LivenessSettings
-from .metrics import ActivityCollector, MetricsPage, Snapshot
-from .nodeinfo import PUBLIC_PATHS, NodeInfoPages
-from .nodeinfo import WINDOWS as NODEINFO_WINDOWS
-from .notify import CallbackEdge, Notifier, Sources
-from .shelf import store_files
-from .statuspage import HISTORY_DAYS, Health, StatusView, status_page
-from .store import Store, flush_periodically, inactive_users
+from ..activity.tracker import ActivityTracker
+from ..admin.commands import CommandSet, Figures
+from ..admin.history import Day, day_snapshot, last_days, utc_day
+from ..admin.notify import CallbackEdge, Notifier, Sources
+from ..config import Settings
+from ..core.counter import DAY, Counts, window_label
+from ..storage.shelf import store_files
+from ..storage.store import Store, flush_periodically, inactive_users
+from ..web.connections import descriptor_budget
+from ..web.metrics import ActivityCollector, MetricsPage, Snapshot
+from ..web.nodeinfo import PUBLIC_PATHS, NodeInfoPages
+from ..web.nodeinfo import WINDOWS as NODEINFO_WINDOWS
+from ..web.server import Handler, WebServer
+from ..web.statuspage import HISTORY_DAYS, Health, StatusView, status_page
+from ..xmpp.component import ActiveUsersComponent, ConnectionFatal, Timing
+from ..xmpp.liveness import LivenessSettings
 from .supervisor import DEFAULT_BACKOFF, EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
-from .web import Handler, WebServer
-from .web_connections import descriptor_budget
 
 EXIT_NOT_SAVED = 2  # the store could not be written at shutdown: changes were lost
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.daemon")  # its name from before the layers: admins grep it
 
 
 def stored_peaks(snapshot: dict[str, Any] | None) -> dict[str, int]:

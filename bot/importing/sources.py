@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from . import import_ejabberd, importer
+from . import ejabberd, importer
 from .importer import Entry, SourceError
 
 SOURCES = (
@@ -29,9 +29,9 @@ SOURCES = (
 )
 Progress = Callable[[int], object]
 _EJABBERD_FILES: dict[str, Callable[..., Iterator[Entry]]] = {
-    "ejabberd-mnesia": import_ejabberd.read_mnesia_dump,
-    "ejabberd-sql": import_ejabberd.read_sql_export,
-    "ejabberd-online": import_ejabberd.read_online_list,
+    "ejabberd-mnesia": ejabberd.read_mnesia_dump,
+    "ejabberd-sql": ejabberd.read_sql_export,
+    "ejabberd-online": ejabberd.read_online_list,
 }
 
 

@@ -16,8 +16,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from .counter import ClientCounts, Counts, window_short
-from .web_connections import HttpStats
+from ..core.counter import ClientCounts, Counts, window_short
+from .connections import HttpStats
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Snapshot:
     clients_by_domain: Mapping[str, Mapping[str, ClientCounts]] = field(default_factory=dict)
     http: HttpStats | None = None  # the HTTP listener's connections and refusals
     history_failures: int = 0  # updates of the day's history snapshot (its peak) that failed
-    # place in the XMPP edge -> faults of ours there (bot/internal_errors.py); bounded places
+    # place in the XMPP edge -> faults of ours there (bot/xmpp/internal_errors.py); bounded places
     internal_errors: Mapping[str, int] = field(default_factory=dict)
     # Session pings (liveness.py): verdict ("alive", "gone", "cannot tell") -> pings, and the
     # pings waiting for their answer now.

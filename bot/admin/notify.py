@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 from slixmpp.plugins.xep_0004 import Form
 
+from ..core.counter import DAY, ClientCounts
 from .alerts import Alerts, AlertSettings
-from .counter import DAY, ClientCounts
 from .history import Day, utc_day
 from .reports import (
     WEEKDAYS,
@@ -39,7 +39,7 @@ from .reports import (
     report_text,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.notify")  # its name from before the layers: admins grep it
 
 CHECK_EVERY = 20.0  # seconds between two looks at the clock, the store and the duties
 FIRST_RUN_GRACE = 60  # a first run this soon after a scheduled time still sends that report

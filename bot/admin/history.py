@@ -16,7 +16,7 @@ from typing import Any
 
 from slixmpp.plugins.xep_0004 import Form
 
-from .counter import Counts, window_label, window_short
+from ..core.counter import Counts, window_label, window_short
 from .forms import Row, preformatted, rows_form
 
 SPARKS = "▁▂▃▄▅▆▇█"

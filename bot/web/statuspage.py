@@ -14,9 +14,9 @@ from datetime import UTC, date, datetime
 
 from aiohttp import web
 
-from .commands import Table, clients_table
-from .counter import DAY, ClientCounts, Counts, window_label, window_short
-from .history import Day
+from ..admin.commands import Table, clients_table
+from ..admin.history import Day
+from ..core.counter import DAY, ClientCounts, Counts, window_label, window_short
 
 HISTORY_DAYS = 90  # the charts' span, today included
 REFRESH_SECONDS = 300  # a wall display reloads itself (a meta refresh: no script)

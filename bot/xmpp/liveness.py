@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.liveness")  # its name from before the layers: admins grep it
 
 
 class Verdict(enum.Enum):

@@ -18,7 +18,7 @@ from typing import Any
 
 from slixmpp import ComponentXMPP
 
-from .activity import ActivityTracker
+from ..activity.tracker import ActivityTracker
 
 log = logging.getLogger("bot.component")  # one logger for the edge: admins grep one name
 

@@ -1,7 +1,8 @@
 """Import the history the XMPP server already keeps, so that MAU is right on the first day.
 
 This module holds what every source shares (the entries, the merge, the report) and Prosody's
-sources; ejabberd's are in import_ejabberd.py, the list of all in import_sources.py. Prosody's:
+sources; ejabberd's are in importing/ejabberd.py, the list of all in importing/sources.py.
+Prosody's:
     prosody-lastlog2          Prosody 0.12 file storage: DATA/<host>/lastlog2/<user>.dat
     prosody-lastlog           the older mod_lastlog: DATA/<host>/lastlog/<user>.dat
     prosody-account-activity  Prosody 13 file storage: DATA/<host>/account_activity/<user>.dat
@@ -47,11 +48,11 @@ from urllib.parse import quote, unquote
 
 from slixmpp.jid import JID, InvalidJID
 
-from .activity import exclusion_matcher
-from .codec import TIMESTAMPS
+from ..activity.tracker import exclusion_matcher
+from ..core.model import UserRecord, domain_of
+from ..storage.codec import TIMESTAMPS
+from ..storage.store import Store
 from .luadata import LuaDataError, parse_lua_data
-from .model import UserRecord, domain_of
-from .store import Store
 
 _STORE_OF_SOURCE = {
     "prosody-lastlog2": "lastlog2",

@@ -22,10 +22,8 @@ from functools import partial
 from itertools import islice
 from time import perf_counter
 
-from . import index_snapshot
-from .client_families import Families
-from .codec import DamagedRecord, decode_record
-from .counter import (
+from ..core.client_families import Families
+from ..core.counter import (
     DAY,
     DEFAULT_WINDOWS,
     ActivityIndex,
@@ -34,7 +32,10 @@ from .counter import (
     Counts,
     SortedTimes,
 )
-from .index_snapshot import (
+from ..core.model import UserRecord, domain_of, with_client_activity
+from ..storage import index_snapshot
+from ..storage.codec import DamagedRecord, decode_record
+from ..storage.index_snapshot import (
     ClientPart,
     DomainPart,
     FileState,
@@ -42,10 +43,9 @@ from .index_snapshot import (
     SnapshotRefused,
     Times,
 )
-from .model import UserRecord, domain_of, with_client_activity
-from .store import Store
+from ..storage.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.activity")  # its name from before the layers: admins grep it
 
 LOAD_FLOOR_MARGIN = DAY  # how far the clock may step back below the start-up load
 

@@ -16,12 +16,12 @@ from typing import Any
 
 from slixmpp.jid import JID
 
-from .activity import ActivityTracker
+from ..activity.tracker import ActivityTracker
+from .connection import Connection
 from .internal_errors import InternalErrors
 from .liveness import Session, Verdict, verdict_of_error
 from .pinger import Pinger
 from .session_watch import SessionWatch
-from .xmpp_connection import Connection
 
 log = logging.getLogger("bot.component")  # one logger for the edge
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import BasicAuth, hdrs, web
 from aiohttp.log import server_logger
 
-from .web_connections import (
+from .connections import (
     BACKLOG,
     AcceptFailures,
     ConnectionPool,
@@ -38,7 +38,7 @@ from .web_connections import (
     descriptor_budget,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.web")  # its name from before the layers: admins grep it
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.supervisor")  # its name from before the layers: admins grep it
 
 EXIT_DUTY_FAILED = 70  # EX_SOFTWARE: not 1 or 2, which the systemd unit treats as fatal
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from .commands import CommandSet
+from ..admin.commands import CommandSet
 
 SOFTWARE_NAME = "xmpp-active-users"  # the distribution's name, as pip knows it
 IDENTITY_NAME = "Active users"

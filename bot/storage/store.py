@@ -32,9 +32,9 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from ..core.model import UserRecord
 from .codec import DamagedRecord, decode_record, decode_records, encode_record
 from .index_snapshot import FileState, file_state
-from .model import UserRecord
 from .pseudonym import Pseudonyms
 from .shelf import (
     Shelf,
@@ -47,7 +47,7 @@ from .shelf import (
     refuse_foreign_file,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.store")  # its name from before the layers: admins grep it
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .counter import DAY, Counts
+from ..core.counter import DAY, Counts
 
 SCHEMA = "http://nodeinfo.diaspora.software/ns/schema/2.1"
 WELL_KNOWN_PATH = "/.well-known/nodeinfo"

@@ -16,8 +16,8 @@ from typing import Any
 from slixmpp import ComponentXMPP
 from slixmpp.jid import JID, InvalidJID
 
-from .activity import ActivityTracker
-from .commands import CommandSet
+from ..activity.tracker import ActivityTracker
+from ..admin.commands import CommandSet
 from .contact import IDENTITIES, IDENTITY_NAME, PRESENCE_RESOURCE, ContactPresence, OwnPresence
 from .ratelimit import RateLimiter, RefusalLog
 

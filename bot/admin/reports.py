@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from .client_families import describe
-from .counter import ClientCounts
+from ..core.client_families import describe
+from ..core.counter import ClientCounts
 from .history import GAP, Day, sparkline
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

@@ -15,8 +15,8 @@ from typing import Any
 from slixmpp.jid import JID, InvalidJID
 from slixmpp.plugins.xep_0004 import Form
 
-from .client_families import describe
-from .counter import DAY, DEFAULT_WINDOWS, ClientCounts, Counts, window_label, window_short
+from ..core.client_families import describe
+from ..core.counter import DAY, DEFAULT_WINDOWS, ClientCounts, Counts, window_label, window_short
 from .forms import Row, aligned, preformatted, rows_form
 from .history import Day, chat_chart, history_form
 from .notify import ADHOC_NOTIFY_NAME, ADHOC_NOTIFY_NODE, Notifier

@@ -1,0 +1,1 @@
+"""The activity model: sessions, logins, logouts, start-up load, resync, retention."""

@@ -1,0 +1,1 @@
+"""What admins ask and are told: the commands, history, reports, alerts, their forms."""

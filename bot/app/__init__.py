@@ -1,0 +1,1 @@
+"""The running bot: wiring, lifecycle, the background duties and their supervision."""

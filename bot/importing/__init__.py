@@ -1,0 +1,1 @@
+"""Importing a server's history: the sources, the merge, Prosody's and ejabberd's."""

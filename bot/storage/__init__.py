@@ -1,0 +1,1 @@
+"""The store: records on disk, the codec, pseudonyms, the SQLite mapping, the lock."""

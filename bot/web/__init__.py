@@ -1,0 +1,1 @@
+"""The HTTP listener: its connections, /metrics, the status page, NodeInfo."""

@@ -1,0 +1,1 @@
+"""The XMPP edge: a thin component and its parts (connection, sessions, commands)."""
