@@ -68,16 +68,6 @@ class Settings:
         return self.server_software == "prosody"
 
 
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach `host` (an IP address, or "localhost")."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any address
-        return False
-
-
 def load_settings(
     path: Path, *, environ: Mapping[str, str] | None = None, need_secret: bool = True
 ) -> Settings:
@@ -317,6 +307,16 @@ def _resolve_token(path: Path, values: dict[str, Any], environ: Mapping[str, str
             f"rand -hex 32`) or set {TOKEN_ENV}; or listen on 127.0.0.1"
         )
     return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (an IP address, or "localhost")."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
 
 
 def _listen_text(host: str, port: int) -> str:
