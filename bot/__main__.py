@@ -18,7 +18,8 @@ from slixmpp.jid import JID, InvalidJID
 from tqdm import tqdm
 
 from .activity.tracker import ActivityTracker
-from .admin.commands import iso_utc, parse_days
+from .admin.commands import parse_days
+from .admin.figures import iso_utc
 from .admin.history import chart_lines, history_csv, last_days, utc_day
 from .app import daemon
 from .config import ConfigError, load_settings

@@ -29,9 +29,8 @@ from bot.admin.commands import (
     ADHOC_FORGET_NODE,
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
-    PLAIN_STATUS,
-    figures_status,
 )
+from bot.admin.figures import PLAIN_STATUS, figures_status
 from bot.admin.history import utc_day
 from bot.xmpp.admin_commands import COMMANDS_NODE
 

@@ -11,11 +11,10 @@ from bot.admin.commands import (
     CHAT_REFUSED,
     CHAT_UNKNOWN,
     CommandSet,
-    Figures,
     chat_help,
     parse_days,
-    stats_form,
 )
+from bot.admin.figures import Figures, stats_form
 from bot.admin.forms import table_rows
 from bot.core.counter import DAY, DEFAULT_WINDOWS, ActivityIndex
 from bot.core.model import UserRecord

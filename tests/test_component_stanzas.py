@@ -15,9 +15,9 @@ from bot.admin.commands import (
     ADHOC_HISTORY_NODE,
     ADHOC_STATS_NODE,
     CHAT_REFUSED,
-    PLAIN_STATUS,
     CommandSet,
 )
+from bot.admin.figures import PLAIN_STATUS
 from bot.xmpp.admin_commands import COMMAND_SESSION_TTL, MAX_COMMAND_SESSIONS
 
 from .support import COMPONENT, T0, ComponentHarness

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import _SCHEMA, SECRET_ENV, TOKEN_ENV, ConfigError, load_settings
+from bot.config import SECRET_ENV, TOKEN_ENV, ConfigError, load_settings
+from bot.config_values import SCHEMA
 
 from .support import MINIMAL, write
 
@@ -283,7 +284,7 @@ def test_every_required_key_of_the_example_is_marked_edit():
             section = line.strip("[] ")
             continue
         key = line.split("=")[0].strip()
-        if line.startswith("#") or not key or not _SCHEMA.get(section, {}).get(key, (False,))[0]:
+        if line.startswith("#") or not key or not SCHEMA.get(section, {}).get(key, (False,))[0]:
             continue
         comment = []
         for above in reversed(lines[:number]):

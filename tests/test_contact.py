@@ -12,7 +12,8 @@ import re
 import tomllib
 from pathlib import Path
 
-from bot.admin.commands import CHAT_REFUSED, PLAIN_STATUS, CommandSet, Figures, figures_status
+from bot.admin.commands import CHAT_REFUSED, CommandSet
+from bot.admin.figures import PLAIN_STATUS, Figures, figures_status
 from bot.core.counter import DAY, ActivityIndex, Counts
 from bot.core.model import UserRecord
 from bot.xmpp.contact import PRESENCE_RESOURCE, ContactPresence, OwnPresence, software_version

@@ -17,7 +17,7 @@ import pytest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from bot.admin.commands import PLAIN_STATUS, figures_status
+from bot.admin.figures import PLAIN_STATUS, figures_status
 from bot.xmpp.contact import software_version
 
 from .support import Chat, LogWatch, ask_adhoc

@@ -1,6 +1,6 @@
-"""The status page's HTML (bot/web/statuspage.py), read with html.parser, and how the bot serves it:
-from memory and worker threads, never waiting on the disk in its event loop. (What a real
-browser shows of it: tests/test_status_page_browser.py.)
+"""The status page's HTML (bot/web/statuspage.py, bot/web/status_charts.py), read with
+html.parser, and how the bot serves it: from memory and worker threads, never waiting on the disk
+in its event loop. (What a real browser shows of it: tests/test_status_page_browser.py.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from bot.core.counter import DAY, Counts
 from bot.core.model import UserRecord
 from bot.storage.store import Store
 from bot.web.server import WebServer
-from bot.web.statuspage import Health, StatusView, render
+from bot.web.status_view import Health, StatusView
+from bot.web.statuspage import render
 
 from .support import bot_settings
 

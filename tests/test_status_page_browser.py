@@ -16,7 +16,7 @@ from bot.admin.history import utc_day
 from bot.core.counter import DAY
 from bot.testbed.chromium import Chromium
 from bot.testbed.clients import connect_client, disconnect_client
-from bot.web.statuspage import HISTORY_DAYS
+from bot.web.status_view import HISTORY_DAYS
 
 from .support import HISTORY_DAYS_BACK, USERS, World, history_figures, seeded_world
 

@@ -1,50 +1,34 @@
 """The status page at `/`: today's figures per domain, their daily history as inline SVG charts,
 and the bot's health. Server-rendered HTML: no JavaScript, no external assets, one request.
 
-`render` is a pure function of a `StatusView` (tested without a server); `status_page` makes the
-aiohttp handler that gathers the view (the bot's `status_view`) and renders it.
+`render` is a pure function of a `StatusView` (status_view.py; tested without a server);
+`status_page` makes the aiohttp handler that gathers the view (the bot's `status_view`) and
+renders it. The charts' SVG is drawn by status_charts.py.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ..admin.commands import Table, clients_table
+from ..admin.figures import Table, clients_table
 from ..admin.history import Day
-from ..core.counter import DAY, ClientCounts, Counts, window_label, window_short
+from ..core.counter import DAY, Counts, window_label, window_short
+from .status_charts import Series, chart
 
-HISTORY_DAYS = 90  # the charts' span, today included
+# The page's input, imported with the page by those who gather it (`Bot.status_view`).
+from .status_view import HISTORY_DAYS as HISTORY_DAYS
+from .status_view import Health as Health
+from .status_view import StatusView as StatusView
+
 REFRESH_SECONDS = 300  # a wall display reloads itself (a meta refresh: no script)
 
 _ACTIVE_NAMES = {DAY: "DAU", 7 * DAY: "WAU", 30 * DAY: "MAU"}
 _COLORS = ("#2563eb", "#d97706", "#059669", "#9333ea", "#dc2626", "#0891b2")
 _NEW_COLOR = "#db2777"
-
-
-@dataclass(frozen=True)
-class Health:
-    connected_since: float | None  # None: not connected now
-    last_write_at: float | None  # the last successful write of the store; None: none yet
-    failed_writes: int  # since the bot started
-    store_bytes: int | None  # the store's file and its write-ahead log; None: unknown
-
-
-@dataclass(frozen=True)
-class StatusView:
-    """Everything the page shows, gathered at one instant."""
-
-    service: str  # the component's JID
-    now: float
-    by_domain: Mapping[str, Counts]  # live figures
-    days: Sequence[Day]  # oldest first, today (live) last; None domains: the bot was down
-    windows: tuple[int, ...]
-    health: Health
-    clients_by_domain: Mapping[str, Mapping[str, ClientCounts]] = field(default_factory=dict)
 
 
 def status_page(
@@ -128,7 +112,7 @@ def _domain_section(
     windows = tuple(windows)
     history = [None if day.domains is None else day.domains.get(domain) for day in days]
     active_series = [
-        _Series(
+        Series(
             key=f"active_{window_short(window)}",
             name=_active_name(window),
             color=_COLORS[i % len(_COLORS)],
@@ -137,7 +121,7 @@ def _domain_section(
         for i, window in enumerate(windows)
     ]
     new_series = [
-        _Series(
+        Series(
             key=f"new_{window_short(DAY)}",
             name="New users, 24 hours",
             color=_NEW_COLOR,
@@ -150,8 +134,8 @@ def _domain_section(
         [
             f'<section class="domain" data-domain="{_e(domain)}"><h2>{_e(domain)}</h2>',
             _figures(counts),
-            _chart(f"Active users, last {len(days)} days", active_series, dates, gaps),
-            _chart(f"New users per day, last {len(days)} days", new_series, dates, gaps),
+            chart(f"Active users, last {len(days)} days", active_series, dates, gaps),
+            chart(f"New users per day, last {len(days)} days", new_series, dates, gaps),
             _clients_section(clients, windows),
             "</section>",
         ]
@@ -222,120 +206,6 @@ def _clients_section(table: Table, windows: tuple[int, ...]) -> str:
     return f'<h3>{_e(table.title)}</h3>{body}<p class="muted">{_e(table.note)}</p>'
 
 
-# --- charts ---------------------------------------------------------------------------------
-
-_WIDTH, _LEFT, _RIGHT, _TOP, _BOTTOM = 640, 58, 12, 12, 26
-_PLOT_HEIGHT = 150
-
-
-@dataclass(frozen=True)
-class _Series:
-    key: str
-    name: str
-    color: str
-    values: list[int | None]  # one per day; None: no data that day
-
-
-def _chart(title: str, series: list[_Series], dates: list[str], gaps: list[bool]) -> str:
-    """A line chart, one point per day with data; days without data are shaded gaps (the lines
-    break there: a missing day is never drawn as a zero)."""
-    n = len(dates)
-    height = _TOP + _PLOT_HEIGHT + _BOTTOM
-    plot_width = _WIDTH - _LEFT - _RIGHT
-    step = plot_width / max(n - 1, 1)
-    present = [v for s in series for v in s.values if v is not None]
-    top = _nice_ceiling(max(present, default=0))
-
-    def x(i: int) -> float:
-        return _LEFT + (i * step if n > 1 else plot_width / 2)
-
-    def y(value: int) -> float:
-        return _TOP + _PLOT_HEIGHT * (1 - value / top)
-
-    out = [
-        f"<h3>{_e(title)}</h3>",
-        f'<figure><svg viewBox="0 0 {_WIDTH} {height}" role="img" aria-label="{_e(title)}">',
-    ]
-    for start, end in _runs(gaps):  # shaded days without data
-        left = max(_LEFT, x(start) - step / 2)
-        right = min(_WIDTH - _RIGHT, x(end) + step / 2)
-        out.append(
-            f'<rect class="gap" x="{left:.1f}" y="{_TOP}" width="{max(right - left, 1):.1f}" '
-            f'height="{_PLOT_HEIGHT}"/>'
-        )
-    for fraction in (0, 0.5, 1):
-        level = _TOP + _PLOT_HEIGHT * (1 - fraction)
-        out.append(
-            f'<line class="grid" x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{level:.1f}" '
-            f'y2="{level:.1f}"/><text x="{_LEFT - 6}" y="{level + 4:.1f}" text-anchor="end">'
-            f"{_compact(top * fraction)}</text>"
-        )
-    if n:
-        baseline = _TOP + _PLOT_HEIGHT + _BOTTOM - 2
-        out.append(f'<text x="{_LEFT}" y="{baseline}">{_short_date(dates[0])}</text>')
-        out.append(
-            f'<text x="{_WIDTH - _RIGHT}" y="{baseline}" text-anchor="end">'
-            f"{_short_date(dates[-1])}</text>"
-        )
-    for s in series:
-        out.append(_series_svg(s, dates, x, y))
-    out.append("</svg>")
-    legend = "".join(
-        f'<li><span class="key" style="background:{s.color}"></span>{_e(s.name)}</li>'
-        for s in series
-    )
-    if any(gaps):
-        legend += '<li><span class="key nodata"></span>no data: the bot was not running</li>'
-    out.append(f'<figcaption><ul class="legend">{legend}</ul></figcaption></figure>')
-    return "".join(out)
-
-
-def _series_svg(
-    series: _Series, dates: list[str], x: Callable[[int], float], y: Callable[[int], float]
-) -> str:
-    commands, points = [], []
-    previous_present = False
-    for i, value in enumerate(series.values):
-        if value is None:
-            previous_present = False
-            continue
-        px, py = x(i), y(value)
-        commands.append(f"{'L' if previous_present else 'M'}{px:.1f} {py:.1f}")
-        points.append(
-            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5"><title>{_e(series.name)} '
-            f"{dates[i]}: {_number(value)}</title></circle>"
-        )
-        previous_present = True
-    path = f'<path d="{"".join(commands)}"/>' if commands else ""
-    return (
-        f'<g class="series" data-series="{series.key}" style="stroke:{series.color};'
-        f'fill:{series.color}">{path}{"".join(points)}</g>'
-    )
-
-
-def _runs(flags: list[bool]) -> list[tuple[int, int]]:
-    """(first, last) index of each run of True."""
-    runs, start = [], None
-    for i, flag in enumerate([*flags, False]):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    return runs
-
-
-def _nice_ceiling(value: int) -> int:
-    """The chart's top: a round number at least `value` (and at least 2, so that its half, the
-    middle grid line, is a whole number too)."""
-    magnitude = 1
-    while True:
-        for factor in (2, 4, 6, 8, 10) if magnitude == 1 else (2, 3, 4, 5, 6, 8, 10):
-            if factor * magnitude >= value:
-                return factor * magnitude
-        magnitude *= 10
-
-
 # --- health ---------------------------------------------------------------------------------
 
 
@@ -376,20 +246,8 @@ def _number(value: int) -> str:
     return f"{value:,}"
 
 
-def _compact(value: float) -> str:
-    """An axis label: 950, 1.5k, 20k, 1.2M."""
-    for limit, suffix in ((1e6, "M"), (1e3, "k")):
-        if value >= limit:
-            return f"{value / limit:.1f}".removesuffix(".0") + suffix
-    return f"{value:.0f}"
-
-
 def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _short_date(day: str) -> str:
-    return date.fromisoformat(day).strftime("%d %b")
 
 
 def _duration(seconds: float) -> str:
