@@ -352,7 +352,7 @@ async def test_retention_rechecks_a_user_whose_login_waits_for_a_read(tracker):
 
 
 async def test_a_failing_read_is_retried_and_logged_once(tracker, caplog, monkeypatch):
-    monkeypatch.setattr("bot.activity.tracker.READ_RETRY_DELAY", 0.05)
+    monkeypatch.setattr("bot.activity.read_queue.READ_RETRY_DELAY", 0.05)
     store = tracker._store
     real_read = store.read_stored
     failures = 0
