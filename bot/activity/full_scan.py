@@ -74,15 +74,6 @@ class Scan:
     online: dict[str, UserRecord] = field(default_factory=dict)  # live sessions (a reader)
     recovered_sessions: int = 0
 
-    @property
-    def hidden(self) -> int:
-        return sum(part.hidden for part in self.domains.values())
-
-    @property
-    def families(self) -> set[str]:
-        """The client families with activity the index keeps (or sessions online)."""
-        return {family for part in self.domains.values() for family in part.clients}
-
 
 def scan_store(
     store: Store,

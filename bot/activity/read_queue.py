@@ -105,7 +105,7 @@ class ReadQueue:
             self._read_soon(key)  # read ahead: the changes before it may still wait
 
     def _has(self, key: str) -> bool:
-        """Whether the record of `key` is in memory (so `_record` needs no disk)."""
+        """Whether the record of `key` is in memory (so `record` needs no disk)."""
         return self._is_online(key) or key in self._loaded or self._store.in_memory(key)
 
     def _read_soon(self, key: str) -> None:
