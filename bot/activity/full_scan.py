@@ -118,7 +118,7 @@ def scan_store(
             continue
         # Per client family its time; one family, mostly, whose time is the user's last
         # activity: one int object in both lists. Dormant families are not kept (they free
-        # their place among the host families, see clients.Families).
+        # their place among the host families, see client_families.Families).
         # The ignores: `clients` alternates family (str) and time (int), checked by the
         # codec; mypy sees str | int, and a cast per item would cost in this hot loop.
         time = clients[1]
