@@ -317,3 +317,33 @@ def test_a_clock_stepping_back_a_few_hours_after_the_load_still_counts_everyone(
         tracker.session_started("alice@example.test", "phone", back)  # and she comes and goes
         tracker.session_ended("alice@example.test", "phone", back + 5)
         assert tracker.counts(back + 10).dau == 1
+
+
+def test_a_fault_in_the_index_leaves_store_and_index_agreeing(tmp_path, monkeypatch):
+    """A change whose index update raises changes neither: the figures stay those a fresh
+    load of the store gives (not a store ahead of its index until the next restart)."""
+    from bot.core.counter import ActivityIndex
+
+    path = tmp_path / "activity.db"
+    with Store(path) as store:
+        tracker = ActivityTracker(store, [DOMAIN])
+        tracker.load(T0)
+        tracker.session_started("alice@example.test", "phone", T0)
+        real_replace = ActivityIndex.replace
+
+        def broken(index: ActivityIndex, before: object, after: object) -> None:
+            raise RuntimeError("a bug in the index")
+
+        monkeypatch.setattr(ActivityIndex, "replace", broken)
+        with pytest.raises(RuntimeError):
+            tracker.session_started("bob@example.test", "pc", T0 + 1)
+        with pytest.raises(RuntimeError):
+            tracker.session_ended("alice@example.test", "phone", T0 + 2)
+        monkeypatch.setattr(ActivityIndex, "replace", real_replace)
+        live = tracker.counts(T0 + 3)
+        assert tracker.online_sessions() == {("alice@example.test", "phone")}
+        store.flush(T0 + 3)
+    with Store(path, readonly=True) as reader:
+        fresh = ActivityTracker(reader, [DOMAIN])
+        fresh.load(T0 + 3, close_stale_sessions=False)
+        assert fresh.counts(T0 + 3) == live

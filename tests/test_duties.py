@@ -82,7 +82,7 @@ async def test_a_failing_retention_pass_neither_restarts_the_count_nor_stops_the
 async def test_a_fault_in_the_peak_costs_the_peak_never_the_flushes(prosody, tmp_path, clients):
     path = tmp_path / "a.db"
     bot = Bot(bot_settings(prosody, path, flush_interval=0.1), timing=FAST, backoff=QUICK)
-    bot.tracker.take_peak_rose = broken_peak  # every flush's hook fails
+    bot.tracker.peaks.take_rose = broken_peak  # every flush's hook fails
     running = await RunningBot(bot).start()
     try:
         await clients.login("alice@example.test/phone")
@@ -104,7 +104,7 @@ async def test_a_fault_in_the_peak_at_shutdown_still_writes_the_pending_records(
     await clients.login("alice@example.test/phone")
     await running.expect("available", "alice@example.test/phone")
     assert bot.store.pending >= 1
-    bot.tracker.take_peak_rose = broken_peak  # the shutdown's snapshot of today fails
+    bot.tracker.peaks.take_rose = broken_peak  # the shutdown's snapshot of today fails
     assert await running.stop() == 0
     assert bot.history_failures == 1
     assert "alice@example.test" in stored(path)

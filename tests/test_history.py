@@ -178,3 +178,38 @@ def test_a_restart_never_lowers_the_peak_already_stored_for_today(tmp_path):
     finally:
         bot.store.close(now[0])
     assert days[utc_day(NOW)]["example.test"]["peak_online"] == 4
+
+
+def test_an_ended_days_peak_whose_write_failed_is_written_at_the_next_count(tmp_path, monkeypatch):
+    """The first count of a new day fails to write yesterday's final peak: the peak is not lost
+    with it (reading the ended days no longer empties them); the next count writes it."""
+    from bot.app.daemon import Bot
+
+    from .support import bot_settings
+
+    midnight = 1_800_057_600  # 2027-01-16T00:00:00Z
+    clock = [midnight - 50 * 60]
+    bot = Bot(bot_settings(FakeServer, tmp_path / "a.db"), clock=lambda: clock[0])
+    try:
+        tracker = bot.tracker
+        tracker.session_started("u0@example.test", "r", clock[0])
+        bot.record_today()  # the count of 23:10: 1 online
+        for n in range(1, 4):
+            tracker.session_started(f"u{n}@example.test", "r", midnight - 20 * 60)  # 23:40: 4
+        for n in range(1, 4):
+            tracker.session_ended(f"u{n}@example.test", "r", midnight - 10 * 60)  # 23:50: 1
+        clock[0] = midnight + 30 * 60
+        real_put_day = bot.store.put_day
+
+        def full_disk(day: str, snapshot: dict) -> None:
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(bot.store, "put_day", full_disk)
+        bot._history(bot.record_today)  # the first count of the new day: its write fails
+        assert bot.history_failures == 1
+        monkeypatch.setattr(bot.store, "put_day", real_put_day)
+        bot.record_today()  # the next count
+        days = bot.store.days()
+    finally:
+        bot.store.close(clock[0])
+    assert days["2027-01-15"]["example.test"]["peak_online"] == 4

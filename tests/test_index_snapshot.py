@@ -85,7 +85,7 @@ def figures(tracker: ActivityTracker, now: int) -> tuple:
     """The figures, and what the index keeps (the same timestamps, not only the same counts)."""
     windows = tracker.windows + tracker.extra_windows
     kept = {}
-    for domain, index in tracker._indexes.items():
+    for domain, index in tracker._activity.indexes.items():
         offline, first_seen, clients = index.kept_lists()
         kept[domain] = (
             list(offline),
@@ -101,7 +101,7 @@ def figures(tracker: ActivityTracker, now: int) -> tuple:
         tracker.client_counts_by_domain(now),
         sorted(tracker.online_sessions()),
         kept,
-        tracker._families.hosts,
+        tracker._activity.families.hosts,
     )
 
 

@@ -352,7 +352,7 @@ async def test_retention_rechecks_a_user_whose_login_waits_for_a_read(tracker):
 
 
 async def test_a_failing_read_is_retried_and_logged_once(tracker, caplog, monkeypatch):
-    monkeypatch.setattr("bot.activity.tracker.READ_RETRY_DELAY", 0.05)
+    monkeypatch.setattr("bot.activity.read_queue.READ_RETRY_DELAY", 0.05)
     store = tracker._store
     real_read = store.read_stored
     failures = 0
@@ -528,3 +528,16 @@ async def test_figures_asked_after_a_presence_wait_for_it(tracker):
     slow.release()
     await asyncio.wait_for(asked, 5)
     assert tracker.counts(T0).online_users == 1
+
+
+async def test_a_forget_whose_asker_went_away_is_still_applied(tracker):
+    """An account deletion asked, then cancelled by the asker's disconnect while the record
+    is read: the user is forgotten all the same, never silently kept."""
+    slow = SlowReads(tracker._store)
+    forgetting = asyncio.ensure_future(tracker.forget_soon(ALICE))
+    await slow.held()
+    forgetting.cancel()
+    slow.release()
+    assert await tracker.until_applied(5) == 0
+    assert tracker._store.get(ALICE) is None
+    assert tracker.counts(T0).known_users == 1  # carol only

@@ -28,12 +28,13 @@ def utc_day(timestamp: float) -> str:
 
 
 def day_snapshot(by_domain: Mapping[str, Counts], peaks: Mapping[str, int]) -> dict[str, Any]:
-    """Primitives only, as the store wants them."""
+    """Primitives only, as the store wants them. `peaks`: the day's peak of users online per
+    domain, as the tracker's `DayPeaks.today` gives it (a domain without one: those online)."""
     return {
         domain: {
             "active": {window_short(w): n for w, n in counts.active.items()},
             "new": {window_short(w): n for w, n in counts.new_users.items()},
-            "peak_online": max(peaks.get(domain, 0), counts.online_users),
+            "peak_online": peaks.get(domain, counts.online_users),
         }
         for domain, counts in by_domain.items()
     }

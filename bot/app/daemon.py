@@ -22,6 +22,7 @@ from typing import Any
 
 from slixmpp.jid import JID
 
+from ..activity.peaks import stored_peaks, with_peaks
 from ..activity.tracker import ActivityTracker
 from ..admin.commands import CommandSet, Figures
 from ..admin.history import Day, day_snapshot, last_days, utc_day
@@ -43,15 +44,6 @@ from .supervisor import DEFAULT_BACKOFF, EXIT_DUTY_FAILED, Backoff, DutyFailed, 
 EXIT_NOT_SAVED = 2  # the store could not be written at shutdown: changes were lost
 
 log = logging.getLogger("bot.daemon")  # its name from before the layers: admins grep it
-
-
-def stored_peaks(snapshot: dict[str, Any] | None) -> dict[str, int]:
-    """The peak of users online per domain in a stored day snapshot."""
-    peaks = {}
-    for domain, data in (snapshot or {}).items():
-        if isinstance(data, dict) and type(data.get("peak_online")) is int:
-            peaks[domain] = data["peak_online"]
-    return peaks
 
 
 def figures_source(
@@ -174,7 +166,7 @@ class Bot:
             self._days: dict[str, dict[str, Any]] = {
                 day: snapshot for day, snapshot in self.store.days().items() if day >= since
             }
-            self.tracker.start_peaks(now, stored_peaks(self._days.get(utc_day(now))))
+            self.tracker.peaks.start(now, stored_peaks(self._days.get(utc_day(now))))
             self.notifier = self._notifier()
             self.component = self._component(timing)
             self.component.add_event_handler("presence_tracked", self._presence_tracked)
@@ -330,14 +322,15 @@ class Bot:
         A day the clock stepped back into keeps the higher of its two peaks. Reads nothing
         from the store: the snapshots are the ones this run holds."""
         now = int(self.clock())
-        self.tracker.take_peak_rose()  # written now
-        for day_number, peaks in self.tracker.ended_day_peaks(now).items():
-            self._record_final_peaks(utc_day(day_number * DAY), peaks)
+        peaks = self.tracker.peaks
+        peaks.take_rose()  # written now
+        peaks.roll(now, back=True)  # `now` is the clock's: it may step back into a day
+        for day_number, final in peaks.ended().items():
+            self._record_final_peaks(utc_day(day_number * DAY), final)
+            peaks.written(day_number)
         today = utc_day(now)
-        peaks = dict(self.tracker.peak_online)
-        for domain, peak in stored_peaks(self._days.get(today)).items():
-            peaks[domain] = max(peaks.get(domain, 0), peak)
-        snapshot = day_snapshot(self.tracker.counts_by_domain(now), peaks)
+        by_domain = self.tracker.counts_by_domain(now)
+        snapshot = day_snapshot(by_domain, peaks.today(stored=self._days.get(today)))
         self.store.put_day(today, snapshot)
         self._days[today] = snapshot  # one per day of this run: a step back may reach it
 
@@ -360,20 +353,14 @@ class Bot:
     def record_peak_if_risen(self) -> None:
         """Before each flush: today's snapshot again if its peak rose (or a day began), so
         that the peak is on disk as soon as the records that made it."""
-        if self.tracker.take_peak_rose():
+        if self.tracker.peaks.take_rose():
             self.record_today()
 
     def _record_final_peaks(self, day: str, peaks: dict[str, int]) -> None:
         held = self._days.get(day)
         if held is None:
             return  # no count that day: its figures are unknown, it stays a gap
-        snapshot = {  # a copy: the held one may be in a batch being written
-            domain: dict(figures) if isinstance(figures, dict) else figures
-            for domain, figures in held.items()
-        }
-        for domain, peak in peaks.items():
-            if isinstance(snapshot.get(domain), dict):
-                snapshot[domain]["peak_online"] = max(snapshot[domain].get("peak_online", 0), peak)
+        snapshot = with_peaks(held, peaks)  # a copy: the held one may be in a batch being written
         self.store.put_day(day, snapshot)
         self._days[day] = snapshot
 
@@ -437,7 +424,7 @@ class Bot:
         now = self.clock()
         by_domain = self.tracker.counts_by_domain(int(now))
         days = last_days(stored, utc_day(now), HISTORY_DAYS)
-        days[-1] = Day(days[-1].date, day_snapshot(by_domain, self.tracker.peak_online))
+        days[-1] = Day(days[-1].date, day_snapshot(by_domain, self.tracker.peaks.today()))
         return StatusView(
             service=self.settings.component_jid,
             now=now,
