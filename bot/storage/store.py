@@ -34,18 +34,14 @@ from typing import IO, Any, TypeVar
 
 from ..core.model import UserRecord
 from .codec import DamagedRecord, decode_record, decode_records, encode_record
+from .errors import StoreCorruptError, StoreError
+from .files import refuse_foreign_file
 from .index_snapshot import FileState, file_state
+from .lock import is_locked_for_writing, lock_for_writing
+from .primitives import load_primitives
 from .pseudonym import Pseudonyms
-from .shelf import (
-    Shelf,
-    SqliteDict,
-    StoreCorruptError,
-    StoreError,
-    is_locked_for_writing,
-    load_primitives,
-    lock_for_writing,
-    refuse_foreign_file,
-)
+from .shelf import Shelf
+from .sqlite_dict import SqliteDict
 
 log = logging.getLogger("bot.store")  # its name from before the layers: admins grep it
 
