@@ -1,17 +1,12 @@
-"""The store's files, checked before SQLite touches them: foreign, unwritable, missing folder.
-
-Also what the system refused when the store opens (descriptors, memory, disk, permission): said
-as such, never as a damaged store (`resource_problem`).
-"""
+"""The store's files, checked before SQLite touches them: foreign, unwritable, missing folder."""
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 from pathlib import Path
 
 from .errors import StoreCorruptError, StoreError
+from .resources import owner, refused
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -59,6 +54,9 @@ def refuse_foreign_file(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
+        problem = refused(path, exc)
+        if problem is not None:
+            raise problem from None
         raise StoreError(f"{path}: cannot be opened ({exc.strerror})") from None
     if head and head != _SQLITE_MAGIC:
         raise StoreCorruptError(
@@ -83,16 +81,3 @@ def refuse_missing_folder(path: Path) -> None:
         f"it is right, create the folder for the user the bot runs as: install -d -m 0700 "
         f"-o {user} -g {group} {folder}"
     )
-
-
-def owner() -> tuple[str, str]:
-    """Who runs the bot now (user, group): the owner a fix should give the store's folder."""
-    try:
-        user = pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        user = str(os.geteuid())
-    try:
-        group = grp.getgrgid(os.getegid()).gr_name
-    except KeyError:
-        group = str(os.getegid())
-    return user, group

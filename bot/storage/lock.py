@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from .errors import StoreError, StoreLockedError
-from .files import owner, refuse_missing_folder
+from .errors import StoreError, StoreLockedError, StoreResourceError
+from .files import refuse_missing_folder
+from .resources import owner, refused
 
 
 def lock_path(path: Path) -> Path:
@@ -31,11 +32,14 @@ def lock_for_writing(path: Path) -> IO[str]:
         done, writable = ("opened", target) if target.exists() else ("created", target.parent)
         if isinstance(exc, PermissionError) and exc.errno == errno.EACCES:
             user, group = owner()
-            raise StoreError(
+            raise StoreResourceError(
                 f"{target}: cannot be {done} (Permission denied): {writable} must be writable "
                 f"by the user the bot runs as ({user}); give it the folder: "
                 f"chown -R {user}:{group} {path.parent}"
             ) from None
+        problem = refused(target, exc)
+        if problem is not None:
+            raise problem from None
         raise StoreError(
             f"{target}: cannot be {done} ({exc.strerror}): make {writable} writable, or set "
             "[store] path to another folder"
@@ -69,3 +73,8 @@ def is_locked_for_writing(path: Path) -> bool:
             return False
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        problem = refused(lock_path(path), exc)
+        if problem is None:
+            raise
+        raise problem from None

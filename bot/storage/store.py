@@ -40,6 +40,7 @@ from .index_snapshot import FileState, file_state
 from .lock import is_locked_for_writing, lock_for_writing
 from .primitives import load_primitives
 from .pseudonym import Pseudonyms
+from .resources import sqlite_refused
 from .shelf import Shelf
 from .sqlite_dict import SqliteDict
 
@@ -174,8 +175,12 @@ class Store:
                     )
             self._heartbeat_written = int(shelf.get(_HEARTBEAT_KEY, 0))
         except (sqlite3.DatabaseError, pickle.UnpicklingError) as exc:
+            # Asked before closing: the connections' descriptors are part of the answer.
+            problem = sqlite_refused(self.path, exc) if isinstance(exc, sqlite3.Error) else None
             if db is not None:
                 db.close()
+            if problem is not None:
+                raise problem from None
             raise StoreCorruptError(
                 f"{self.path}: cannot be read as a store ({exc}); it was left untouched. "
                 "Restore it from a backup, or move it away to start a new store."
