@@ -65,6 +65,15 @@ def refuse_foreign_file(path: Path) -> None:
         )
 
 
+def refuse_missing_store(path: Path) -> None:
+    """A reader needs a store to read (SQLite would create an empty one)."""
+    if not path.exists():
+        raise StoreError(
+            f"{path}: no store there yet; the bot creates it when it first runs "
+            "(check [store] path in the config)"
+        )
+
+
 def refuse_missing_folder(path: Path) -> None:
     """The store's folder must exist: a store started in a folder the bot made up (a typo in
     [store] path) would count from zero beside the real one, unnoticed."""

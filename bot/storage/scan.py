@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 from ..core.model import UserRecord
 from .codec import DamagedRecord, decode_records
 from .connection import StoreConnection
+from .damaged import log_damaged
 from .keys import USER_PREFIX
-
-log = logging.getLogger("bot.store")
 
 
 def scan_users(
@@ -35,12 +33,3 @@ def scan_users(
     for raw_key, unwritten_record in pending.items():
         if unwritten_record is not None:
             yield raw_key, unwritten_record
-
-
-def log_damaged(raw_key: bytes, problem: DamagedRecord) -> None:
-    """A damaged record a reader found: logged, left in place (only the writer sets aside)."""
-    log.error(
-        "Store record of %s is malformed (%s); ignored, left in place",
-        raw_key.decode(errors="replace"),
-        problem,
-    )

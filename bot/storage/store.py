@@ -20,15 +20,17 @@ from typing import IO, Any, TypeVar
 from ..core.model import UserRecord
 from .codec import DamagedRecord, decode_record
 from .connection import StoreConnection
+from .damaged import log_damaged, log_set_aside
 from .errors import StoreError
+from .files import refuse_missing_store
 from .flushing import flush_periodically
 from .index_snapshot import FileState, file_state
-from .keys import DAMAGED, NOTIFY, USER
+from .keys import NOTIFY, USER
 from .lock import is_locked_for_writing, lock_for_writing
 from .opening import open_shelf
 from .pending import Batch, PendingWrites
 from .pseudonym import Pseudonyms
-from .scan import log_damaged, scan_users
+from .scan import scan_users
 from .snapshots import stored_day, stored_days, stored_notes
 from .worker import StoreThread
 
@@ -79,11 +81,7 @@ class Store:
         self._discarded = False  # changes were dropped unwritten: no index snapshot at close
         self.writer_running = False  # readers: whether a writer holds the store right now
         if readonly:
-            if not path.exists():
-                raise StoreError(
-                    f"{path}: no store there yet; the bot creates it when it first runs "
-                    "(check [store] path in the config)"
-                )
+            refuse_missing_store(path)
             self.writer_running = is_locked_for_writing(path)
         else:
             self._lock_file = lock_for_writing(path)
@@ -125,9 +123,8 @@ class Store:
         return self._pending.has(key)
 
     def read_stored(self, keys: Iterable[str]) -> dict[str, bytes | None]:
-        """The stored values of these users' records (None: no record), as on disk, ignoring
-        pending writes, in few statements (for a worker thread, see `SqliteDict.get_many`).
-        Safe in any thread: touches no in-memory state."""
+        """The stored values of these users' records (None: no record), ignoring pending
+        writes, in few statements. Safe in any thread: touches no in-memory state."""
         raw_keys = {(USER + key).encode(): key for key in keys}
         values = self._connection.values(raw_keys)
         return {key: values.get(raw_key) for raw_key, key in raw_keys.items()}
@@ -145,18 +142,11 @@ class Store:
             if self.readonly:
                 log_damaged(key.encode(), exc)
             else:
-                log.error(
-                    "Store record of %s is damaged (%s); set aside as %r, the user is tracked "
-                    "afresh",
-                    key,
-                    exc,
-                    DAMAGED + key,
-                )
+                log_set_aside(key, exc)
                 self._pending.set_aside(key, value)
             return None
 
-    # The name it had, which read as a decoder's: bot/activity/tracker.py still calls it.
-    record_from = record_or_set_aside
+    record_from = record_or_set_aside  # its old name, which bot/activity/tracker.py calls
 
     def put(self, key: str, record: UserRecord) -> None:
         self._pending.put(key, record)
@@ -176,15 +166,14 @@ class Store:
     # --- the worker thread ----------------------------------------------------------------------
 
     def in_thread(self, work: Callable[[], T]) -> asyncio.Future[T]:
-        """Run `work` (which uses the connection) in the store's worker thread, for the event
-        loop (see `StoreThread`)."""
+        """Run `work` (which uses the connection) in the store's worker thread, for the loop."""
         return self._thread.run(work)
 
     def submit_in_thread(self, work: Callable[[], T]) -> Future[T]:
         """`in_thread` from any thread."""
         return self._thread.submit(work)
 
-    # --- the admins' reports and alerts (notify.py) ---------------------------------------------
+    # --- the admins' reports and alerts (notify.py), daily snapshots (history) ------------------
 
     def notes(self) -> dict[str, Any]:
         """Every "notify:" value, by name (any thread); a damaged one is logged and skipped."""
@@ -194,8 +183,6 @@ class Store:
         """Write one "notify:" value at once, in its own transaction (any thread; the bot's
         worker thread): a report's marker is on disk before the report is sent."""
         self._connection.write_value(NOTIFY + name, value, name=name)
-
-    # --- daily snapshots (history) ----------------------------------------------------------
 
     def put_day(self, day: str, snapshot: dict[str, Any]) -> None:
         """Remember one UTC day's figures (primitives only), written with the next flush."""
@@ -229,7 +216,7 @@ class Store:
 
     @property
     def pending(self) -> int:
-        """Users whose changes are not on disk yet (pending, or in the batch being written)."""
+        """Users whose changes are not on disk yet (see `PendingWrites`)."""
         return len(self._pending)
 
     # --- writing ---------------------------------------------------------------------------
@@ -300,13 +287,11 @@ class Store:
         return self._pending.take(now)
 
     def write_batch(self, batch: Batch) -> None:
-        """Write a batch taken by `take_batch`, in one transaction (any thread); the owner of
-        the pending writes then calls `settle`."""
+        """Write a batch from `take_batch` in one transaction (any thread); then `settle` it."""
         self.generation = self._connection.write(batch)
 
     def settle(self, batch: Batch, *, written: bool) -> None:
-        """After a batch's write: drop it, or (failed) merge it back into the pending writes,
-        where changes made since it was taken win."""
+        """After a batch's write: count it, and drop it or merge it back (`PendingWrites`)."""
         if written:
             self.last_write_at = self._clock()
         else:
