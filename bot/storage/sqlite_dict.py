@@ -31,7 +31,7 @@ _TAKE_READ_MARK = "SELECT COUNT(*) FROM sqlite_master"
 class StoreNotWritable(sqlite3.OperationalError):
     """A file of the store cannot be written now; nothing was written (see `SqliteDict`).
 
-    An sqlite3 error, so that `Store.flush` reports it as any failed write: one line, the
+    An sqlite3 error, so that `StoreConnection.write` reports it as any failed write: one line, the
     records kept for the next flush."""
 
 
@@ -62,7 +62,7 @@ class SqliteDict(MutableMapping[bytes, bytes]):
         if not readonly:
             refuse_unwritable(path)  # before SQLite opens it (it would fall back to read-only)
         # Any thread may use the connections, one at a time: the bot reads and writes in worker
-        # threads, which its Store serializes with a lock.
+        # threads, which `StoreConnection` serializes with a lock.
         self._cx = sqlite3.connect(
             self._uri, uri=True, isolation_level=None, check_same_thread=False
         )
