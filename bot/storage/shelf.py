@@ -11,7 +11,6 @@ import shelve
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import StoreError as StoreError  # the command line and tests import it from here
 from .files import store_files as store_files  # bot/app/daemon.py imports it from here
 from .primitives import load_primitives
 from .sqlite_dict import SqliteDict
