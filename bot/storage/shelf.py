@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pickle
 import shelve
-from collections.abc import Iterator
 from typing import Any
 
 from .files import store_files as store_files  # bot/app/daemon.py imports it from here
@@ -17,8 +16,7 @@ from .sqlite_dict import SqliteDict
 
 
 class Shelf(shelve.Shelf[Any]):
-    """A Shelf over a SqliteDict that never runs code from the file, and can read a key range in
-    one query."""
+    """A Shelf over a SqliteDict that never runs code from the file."""
 
     dict: SqliteDict
     keyencoding: str  # set by shelve.Shelf, missing from its stubs
@@ -29,7 +27,3 @@ class Shelf(shelve.Shelf[Any]):
     def __getitem__(self, key: str) -> Any:
         return load_primitives(self.dict[key.encode(self.keyencoding)])
 
-    def items_with_prefix(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        encoding = self.keyencoding
-        for key, value in self.dict.items_with_prefix(prefix.encode(encoding)):
-            yield key.decode(encoding), load_primitives(value)
