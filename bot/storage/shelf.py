@@ -26,4 +26,3 @@ class Shelf(shelve.Shelf[Any]):
 
     def __getitem__(self, key: str) -> Any:
         return load_primitives(self.dict[key.encode(self.keyencoding)])
-
