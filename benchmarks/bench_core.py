@@ -39,7 +39,7 @@ from bot.activity.tracker import ActivityTracker
 from bot.core.counter import DAY, DEFAULT_WINDOWS, ActivityIndex, Counts
 from bot.core.model import UserRecord, with_client_activity
 from bot.storage import index_snapshot
-from bot.storage.shelf import SqliteDict
+from bot.storage.sqlite_dict import SqliteDict
 from bot.storage.store import Store
 from bot.testbed.seed import SeedRecord, seed_counts
 

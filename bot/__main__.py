@@ -26,7 +26,7 @@ from .config import ConfigError, load_settings
 from .core.counter import Counts, window_label
 from .importing import importer
 from .importing.sources import SOURCES, open_source
-from .storage.shelf import StoreError
+from .storage.errors import StoreError
 from .storage.store import Store
 from .xmpp.contact import software_version
 

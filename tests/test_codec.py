@@ -27,7 +27,7 @@ from bot.storage.codec import (
     decode_records,
     encode_record,
 )
-from bot.storage.shelf import SqliteDict
+from bot.storage.sqlite_dict import SqliteDict
 from bot.storage.store import Store, inactive_users
 
 T0 = 1_800_000_000

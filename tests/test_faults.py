@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from bot.app.daemon import Bot
 from bot.core.model import UserRecord
-from bot.storage.shelf import StoreError
+from bot.storage.errors import StoreError
 from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client

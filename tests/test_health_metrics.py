@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app.daemon import Bot
+from bot.storage.pending import Batch
 from bot.storage.store import StoreError
 from bot.web.server import WebServer
 
@@ -64,12 +65,12 @@ async def test_health_metrics_follow_presences_and_the_stores_writes(tmp_path):
         component._on_presence(component.make_presence(pfrom="alice@example.test/phone"))
         await asyncio.wait_for(tracked.get(), 5)
         clock[0] = T0 + 90
-        real_flush = bot.store.flush
+        real_write = bot.store.write_batch
 
-        def disk_full(now: int, **kwargs: Any) -> int:
+        def disk_full(batch: Batch) -> None:
             raise StoreError("disk full")
 
-        bot.store.flush = disk_full  # type: ignore[method-assign]
+        bot.store.write_batch = disk_full  # type: ignore[method-assign]
         for _ in range(2):
             with pytest.raises(StoreError):
                 await bot.store.flush_off_loop(int(clock[0]))
@@ -78,7 +79,7 @@ async def test_health_metrics_follow_presences_and_the_stores_writes(tmp_path):
         assert metrics[("xmpp_store_last_write_timestamp_seconds", ())] == T0  # none since
         assert metrics[("xmpp_store_write_failures_total", ())] == 2
 
-        bot.store.flush = real_flush  # type: ignore[method-assign]
+        bot.store.write_batch = real_write  # type: ignore[method-assign]
         clock[0] = T0 + 120
         assert await bot.store.flush_off_loop(int(clock[0])) == 1  # alice's record, kept
         metrics = await scrape(server)

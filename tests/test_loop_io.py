@@ -25,6 +25,7 @@ from bot.admin.commands import ADHOC_HISTORY_NODE, ADMIN_COMMANDS
 from bot.app.daemon import Bot
 from bot.core.client_families import UNKNOWN
 from bot.core.model import UserRecord
+from bot.storage.pending import Batch
 from bot.storage.store import Store, StoreError, flush_periodically
 
 from .support import ADMIN, bot_settings
@@ -262,14 +263,14 @@ async def test_a_change_read_while_the_record_is_being_written_is_not_stale(trac
     await tracker.until_applied(5)
     tracker.when_loaded(ALICE, lambda: tracker.session_ended(ALICE, "phone", T0 + 1))
     gate, writing = threading.Event(), threading.Event()
-    real_flush = store.flush
+    real_write = store.write_batch
 
-    def slow_flush(now: int, **kwargs: Any) -> int:
+    def slow_flush(batch: Batch) -> None:
         writing.set()
         gate.wait(10)
-        return real_flush(now, **kwargs)
+        return real_write(batch)
 
-    store.flush = slow_flush  # type: ignore[method-assign]
+    store.write_batch = slow_flush  # type: ignore[method-assign]
     flushing = asyncio.create_task(store.flush_off_loop(T0 + 1))
     await until_set(writing)
     assert store.pending == 1  # in the batch being written
@@ -386,16 +387,16 @@ async def test_a_failed_flush_merges_its_batch_back_and_a_newer_change_wins(tmp_
     store.put(ALICE, old)
     store.put(BOB, old)
     gate = threading.Event()
-    real_flush = store.flush
+    real_write = store.write_batch
 
     writing = threading.Event()
 
-    def failing_once(now: int, **kwargs: Any) -> int:
+    def failing_once(batch: Batch) -> None:
         writing.set()
         gate.wait(10)
         raise StoreError("disk full")
 
-    store.flush = failing_once  # type: ignore[method-assign]
+    store.write_batch = failing_once  # type: ignore[method-assign]
     flushing = asyncio.create_task(store.flush_off_loop(T0 + 1))
     await until_set(writing)
     assert store.get(BOB) == old  # from the batch being written, not the (empty) disk
@@ -406,7 +407,7 @@ async def test_a_failed_flush_merges_its_batch_back_and_a_newer_change_wins(tmp_
     assert store.get(ALICE) == newer
     assert store.get(BOB) == old
     assert store.pending == 2
-    store.flush = real_flush  # type: ignore[method-assign]
+    store.write_batch = real_write  # type: ignore[method-assign]
     assert await store.flush_off_loop(T0 + 2) == 2
     store.close()
     with Store(tmp_path / "a.db", readonly=True) as reader:
@@ -419,14 +420,14 @@ async def test_a_cancelled_flush_still_settles_and_the_next_one_waits_for_it(tmp
     store = Store(tmp_path / "a.db")
     store.put(ALICE, UserRecord(T0, T0, 0))
     gate, writing = threading.Event(), threading.Event()
-    real_flush = store.flush
+    real_write = store.write_batch
 
-    def held_flush(now: int, **kwargs: Any) -> int:
+    def held_flush(batch: Batch) -> None:
         writing.set()
         gate.wait(10)
-        return real_flush(now, **kwargs)
+        return real_write(batch)
 
-    store.flush = held_flush  # type: ignore[method-assign]
+    store.write_batch = held_flush  # type: ignore[method-assign]
     first = asyncio.create_task(store.flush_off_loop(T0 + 1))
     await until_set(writing)
     first.cancel()
@@ -451,21 +452,22 @@ async def test_a_synchronous_flush_during_a_write_folds_the_batch_in(tmp_path):
     store = Store(tmp_path / "a.db")
     store.put(ALICE, UserRecord(T0, T0, 0))
     gate = threading.Event()
-    real_flush = store.flush
+    real_write = store.write_batch
 
     writing = threading.Event()
 
-    def failing(now: int, **kwargs: Any) -> int:
+    def failing(batch: Batch) -> None:
         writing.set()
         gate.wait(10)
         raise StoreError("disk full")
 
-    store.flush = failing  # type: ignore[method-assign]
+    store.write_batch = failing  # type: ignore[method-assign]
     flushing = asyncio.create_task(store.flush_off_loop(T0 + 1))
     await until_set(writing)
     store.put(BOB, UserRecord(T0, T0, 0))
     gate.set()
-    assert real_flush(T0 + 2) == 2  # alice (in flight) and bob
+    store.write_batch = real_write  # type: ignore[method-assign]
+    assert store.flush(T0 + 2) == 2  # alice (in flight) and bob
     with pytest.raises(StoreError):
         await flushing
     assert store.pending == 0  # the failed batch was taken over: nothing merged back
@@ -492,19 +494,19 @@ async def test_the_flush_duty_does_not_hold_the_loop_while_it_writes(tmp_path):
     the loop keeps turning while the store writes (before the change it stood still)."""
     store = Store(tmp_path / "a.db")
     store.put(ALICE, UserRecord(T0, T0, 0))
-    real_flush = store.flush
+    real_write = store.write_batch
     writing, loop_turned, written = threading.Event(), threading.Event(), threading.Event()
 
-    def slow_flush(now: int, **kwargs: Any) -> int:
+    def slow_flush(batch: Batch) -> None:
         writing.set()
         if not loop_turned.wait(5):  # a flush on the loop's thread waits here in vain
             raise AssertionError("the event loop stood still while the store wrote")
         try:
-            return real_flush(now, **kwargs)
+            return real_write(batch)
         finally:
             written.set()
 
-    store.flush = slow_flush  # type: ignore[method-assign]
+    store.write_batch = slow_flush  # type: ignore[method-assign]
     flushing = asyncio.create_task(flush_periodically(store, 0.01, lambda: T0))
     try:
         await until_set(writing)

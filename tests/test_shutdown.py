@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from bot.app.daemon import EXIT_NOT_SAVED, Bot
+from bot.storage.pending import Batch
 from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 
@@ -55,18 +56,18 @@ async def test_stop_writes_everything_when_the_disk_has_room_again(prosody, tmp_
             bot.bot.store.put(f"user{n}@example.test", bot.bot.store.get("alice@example.test"))
     finally:
         await disconnect_client(alice)
-    original_flush = bot.bot.store.flush
+    original_write = bot.bot.store.write_batch
     attempts = 0
 
-    def flush_then_free_space(now, **kwargs):
+    def flush_then_free_space(batch: Batch) -> None:
         nonlocal attempts
         attempts += 1
         if attempts == 2:  # space comes back while the bot retries at shutdown
             cx.execute("PRAGMA max_page_count = 1073741823")
-        return original_flush(now, **kwargs)
+        return original_write(batch)
 
     await bot.expect("unavailable", "alice@example.test/phone")
-    bot.bot.store.flush = flush_then_free_space
+    bot.bot.store.write_batch = flush_then_free_space
     assert await bot.stop() == 0
     assert "Store flushed and closed" in caplog.text
     with Store(tmp_path / "a.db", readonly=True) as store:

@@ -15,8 +15,10 @@ import time
 import pytest
 
 from bot.core.model import UserRecord
-from bot.storage.shelf import SqliteDict, StoreCorruptError, StoreError, StoreLockedError
-from bot.storage.store import SCHEMA_VERSION, Store
+from bot.storage.errors import StoreCorruptError, StoreError, StoreLockedError
+from bot.storage.keys import SCHEMA_VERSION
+from bot.storage.sqlite_dict import SqliteDict
+from bot.storage.store import Store
 
 from .support import cpu_wait
 

@@ -90,7 +90,7 @@ _FLUSH_INTO_IMMUTABLE = """
     import json, subprocess, sys
     from pathlib import Path
     from bot.core.model import UserRecord
-    from bot.storage.shelf import StoreError
+    from bot.storage.errors import StoreError
     from bot.storage.store import Store
 
     path, immutable = Path(sys.argv[1]), sys.argv[2].split(",")
@@ -146,9 +146,9 @@ def test_flush_into_immutable_files_fails_in_one_line_and_writes_once_writable(t
 _IMMUTABLE_WHILE_FLUSHING = """
     import json, subprocess, sys
     from pathlib import Path
-    from bot.storage import shelf
+    from bot.storage import sqlite_dict
     from bot.core.model import UserRecord
-    from bot.storage.shelf import StoreError
+    from bot.storage.errors import StoreError
     from bot.storage.store import Store
 
     path, immutable = Path(sys.argv[1]), sys.argv[2].split(",")
@@ -158,14 +158,14 @@ _IMMUTABLE_WHILE_FLUSHING = """
     store.flush(1_800_000_001)
     for n in range(100):
         store.put(f"user{n}@example.test", record)
-    write = shelf.SqliteDict.__setitem__
+    write = sqlite_dict.SqliteDict.__setitem__
 
     def write_then_chattr(self, key, value):  # the files turn read-only during the flush
         write(self, key, value)
         if not hasattr(self, "made_immutable"):
             self.made_immutable = subprocess.run(["chattr", "+i", *immutable], check=True)
 
-    shelf.SqliteDict.__setitem__ = write_then_chattr
+    sqlite_dict.SqliteDict.__setitem__ = write_then_chattr
     report = {}
     try:
         store.flush(1_800_000_002)
@@ -198,7 +198,7 @@ _CLOSE_WHILE_IMMUTABLE = """
     import json, subprocess, sys
     from pathlib import Path
     from bot.core.model import UserRecord
-    from bot.storage.shelf import StoreError
+    from bot.storage.errors import StoreError
     from bot.storage.store import Store
 
     path, immutable = Path(sys.argv[1]), sys.argv[2].split(",")

@@ -10,7 +10,8 @@ import sqlite3
 import pytest
 
 from bot.core.model import UserRecord
-from bot.storage.shelf import SqliteDict, StoreError
+from bot.storage.errors import StoreError
+from bot.storage.sqlite_dict import SqliteDict
 from bot.storage.store import Store, flush_periodically
 
 T0 = 1_800_000_000

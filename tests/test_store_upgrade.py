@@ -16,8 +16,9 @@ from pathlib import Path
 from bot.activity.tracker import ActivityTracker
 from bot.core.counter import DAY
 from bot.core.model import UserRecord
-from bot.storage.shelf import SqliteDict
-from bot.storage.store import SCHEMA_VERSION, Store
+from bot.storage.keys import SCHEMA_VERSION
+from bot.storage.sqlite_dict import SqliteDict
+from bot.storage.store import Store
 from bot.testbed.seed import seed_counts
 
 OLD_STORE = Path(__file__).parent / "data" / "store-schema-1.sqlite3"

@@ -11,6 +11,7 @@ import pytest
 
 from bot.app.daemon import Bot
 from bot.app.supervisor import EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
+from bot.storage.pending import Batch
 
 from .support import FAST, RunningBot, bot_settings
 
@@ -69,17 +70,17 @@ async def test_a_duty_that_keeps_failing_gives_up():
 
 async def test_the_bot_restarts_a_failed_flush_and_loses_nothing(prosody, tmp_path, caplog):
     bot = Bot(bot_settings(prosody, tmp_path / "a.db"), timing=FAST, backoff=QUICK)
-    real_flush = bot.store.flush
+    real_write = bot.store.write_batch
     failures = 0
 
-    def flaky_flush(now: int, **kwargs) -> int:
+    def flaky_flush(batch: Batch) -> None:
         nonlocal failures
         if failures < 1:
             failures += 1
             raise RuntimeError("a bug in the flush")
-        return real_flush(now, **kwargs)
+        return real_write(batch)
 
-    bot.store.flush = flaky_flush
+    bot.store.write_batch = flaky_flush
     running = await RunningBot(bot).start()
     try:
         await until(lambda: bot.duty_restarts["flush"] == 1)
@@ -96,10 +97,10 @@ async def test_the_bot_exits_70_when_a_duty_keeps_failing(prosody, tmp_path, cap
     caplog.set_level(logging.ERROR)
     bot = Bot(bot_settings(prosody, tmp_path / "a.db"), timing=FAST, backoff=QUICK)
 
-    def broken_flush(now: int, **kwargs) -> int:
+    def broken_flush(batch: Batch) -> None:
         raise RuntimeError("always broken")
 
-    bot.store.flush = broken_flush
+    bot.store.write_batch = broken_flush
     running = await RunningBot(bot).start()
     assert running.task is not None
     assert await asyncio.wait_for(running.task, 10) == EXIT_DUTY_FAILED

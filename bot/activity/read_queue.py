@@ -156,7 +156,7 @@ class ReadQueue:
         for key in keys:
             unchanged = self._reading.pop(key)
             if unchanged and key in self._waiting_for and not self._has(key):
-                self._loaded[key] = self._store.record_from(key, values[key])
+                self._loaded[key] = self._store.record_or_set_aside(key, values[key])
         if self._to_read:
             self._start_read()  # the keys asked for meanwhile
         self._apply_waiting()

@@ -10,7 +10,7 @@ package (so no stored value depends on our code), in one of two shapes:
 Each value is a pickle without back-references, so that many can be read by one unpickler.
 Everything that reads records (the store, the start-up scan, the importer through the store, the
 retention scan) decodes them here, and decoding never runs code found in the file (see
-`shelf.PrimitivesUnpickler`): a value that is not a valid record is a `DamagedRecord`.
+`primitives.PrimitivesUnpickler`): a value that is not a valid record is a `DamagedRecord`.
 
 Every timestamp of a record is whole Unix seconds in TIMESTAMPS (0 is "never"): the one
 definition of a time the store holds, which the importer checks too. Not below 0, so that a bot
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.model import UserRecord
-from .shelf import PrimitivesUnpickler, load_primitives
+from .primitives import PrimitivesUnpickler, load_primitives
 
 TIMESTAMPS = range(0, 4_102_444_800 + 1)  # 1970 .. 2100-01-01 00:00 UTC; see above
 _new_record = tuple.__new__  # UserRecord from an already checked tuple, without re-checking
