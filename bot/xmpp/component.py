@@ -6,8 +6,8 @@ watch (session_watch.py), the liveness rounds (liveness.py, pinger.py), privileg
 commands (admin_commands.py, defined in commands.py) and the bot as a contact
 (contact_stanzas.py, contact.py). This class wires them, registers their handlers and holds the
 one error policy (internal_errors.py): every handler is guarded, and slixmpp's `exception()`
-hook is overridden once. What each input can cost, per sender and in
-total: docs/architecture.md.
+hook is overridden once. What each input can cost, per sender and in total:
+docs/architecture.md.
 
 slixmpp's own presence handling is switched off on purpose: it keeps a roster entry for every JID
 that sends presence, a copy of per-user state that would grow with the whole user base. That, and
