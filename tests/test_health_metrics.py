@@ -62,7 +62,7 @@ async def test_health_metrics_follow_presences_and_the_stores_writes(tmp_path):
         assert metrics[("xmpp_pings_in_flight", ())] == 0
 
         clock[0] = T0 + 60
-        component._on_presence(component.make_presence(pfrom="alice@example.test/phone"))
+        component.presence.on_presence(component.make_presence(pfrom="alice@example.test/phone"))
         await asyncio.wait_for(tracked.get(), 5)
         clock[0] = T0 + 90
         real_write = bot.store.write_batch

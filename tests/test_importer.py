@@ -23,13 +23,12 @@ from bot.importing.importer import (
     Rejected,
     SourceError,
     checked_timestamp,
-    data_files,
     import_activities,
     merge,
-    read_data_file,
-    read_sql,
 )
 from bot.importing.luadata import LuaDataError, parse_lua_data
+from bot.importing.prosody import data_files, read_data_file
+from bot.importing.prosody_sql import read_sql
 from bot.importing.sources import open_source
 from bot.storage.store import Store
 

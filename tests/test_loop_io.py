@@ -104,14 +104,16 @@ async def test_the_event_loop_makes_no_sqlite_call(tmp_path):
     flushing = asyncio.create_task(flush_periodically(bot.store, 0.05, lambda: clock[0]))
     try:
         bot.record_today()  # the count of 23:50
-        component._on_presence(component.make_presence(pfrom=f"{ALICE}/phone"))
+        component.presence.on_presence(component.make_presence(pfrom=f"{ALICE}/phone"))
         assert await asyncio.wait_for(tracked.get(), 5) == ("available", f"{ALICE}/phone")
         assert bot.tracker.counts(clock[0]).online_users == 1
         while bot.store.pending:  # flushed: alice's record and the snapshot are on disk
             await asyncio.sleep(0.01)
         clock[0] = MIDNIGHT + 600
         bot.record_today()  # the first count of the new day: the final peak of the ended one
-        component._on_presence(component.make_presence(pfrom=f"{ALICE}/phone", ptype="unavailable"))
+        component.presence.on_presence(
+            component.make_presence(pfrom=f"{ALICE}/phone", ptype="unavailable")
+        )
         assert await asyncio.wait_for(tracked.get(), 5) == ("unavailable", f"{ALICE}/phone")
         while bot.store.pending:
             await asyncio.sleep(0.01)

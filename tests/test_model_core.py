@@ -11,10 +11,10 @@ What is driven, in-process and without a network (the real objects, not their ca
   out (`record_today`, then `store.close` at `Bot.heartbeat_clock()`, the last time it knew
   who was online). A crash drops the Bot without a flush, releasing the writer's lock as the
   kernel does (`store._unlock()`, as tests/test_activity.py does);
-- the real `ActiveUsersComponent` that Bot builds: every presence is a stanza handed to
-  `_on_presence`; a (re)connection is `_on_session_start`, which begins the resync (Prosody) or
-  starts the liveness check of every session (ejabberd), and the tasks it spawns run on the
-  component's own event loop (`_finish_resync`, with the grace set to 0, or
+- the real `ActiveUsersComponent` that Bot builds: every presence is a stanza handed to its
+  `presence.on_presence`; a (re)connection is `_on_session_start`, which begins the resync
+  (Prosody) or starts the liveness check of every session (ejabberd), and the tasks it spawns
+  run on the component's own event loop (`_finish_resync`, with the grace set to 0, or
   `LivenessChecker.check_now`); pings go through the real `_ping`, with slixmpp's XEP-0199
   `send_ping` answered by a fake server (an answer: alive; `service-unavailable`: gone; with the
   connection down `_ping` itself answers "cannot tell"). What `serve()` does when a connection
@@ -597,7 +597,7 @@ class CoreMachine(RuleBasedStateMachine):
                 node=node,
                 ver="QgayPKawpkPSDYmwT/WM94uAlu0=",
             )
-        self._in_loop(component._on_presence, stanza)
+        self._in_loop(component.presence.on_presence, stanza)
         if available:
             self.model.start(bare, resource, self.now, node)
         else:

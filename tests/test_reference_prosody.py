@@ -17,7 +17,8 @@ import time
 import pytest
 
 from bot.app.daemon import Bot
-from bot.importing.importer import data_files, import_activities, read_data_file
+from bot.importing.importer import import_activities
+from bot.importing.prosody import data_files, read_data_file
 from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 from bot.testbed.sandbox import PROSODY_13, ProsodySandbox, lua_string

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.core import counter
-from bot.core.counter import SortedTimes
+from bot.core import sorted_times
+from bot.core.sorted_times import SortedTimes
 
 values = st.integers(-5, 40)
 operations = st.lists(st.tuples(st.sampled_from(["add", "remove", "compact"]), values), max_size=80)
@@ -21,7 +21,7 @@ operations = st.lists(st.tuples(st.sampled_from(["add", "remove", "compact"]), v
 def test_behaves_as_a_sorted_list(start, operations, packed):
     model = sorted(start)
     times = SortedTimes(array("q", model) if packed else start)
-    with mock.patch.object(counter, "COMPACT_AT_LEAST", 3):  # compacts often
+    with mock.patch.object(sorted_times, "COMPACT_AT_LEAST", 3):  # compacts often
         for operation, value in operations:
             if operation == "add":
                 times.add(value)

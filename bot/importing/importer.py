@@ -1,13 +1,10 @@
-"""Import the history the XMPP server already keeps, so that MAU is right on the first day.
+"""Importing history: the entries, the checks of what they say, the merge, the report.
 
-This module holds what every source shares (the entries, the merge, the report) and Prosody's
-sources; ejabberd's are in importing/ejabberd.py, the list of all in importing/sources.py.
-Prosody's:
-    prosody-lastlog2          Prosody 0.12 file storage: DATA/<host>/lastlog2/<user>.dat
-    prosody-lastlog           the older mod_lastlog: DATA/<host>/lastlog/<user>.dat
-    prosody-account-activity  Prosody 13 file storage: DATA/<host>/account_activity/<user>.dat
-    prosody-sql               lastlog2 or account_activity in a mod_storage_sql SQLite database
-                              (mod_lastlog writes files whatever the storage: util.datamanager)
+What every source shares, so that MAU is right on the first day: the entries a source yields
+(`Activity`, `Rejected`, `Ignored`), the checks of a timestamp and a JID, opening a file only if it
+is a regular one, the merge into the store and the report. The sources themselves: Prosody's
+files in importing/prosody.py, its SQL database in importing/prosody_sql.py, ejabberd's in
+importing/ejabberd.py; the list of all in importing/sources.py.
 
 Merge rule: per user and field the newest timestamp wins (the oldest for first_seen), so importing
 twice changes nothing. Users of domains not counted are skipped; unreadable files are reported and
@@ -31,20 +28,16 @@ input. The report lists MAX_LISTED rejected entries and counts all.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import reprlib
-import sqlite3
 import stat
-import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote, unquote
 
 from slixmpp.jid import JID, InvalidJID
 
@@ -52,14 +45,7 @@ from ..activity.tracker import exclusion_matcher
 from ..core.model import UserRecord, domain_of
 from ..storage.codec import TIMESTAMPS
 from ..storage.store import Store
-from .luadata import LuaDataError, parse_lua_data
 
-_STORE_OF_SOURCE = {
-    "prosody-lastlog2": "lastlog2",
-    "prosody-lastlog": "lastlog",
-    "prosody-account-activity": "account_activity",
-}
-_SOURCE_OF_STORE = {store: source for source, store in _STORE_OF_SOURCE.items()}
 _FLUSH_EVERY = 10_000  # records per transaction on large imports
 FUTURE_TOLERANCE = 86_400  # seconds a timestamp may be ahead of the import's clock (clock skew)
 MILLISECONDS_ABOVE = 10**11  # a "seconds" timestamp above this (year 5138) is milliseconds
@@ -67,7 +53,6 @@ EARLIEST = 946_684_800  # 2000-01-01 UTC: no XMPP server recorded a login before
 MAX_JID_PART = 1023  # bytes of a user name, of a domain (RFC 7622)
 MAX_DATA_FILE = 1 << 20  # bytes of one user's Prosody file (a few hundred in practice)
 MAX_RECORD = 1 << 20  # bytes of one record of an export: a line, a term (a few hundred)
-MAX_SORTED_NAME = 16 << 20  # bytes of a name SQLite may sort (more: the database is refused)
 MAX_LISTED = 100  # rejected entries the report lists (it counts them all)
 MAX_REASONS = 100  # distinct reasons for skipping users (one per domain): the rest lumped
 
@@ -142,52 +127,7 @@ class ImportReport:
         return "\n".join(lines)
 
 
-# --- reading the sources -----------------------------------------------------------------------
-
-
-def data_files(source: str, path: Path) -> list[tuple[Path, str]]:
-    """(file, bare JID) of every user file of the source's store below Prosody's data dir `path`
-    (or inside the store folder itself, e.g. DATA/example%2etest/lastlog2), sorted. SourceError
-    if one is not a regular file. An import streams them instead (count_data_files, then
-    iter_data_files): a list of a million paths would cost hundreds of MB."""
-    count_data_files(source, path)
-    return sorted(iter_data_files(source, path))
-
-
-def count_data_files(source: str, path: Path) -> int:
-    """How many user files there are; SourceError if one is not a regular file (checked before
-    anything is read)."""
-    count = 0
-    for entry in _data_entries(source, path):
-        count += 1
-        try:
-            if entry.is_file():  # follows a link, as reading will
-                continue
-            mode = entry.stat().st_mode
-        except OSError:
-            continue  # a dangling link, a file gone: reported when read
-        raise SourceError(_not_regular(Path(entry.path), mode))
-    return count
-
-
-def iter_data_files(source: str, path: Path) -> Iterator[tuple[Path, str]]:
-    """(file, bare JID) of each user file, as the directories list them."""
-    for entry in _data_entries(source, path):
-        file = Path(entry.path)
-        yield file, f"{unquote(file.stem)}@{unquote(file.parent.parent.name)}"
-
-
-def _data_entries(source: str, path: Path) -> Iterator[os.DirEntry[str]]:
-    store = _STORE_OF_SOURCE[source]
-    folders = [path] if path.name == store else sorted(path.glob(f"*/{store}"))
-    for folder in folders:
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.name.endswith(".dat") and not entry.name.startswith("."):
-                        yield entry
-        except (NotADirectoryError, FileNotFoundError):
-            continue
+# --- reading files, checking what they say ----------------------------------------------------
 
 
 def open_regular(path: Path) -> BinaryIO:
@@ -201,7 +141,7 @@ def open_regular(path: Path) -> BinaryIO:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise SourceError(_not_regular(path, mode))
+            raise SourceError(not_regular(path, mode))
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -209,7 +149,7 @@ def open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def _not_regular(path: Path, mode: int) -> str:
+def not_regular(path: Path, mode: int) -> str:
     kinds = {
         stat.S_ISFIFO: "a FIFO",
         stat.S_ISCHR: "a character device",
@@ -219,76 +159,6 @@ def _not_regular(path: Path, mode: int) -> str:
     }
     kind = next((name for test, name in kinds.items() if test(mode)), "not a plain file")
     return f"{path} is not a regular file ({kind}): give the file itself"
-
-
-def read_data_file(source: str, file: Path, bare_jid: str, *, now: float | None = None) -> Entry:
-    """One user's file; `now` (default: the clock) is what "in the future" is measured from."""
-    try:
-        with open_regular(file) as opened:
-            raw = opened.read(MAX_DATA_FILE + 1)
-        if len(raw) > MAX_DATA_FILE:
-            return Rejected(
-                str(file), f"larger than {MAX_DATA_FILE >> 20} MiB: not one user's Prosody file"
-            )
-        data = parse_lua_data(raw.decode("utf-8", errors="replace"))
-    except SourceError as exc:  # it changed since data_files() looked
-        return Rejected(str(file), str(exc))
-    except (OSError, LuaDataError) as exc:
-        return Rejected(str(file), f"not a Prosody data file ({exc})")
-    return activity_from(source, bare_jid, data, str(file), now=now)
-
-
-def activity_from(
-    source: str, bare_jid: str, data: Any, where: str, *, now: float | None = None
-) -> Entry:
-    """Interpret one user's stored table; a timestamp that is not plausible rejects it."""
-    if not isinstance(data, dict):
-        return Rejected(where, f"expected a table, found {type(data).__name__}")
-    now = time.time() if now is None else now
-    try:
-        if source == "prosody-account-activity":
-            if "timestamp" not in data:
-                return Rejected(where, "no timestamp")
-            # The time of the last login or logout: "last seen" is what the seed's rule needs.
-            stamp = checked_timestamp(data["timestamp"], now)
-            return Activity(bare_jid, last_logout=stamp, where=where)
-        if source == "prosody-lastlog":
-            return _last_event(bare_jid, data, where, now)
-        times = {
-            event: checked_timestamp(data[event].get("timestamp"), now, f"{event} timestamp")
-            if isinstance(data.get(event), dict)
-            else 0
-            for event in ("login", "logout", "registered")
-        }
-    except ValueError as exc:
-        return Rejected(where, str(exc))
-    return Activity(
-        bare_jid,
-        last_login=times["login"],
-        last_logout=times["logout"],
-        registered=times["registered"],
-        where=where,
-    )
-
-
-_LASTLOG_EVENTS = {"login": "last_login", "logout": "last_logout", "registered": "registered"}
-
-
-def _last_event(bare_jid: str, data: dict[Any, Any], where: str, now: float) -> Entry:
-    """mod_lastlog keeps the user's last event only: `{ event = "login"; timestamp = ...; }`
-    (its first versions recorded logins alone, without `event`)."""
-    event = data.get("event", "login")
-    if event == "message":  # mod_lastlog on a component: a room's last message
-        return Ignored("a room's last message (mod_lastlog on a component), not a user's")
-    if event not in _LASTLOG_EVENTS:
-        return Rejected(where, f"unknown event {reprlib.repr(event)}")
-    if "timestamp" not in data:
-        return Rejected(where, "no timestamp")
-    try:
-        stamp = checked_timestamp(data["timestamp"], now)
-    except ValueError as exc:
-        return Rejected(where, str(exc))
-    return Activity(bare_jid, **{_LASTLOG_EVENTS[event]: stamp}, where=where)
 
 
 def checked_timestamp(value: Any, now: float, field: str = "timestamp") -> int:
@@ -339,151 +209,6 @@ def _shown(value: float) -> str:
     if isinstance(value, int) and value.bit_length() > 64:
         return f"of {value.bit_length()} bits"
     return str(value)
-
-
-def read_sql(path: Path, *, now: float | None = None) -> Iterator[Entry]:
-    """lastlog2 and account_activity rows of a mod_storage_sql SQLite database (read-only),
-    streamed user by user; `now` (default: the clock) is what "in the future" is measured from.
-    A row with a field over MAX_DATA_FILE bytes is rejected unread (SQLite's length limit
-    refuses it before loading it); the rows are put in order by their names on a connection
-    of its own, with a limit of MAX_SORTED_NAME (beyond, the database is refused)."""
-    if not path.is_file():
-        yield Rejected(str(path), "no such file")
-        return
-    try:
-        rows = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-        order = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        yield Rejected(str(path), f"not a Prosody SQL storage database ({exc})")
-        return
-    try:
-        rows.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_DATA_FILE)
-        order.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_SORTED_NAME)
-        yield from _sql_users(rows, order.execute(_SQL_ORDER), path, now)
-    except sqlite3.Error as exc:
-        if getattr(exc, "sqlite_errorname", "") == "SQLITE_TOOBIG":
-            reason = f"a user name, domain or store of more than {MAX_SORTED_NAME} bytes"
-        else:
-            reason = str(exc)
-        yield Rejected(str(path), f"not a Prosody SQL storage database ({reason})")
-    finally:
-        rows.close()
-        order.close()
-
-
-# Each user's rows together (the order of Prosody's unique index), fetched by rowid in batches:
-# a row SQLite refuses as too big is then read alone, and rejected alone.
-_SQL_ORDER = """SELECT rowid FROM "prosody" WHERE "store" IN ('lastlog2', 'account_activity')
-    ORDER BY "host", "user", "store", "key", rowid"""
-_SQL_COLUMNS = ("host", "user", "store", "key", "type", "value")
-_SQL_ROWS = 'SELECT rowid, "host", "user", "store", "key", "type", "value" FROM "prosody"'
-_SQL_BATCH = 500
-
-
-def _sql_users(
-    db: sqlite3.Connection, order: sqlite3.Cursor, path: Path, now: float | None
-) -> Iterator[Entry]:
-    user_data: dict[str, Any] = {}
-    current: tuple[str, str, str] | None = None
-    for rows in _sql_batches(db, order):
-        for rowid, row in rows:
-            if isinstance(row, str):
-                yield Rejected(f"{path}: {_sql_row_name(db, rowid)}", row)
-                continue
-            host, user, store, key, kind, value = row
-            where = f"{path}: {user}@{host} store {store} key {key}"
-            if (host, user, store) != current:
-                if current is not None and user_data:
-                    yield _sql_activity(path, current, user_data, now)
-                current, user_data = (host, user, store), {}
-            try:
-                user_data[key] = _sql_value(kind, value)
-            except ValueError as exc:
-                yield Rejected(where, str(exc))
-    if current is not None and user_data:
-        yield _sql_activity(path, current, user_data, now)
-
-
-def _sql_batches(
-    db: sqlite3.Connection, order: sqlite3.Cursor
-) -> Iterator[list[tuple[int, tuple[Any, ...] | str]]]:
-    """(rowid, its row or why it cannot be read) in the order of `order`'s rowids."""
-    while rowids := [rowid for (rowid,) in order.fetchmany(_SQL_BATCH)]:
-        marks = ",".join("?" * len(rowids))
-        try:
-            query = f"{_SQL_ROWS} WHERE rowid IN ({marks})"
-            found = {row[0]: row[1:] for row in db.execute(query, rowids)}
-        except sqlite3.DataError:  # a field over the limit somewhere: row by row
-            yield [(rowid, _sql_row(db, rowid)) for rowid in rowids]
-        else:
-            yield [(rowid, found[rowid]) for rowid in rowids]
-
-
-def _sql_row(db: sqlite3.Connection, rowid: int) -> tuple[Any, ...] | str:
-    """The row, or which field is too big (its size read without loading it)."""
-    try:
-        ((_, *row),) = db.execute(f"{_SQL_ROWS} WHERE rowid = ?", (rowid,))
-    except sqlite3.DataError:
-        sizes = {column: _field_size(db, column, rowid) for column in _SQL_COLUMNS}
-        column = max(sizes, key=lambda name: sizes[name])
-        return f"a {column} of {sizes[column]} bytes (at most {MAX_DATA_FILE})"
-    return tuple(row)
-
-
-def _sql_row_name(db: sqlite3.Connection, rowid: int) -> str:
-    """user@host store S row N, or row N if the names are the big fields."""
-    try:
-        ((host, user, store),) = db.execute(
-            'SELECT "host", "user", "store" FROM "prosody" WHERE rowid = ?', (rowid,)
-        )
-    except sqlite3.DataError:
-        return f"row {rowid}"
-    return f"{user}@{host} store {store} row {rowid}"
-
-
-def _field_size(db: sqlite3.Connection, column: str, rowid: int) -> int:
-    try:
-        with db.blobopen("prosody", column, rowid, readonly=True) as field:
-            return len(field)
-    except sqlite3.Error:  # not a text or blob (a number, NULL): small
-        return 0
-
-
-def _sql_activity(
-    path: Path, names: tuple[str, str, str], data: dict[str, Any], now: float | None
-) -> Entry:
-    host, user, store = names
-    where = f"{path}: {user}@{host} {store}"
-    return activity_from(_SOURCE_OF_STORE[store], f"{user}@{host}", data, where, now=now)
-
-
-def _sql_value(kind: str, value: str | bytes | None) -> Any:
-    """mod_storage_sql's (type, value) columns, as its own deserialize() reads them."""
-    if value is None:
-        raise ValueError("value is NULL")
-    if isinstance(value, bytes):  # a BLOB: to Lua, a string like any other
-        value = value.decode("utf-8", errors="replace")
-    if kind == "number":
-        # Lua's tostring() of inf and NaN is "inf", "-inf", "nan" or "-nan": read as the floats
-        # they are (Prosody's own tonumber() reads none of them), then refused as timestamps.
-        try:
-            return float(value) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            if value.strip().lower().lstrip("+-") in ("inf", "nan"):
-                return float(value)
-            raise ValueError(f"not a number: {reprlib.repr(value)}") from None
-    if kind == "json":
-        try:
-            return json.loads(value)
-        except ValueError as exc:  # util.json writes inf and NaN as `inf`, `-nan`: not JSON
-            raise ValueError(f"not valid JSON ({exc})") from None
-        except RecursionError:  # json's own limit (Python's recursion limit): a clean error
-            raise ValueError("not valid JSON (nested too deeply)") from None
-    if kind == "string":
-        return value
-    if kind == "boolean" and value in ("true", "false"):
-        return value == "true"
-    raise ValueError(f"unexpected value type {kind!r}")
 
 
 # --- merging into the store ------------------------------------------------------------------

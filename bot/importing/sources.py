@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from . import ejabberd, importer
+from . import ejabberd, importer, prosody, prosody_sql
 from .importer import Entry, SourceError
 
 SOURCES = (
@@ -54,8 +54,8 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
         )
     if source == "prosody-sql":
         importer.open_regular(path).close()  # SQLite's own open would block on a FIFO
-        return Opened(None, " users", partial(_each, importer.read_sql(path, now=now)))
-    count = importer.count_data_files(source, path)
+        return Opened(None, " users", partial(_each, prosody_sql.read_sql(path, now=now)))
+    count = prosody.count_data_files(source, path)
     if not count:
         # Prosody's data is readable by its user and group only: a folder this user may not
         # read hides the files, which is not the same as having none.
@@ -74,8 +74,8 @@ def open_source(source: str, path: Path, *, now: float, host: str | None = None)
             "PATH should be Prosody's data directory (e.g. /var/lib/prosody)"
         )
     entries = (
-        importer.read_data_file(source, file, jid, now=now)
-        for file, jid in importer.iter_data_files(source, path)
+        prosody.read_data_file(source, file, jid, now=now)
+        for file, jid in prosody.iter_data_files(source, path)
     )
     return Opened(count, " users", partial(_each, entries))
 

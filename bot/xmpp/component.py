@@ -2,11 +2,12 @@
 
 Each part is one module with its own state: the connection (xmpp/connection.py), the session
 watch (session_watch.py), the liveness rounds (liveness.py, pinger.py), privileges
-(privileges.py), the admin commands (admin_commands.py, defined in commands.py) and the bot as a
-contact (contact_stanzas.py, contact.py). This class routes presence stanzas to the tracker and
-the watch, and holds the one error policy (internal_errors.py): every handler is guarded, and
-slixmpp's `exception()` hook is overridden once. What each input can cost, per sender and in
-total: docs/architecture.md.
+(privileges.py), the presence stanzas (presence.py: to the tracker and the watch), the admin
+commands (admin_commands.py, defined in commands.py) and the bot as a contact
+(contact_stanzas.py, contact.py). This class wires them, registers their handlers and holds the
+one error policy (internal_errors.py): every handler is guarded, and slixmpp's `exception()`
+hook is overridden once. What each input can cost, per sender and in total:
+docs/architecture.md.
 
 slixmpp's own presence handling is switched off on purpose: it keeps a roster entry for every JID
 that sends presence, a copy of per-user state that would grow with the whole user base. That, and
@@ -27,7 +28,7 @@ from functools import partial
 from typing import Any
 
 from slixmpp import ComponentXMPP
-from slixmpp.jid import JID, InvalidJID
+from slixmpp.jid import JID
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -40,6 +41,7 @@ from .contact_stanzas import ContactStanzas
 from .internal_errors import InternalErrors
 from .liveness import LivenessChecker, LivenessSettings, Session, Verdict
 from .pinger import Pinger
+from .presence import PresenceRouter
 from .privileges import PRIVILEGE_NAMESPACES, Privileges
 from .ratelimit import RefusalLog
 from .session_checks import SessionChecks
@@ -50,12 +52,6 @@ __all__ = ["ActiveUsersComponent", "ConnectionFatal", "Timing"]
 
 log = logging.getLogger("bot.component")  # its name from before the layers: admins grep it
 
-# XEP-0115 entity capabilities in a presence: its `node` names the client (see client_families.py).
-CAPS = "{http://jabber.org/protocol/caps}c"
-# Presence types counted by name in the metrics; anything else is "other" (bounded labels).
-PRESENCE_KINDS = frozenset(
-    {"unavailable", "error", "probe", "subscribe", "subscribed", "unsubscribe", "unsubscribed"}
-)
 QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
@@ -91,7 +87,6 @@ class ActiveUsersComponent(ComponentXMPP):
         self.clock = clock
         self.monotonic = monotonic
         self.timing = timing or Timing()
-        self.presence_events: Counter[str] = Counter()  # by kind, for the metrics
         self.errors = InternalErrors(log, monotonic)
         self._background: set[asyncio.Task[Any]] = set()
         settings = liveness or LivenessSettings(interval=0)
@@ -102,7 +97,7 @@ class ActiveUsersComponent(ComponentXMPP):
             return RefusalLog(log, what, monotonic, level=level, schedule=self._call_later)
 
         self.refusals = bounded("refused requests")
-        self._ignored = ignored = bounded("stanzas ignored", logging.DEBUG)
+        ignored = bounded("stanzas ignored", logging.DEBUG)
 
         self.connection = Connection(
             self,
@@ -129,9 +124,10 @@ class ActiveUsersComponent(ComponentXMPP):
         self.watch = self.checks.watch = SessionWatch(
             self.ask_session,
             pings_every_session=self.pings_every_session,
-            resumed=self._resumed,
+            # The presence router (built below, with the contact) resumes and logs.
+            resumed=lambda session: self.presence.resumed(session),
             confirmed=lambda s: self.event("unavailable_confirmed", JID(f"{s[0]}/{s[1]}")),
-            refused=self._unconfirmed,
+            refused=lambda session, why: self.presence.unconfirmed(session, why),
             fault=partial(self.errors.record, "unavailable presence"),
             limits=watch_limits or WatchLimits(followup=self.timing.unavailable_followup),
             monotonic=monotonic,
@@ -169,11 +165,23 @@ class ActiveUsersComponent(ComponentXMPP):
             ignored=ignored,
             connected=lambda: self.connection.connected_since is not None,
         )
+        self.presence = PresenceRouter(
+            self,
+            tracker,
+            watch=self.watch,
+            contacts=self.contacts,
+            connection=self.connection,
+            errors=self.errors,
+            ignored=ignored,
+            clock=clock,
+            pings_every_session=self.pings_every_session,
+        )
+        self.presence_events = self.presence.events  # by kind, for the metrics
         self._register()
 
     def _register(self) -> None:
         guard = self.errors.guard
-        take_over_presence(self, guard("presence", self._on_presence))  # see the docstring
+        take_over_presence(self, guard("presence", self.presence.on_presence))  # see the docstring
         for namespace in PRIVILEGE_NAMESPACES:
             self.register_handler(
                 Callback(
@@ -247,96 +255,6 @@ class ActiveUsersComponent(ComponentXMPP):
         let `serve` reconnect with its backoff (not a second, competing connection loop)."""
         log.warning("Dropping the connection: %s", reason)
         self.disconnect(wait, reason)
-
-    # --- presence ---------------------------------------------------------------------------
-
-    def _on_presence(self, presence: Any) -> None:
-        # Read the type attribute itself: slixmpp's presence["type"] gives the <show/> value.
-        kind = presence.xml.get("type")
-        if kind is None:
-            self.presence_events["available"] += 1
-        else:
-            self.presence_events[kind if kind in PRESENCE_KINDS else "other"] += 1
-        if kind in ("error", "probe", "subscribed", "unsubscribe", "unsubscribed"):
-            if kind in ("probe", "unsubscribe"):
-                self.contacts.probe_or_unsubscribe(kind, presence)
-            return
-        try:
-            sender = presence["from"]
-        except InvalidJID:
-            raw = presence.xml.get("from", "")[:100]
-            self._ignored.refused(raw, "Presence with an invalid from ignored: %r", raw)
-            return
-        if not sender.user or sender.bare == self.boundjid.bare:
-            return
-        if kind == "subscribe":
-            self.contacts.subscribe(sender)
-            return
-        if not sender.resource:  # from the account, not a session: Prosody answers the
-            return  # subscription handshake of the fallback with an unavailable from the bare JID
-        now = int(self.clock())
-        if kind is None:
-            caps_node = None
-            for child in presence.xml:  # a few children: quicker than ElementTree's find
-                if child.tag == CAPS:
-                    caps_node = child.get("node")
-                    break
-            change = partial(self._available, sender, now, caps_node)
-        elif kind == "unavailable":
-            change = partial(self._unavailable, sender, now)
-        else:
-            self._ignored.refused(sender.bare, "Presence of unknown type %r ignored", kind)
-            return
-        # Now, or (an offline user's record is read off the event loop) in a moment, in order.
-        self.tracker.when_loaded(sender.bare, change)
-
-    # The changes run later (after a record is read): guarded here, by the same policy.
-
-    def _available(self, sender: JID, now: int, caps_node: str | None = None) -> None:
-        try:
-            session = (sender.bare, sender.resource)
-            changed = self.tracker.session_started(sender.bare, sender.resource, now, caps_node)
-            # Only the rounds read what the watch keeps of an online session: nothing without them.
-            watched = self.pings_every_session and self.tracker.is_counted(sender.bare)
-            self.watch.available(session, now, watched=watched)
-            if changed:  # for observers (tests, metrics): cheap when nobody listens
-                self.event("presence_tracked", ("available", sender))
-        except Exception as exc:  # our fault: never an error stanza to the user's client
-            self.errors.record("presence", exc)
-
-    def _unavailable(self, sender: JID, now: int) -> None:
-        """An unavailable presence ends the session at once; the session watch may ask it
-        whether it is still there (a client may send one to the bot alone)."""
-        try:
-            session = (sender.bare, sender.resource)
-            was_online = self.tracker.is_online(*session)
-            if self.tracker.session_ended(sender.bare, sender.resource, now):
-                self.event("presence_tracked", ("unavailable", sender))
-            link_up = self.connection.link_up()
-            self.watch.unavailable(session, was_online=was_online, can_ask=link_up)
-        except Exception as exc:
-            self.errors.record("presence", exc)
-
-    def _unconfirmed(self, session: Session, why: str) -> None:
-        bare, resource = session
-        self._ignored.refused(
-            bare,
-            "Unavailable of %s/%s taken as it is, unconfirmed: %s",
-            self.tracker.who(bare),
-            self.tracker.who_session(resource),
-            why,
-        )
-
-    def _resumed(self, session: Session) -> None:
-        """A session that said unavailable answered twice: online again."""
-        sender = JID(f"{session[0]}/{session[1]}")
-
-        def resume() -> None:
-            if self.tracker.session_resumed(session[0], session[1], int(self.clock())):
-                log.debug("A session said unavailable but answers pings: online again")
-                self.event("presence_tracked", ("resumed", sender))
-
-        self.tracker.when_loaded(session[0], self.errors.guard("presence", resume))
 
     # --- liveness (session_checks.py) -------------------------------------------------------
 
