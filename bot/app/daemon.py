@@ -116,17 +116,6 @@ class Bot:
                 clock=clock,
             )
             self.component = self._component(timing)
-            self.observed = Observed(
-                settings,
-                clock=clock,
-                started_at=started_at,
-                store=self.store,
-                tracker=self.tracker,
-                component=self.component,
-                day_history=self.day_history,
-                duty_restarts=self.duty_restarts,
-                duty_names=self.duty_names,
-            )
             notices.listen(self.notifier, self.component)  # the admins' reports and alerts
             self.duties = Duties(
                 settings,
@@ -139,6 +128,16 @@ class Bot:
                 notifier=self.notifier,
                 day_history=self.day_history,
                 heartbeat_clock=self.heartbeat_clock,
+            )
+            self.observed = Observed(
+                settings,
+                clock=clock,
+                started_at=started_at,
+                store=self.store,
+                tracker=self.tracker,
+                component=self.component,
+                day_history=self.day_history,
+                duties=self.duties,
             )
         except BaseException:
             self.store.close()  # never connected: the heartbeat stays what it was

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from ..web.server import Handler, WebServer
 from ..web.statuspage import HISTORY_DAYS, Health, StatusView, status_page
 from ..xmpp.component import ActiveUsersComponent, ConnectionFatal
 from .day_history import DayHistory
+from .duties import Duties
 
 log = logging.getLogger("bot.daemon")  # its name from before the layers: admins grep it
 
@@ -45,8 +45,7 @@ class Observed:
         tracker: ActivityTracker,
         component: ActiveUsersComponent,
         day_history: DayHistory,
-        duty_restarts: Counter[str],
-        duty_names: Callable[[], tuple[str, ...]],
+        duties: Duties,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -56,8 +55,7 @@ class Observed:
         self.tracker = tracker
         self.component = component
         self.day_history = day_history
-        self.duty_restarts = duty_restarts
-        self.duty_names = duty_names
+        self.duties = duties
         self.web: WebServer | None = None
         component.add_event_handler("presence_tracked", self._presence_tracked)
 
@@ -76,8 +74,8 @@ class Observed:
             session_pings=self.component.liveness.verdicts(),
             pings_in_flight=self.component.pinger.waiting,
             connected=self.component.connected_since is not None,
-            duty_restarts=dict(self.duty_restarts),
-            duties=self.duty_names(),
+            duty_restarts=dict(self.duties.restarts),
+            duties=self.duties.names(),
             last_presence_at=self.last_presence_at,
             store_last_write_at=self.store.last_write_at or self.started_at,
             store_failed_writes=self.store.failed_writes,
