@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from bot.app.daemon import Bot, count_periodically
+from bot.app.daemon import Bot
+from bot.app.duties import count_periodically
 from bot.app.supervisor import EXIT_DUTY_FAILED, DutyFailed, supervise
 from bot.config import load_settings
 from bot.web.connections import connection_cap
@@ -100,7 +101,7 @@ async def test_the_bot_exits_70_after_5_failures_of_a_duty_by_default(tmp_path, 
         failures += 1
         raise RuntimeError("a bug in the count's housekeeping")
 
-    bot.after_count = broken_housekeeping  # the count duty fails on each pass
+    bot.duties.after_count = broken_housekeeping  # the count duty fails on each pass
     try:
         status = await asyncio.wait_for(bot.serve(asyncio.Event()), 10)
     finally:

@@ -57,7 +57,7 @@ async def test_a_failing_retention_pass_neither_restarts_the_count_nor_stops_the
         passes += 1
         raise OSError("reading the store for retention failed")
 
-    count_housekeeping = bot.after_count
+    count_housekeeping = bot.duties.after_count
 
     async def counted() -> None:
         nonlocal counts
@@ -65,7 +65,7 @@ async def test_a_failing_retention_pass_neither_restarts_the_count_nor_stops_the
         await count_housekeeping()
 
     bot.tracker.forget_inactive_soon = failing_retention
-    bot.after_count = counted
+    bot.duties.after_count = counted
     running = await RunningBot(bot).start()
     try:
         await until(lambda: passes >= 8)

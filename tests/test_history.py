@@ -205,7 +205,7 @@ def test_an_ended_days_peak_whose_write_failed_is_written_at_the_next_count(tmp_
             raise OSError("No space left on device")
 
         monkeypatch.setattr(bot.store, "put_day", full_disk)
-        bot._history(bot.record_today)  # the first count of the new day: its write fails
+        bot.day_history.guarded(bot.record_today)  # the first count of the new day: its write fails
         assert bot.history_failures == 1
         monkeypatch.setattr(bot.store, "put_day", real_put_day)
         bot.record_today()  # the next count

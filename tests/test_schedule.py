@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from bot.activity.tracker import ActivityTracker
-from bot.app.daemon import count_periodically
+from bot.app.duties import count_periodically
 from bot.storage.store import Store
 
 from .support import bot_settings

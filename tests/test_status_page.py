@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from bot.admin.history import last_days
-from bot.app import daemon
+from bot.app import observed
 from bot.app.daemon import Bot
 from bot.core.counter import DAY, Counts
 from bot.core.model import UserRecord
@@ -261,13 +261,13 @@ async def test_the_page_and_the_metrics_are_served_without_disk_io_on_the_loop(
     real_cx = bot.store._db._cx
     bot.store._db._cx = Noting()
     size_threads: list[int] = []
-    real_file_bytes = daemon.file_bytes
+    real_file_bytes = observed.file_bytes
 
     def noting_file_bytes(store_path):
         size_threads.append(threading.get_ident())
         return real_file_bytes(store_path)
 
-    monkeypatch.setattr(daemon, "file_bytes", noting_file_bytes)
+    monkeypatch.setattr(observed, "file_bytes", noting_file_bytes)
     server = WebServer("127.0.0.1", 0, bot.http_routes())
     await server.start()
     try:

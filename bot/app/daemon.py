@@ -2,44 +2,38 @@
 
 Start-up: open the store (refusing a second writer), load the index, close sessions a previous
 crash left open, open the HTTP listener (/metrics, the status page), connect. Shutdown on
-SIGTERM/SIGINT: close the listener, disconnect, flush, release the store, exit 0.
+SIGTERM/SIGINT: close the listener, disconnect, flush, release the store, exit 0. The parts it
+wires: the duties (duties.py), the day's history (day_history.py), the admins' notices
+(notices.py), what the HTTP listener shows (observed.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
-import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from slixmpp.jid import JID
-
-from ..activity.peaks import stored_peaks, with_peaks
 from ..activity.tracker import ActivityTracker
 from ..admin.commands import CommandSet, Figures
-from ..admin.history import Day, day_snapshot, last_days, utc_day
-from ..admin.notify import CallbackEdge, Notifier, Sources
+from ..admin.history import Day
 from ..config import Settings
-from ..core.counter import DAY, Counts, window_label
-from ..storage.shelf import store_files
-from ..storage.store import Store, flush_periodically, inactive_users
-from ..web.connections import descriptor_budget
-from ..web.metrics import ActivityCollector, MetricsPage, Snapshot
-from ..web.nodeinfo import PUBLIC_PATHS, NodeInfoPages
+from ..storage.store import Store
+from ..web.metrics import Snapshot
 from ..web.nodeinfo import WINDOWS as NODEINFO_WINDOWS
 from ..web.server import Handler, WebServer
-from ..web.statuspage import HISTORY_DAYS, Health, StatusView, status_page
+from ..web.statuspage import StatusView
 from ..xmpp.component import ActiveUsersComponent, ConnectionFatal, Timing
 from ..xmpp.liveness import LivenessSettings
-from .supervisor import DEFAULT_BACKOFF, EXIT_DUTY_FAILED, Backoff, DutyFailed, supervise
+from . import notices
+from .day_history import DayHistory
+from .duties import Duties
+from .observed import Observed
+from .supervisor import DEFAULT_BACKOFF, EXIT_DUTY_FAILED, Backoff, DutyFailed
 
 EXIT_NOT_SAVED = 2  # the store could not be written at shutdown: changes were lost
 
@@ -61,47 +55,6 @@ def figures_source(
         )
 
     return figures
-
-
-async def count_periodically(
-    tracker: ActivityTracker,
-    settings: Settings,
-    clock: Callable[[], float] = time.time,
-    jitter: Callable[[float], float] = lambda upper: random.uniform(0, upper),
-    after_count: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Log the figures shortly after start, then every interval plus jitter, like the seed;
-    `after_count` keeps the day's history snapshot up to date."""
-    await asyncio.sleep(settings.first_count_after)
-    while True:
-        started = time.perf_counter()
-        counts = tracker.counts(int(clock()))
-        took_us = (time.perf_counter() - started) * 1e6
-        figures = ", ".join(f"{n} ({window_label(w)})" for w, n in counts.active.items())
-        log.info(
-            "Active users (took %.0f µs): %s; online: %d users, %d sessions; known: %d",
-            took_us,
-            figures,
-            counts.online_users,
-            counts.online_sessions,
-            counts.known_users,
-        )
-        if after_count is not None:
-            await after_count()
-        await asyncio.sleep(settings.count_interval + jitter(settings.count_jitter))
-
-
-async def retain_periodically(
-    apply_retention: Callable[[], Awaitable[object]],
-    settings: Settings,
-    jitter: Callable[[float], float] = lambda upper: random.uniform(0, upper),
-) -> None:
-    """Forget the users inactive beyond `retention_days`, shortly after start, then every
-    count interval: a duty of its own, so that a failing pass never stops the counts."""
-    await asyncio.sleep(settings.first_count_after)
-    while True:
-        await apply_retention()
-        await asyncio.sleep(settings.count_interval + jitter(settings.count_jitter))
 
 
 async def run(
@@ -138,14 +91,9 @@ class Bot:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.backoff = backoff
         self.duty_restarts: Counter[str] = Counter()  # duty -> restarts, for the metrics
-        self.history_failures = 0  # updates of the day's snapshot that failed (see _history)
-        self._history_faults: set[str] = set()  # the kinds logged, each once
         self.store = Store(settings.store_path, pseudonym_key=settings.pseudonym_key, clock=clock)
-        self.started_at = clock()
-        self.last_presence_at = self.started_at  # the last login or logout tracked
-        self.web: WebServer | None = None
+        started_at = clock()
         try:
             self.tracker = ActivityTracker(
                 self.store,
@@ -158,24 +106,39 @@ class Bot:
             )
             self._loaded_heartbeat = self.store.heartbeat
             self._load()
-            now = int(clock())
-            # The snapshots of the days whose peaks may still rise (see record_today): as stored,
-            # from yesterday on (the clock may step back a day, or have been ahead before), then
-            # every one this run writes. No other writer runs meanwhile.
-            since = utc_day(now - DAY)
-            self._days: dict[str, dict[str, Any]] = {
-                day: snapshot for day, snapshot in self.store.days().items() if day >= since
-            }
-            self.tracker.peaks.start(now, stored_peaks(self._days.get(utc_day(now))))
-            self.notifier = self._notifier()
+            self.day_history = DayHistory(self.store, self.tracker, clock)
+            self.notifier = notices.notifier(
+                settings,
+                store=self.store,
+                tracker=self.tracker,
+                duty_restarts=self.duty_restarts,
+                component=lambda: self.component,
+                clock=clock,
+            )
             self.component = self._component(timing)
-            self.component.add_event_handler("presence_tracked", self._presence_tracked)
-            if self.notifier.enabled:  # the admins' reports and alerts (notify.py)
-                self.component.add_event_handler("session_start", self._link_up)
-                self.component.add_event_handler("disconnected", self._link_down)
-                self.component.add_event_handler(
-                    "privileges_checked", self.notifier.privileges_checked
-                )
+            notices.listen(self.notifier, self.component)  # the admins' reports and alerts
+            self.duties = Duties(
+                settings,
+                backoff=backoff,
+                restarts=self.duty_restarts,
+                clock=clock,
+                store=self.store,
+                tracker=self.tracker,
+                component=self.component,
+                notifier=self.notifier,
+                day_history=self.day_history,
+                heartbeat_clock=self.heartbeat_clock,
+            )
+            self.observed = Observed(
+                settings,
+                clock=clock,
+                started_at=started_at,
+                store=self.store,
+                tracker=self.tracker,
+                component=self.component,
+                day_history=self.day_history,
+                duties=self.duties,
+            )
         except BaseException:
             self.store.close()  # never connected: the heartbeat stays what it was
             raise
@@ -185,82 +148,11 @@ class Bot:
         (not during an outage: sessions left open must end when the connection dropped)."""
         return self.component.sessions_known_until(int(self.clock()), self._loaded_heartbeat)
 
-    def _notifier(self) -> Notifier:
-        settings = self.settings
-        return Notifier(
-            settings.reports,
-            settings.alerts,
-            admins=settings.admins,
-            domains=settings.domains,
-            windows=settings.windows,
-            store=self.store,
-            edge=CallbackEdge(self._send_chat, lambda: self.component.connected_since is not None),
-            sources=Sources(
-                days=self.store.days_off_loop,
-                client_figures=lambda: self.tracker.client_counts(int(self.clock())),
-                store_health=lambda: (self.store.last_write_at, self.store.failed_writes),
-                duty_restarts=lambda: self.duty_restarts,
-            ),
-            clock=self.clock,
-        )
-
-    def _send_chat(self, to_bare_jid: str, text: str) -> None:
-        """A chat message to a bare JID: the server keeps it for an admin who is offline."""
-        component = self.component
-        component.send_message(
-            mto=JID(to_bare_jid), mbody=text, mtype="chat", mfrom=component.boundjid.bare
-        )
-
-    def _link_up(self, _event: object) -> None:
-        self.notifier.link_up()
-
-    def _link_down(self, _event: object) -> None:
-        self.notifier.link_down()
-
-    def _presence_tracked(self, _change: object) -> None:
-        self.last_presence_at = self.clock()
-
-    def _duties(self) -> dict[str, Coroutine[Any, Any, None]]:
-        """The background duties, each supervised (see `supervisor`)."""
-        settings, component = self.settings, self.component
-        duties: dict[str, Callable[[], Awaitable[None]]] = {
-            "flush": lambda: flush_periodically(
-                self.store,
-                settings.flush_interval,
-                self.heartbeat_clock,
-                before_flush=lambda: self._history(self.record_peak_if_risen),
-            ),
-            "count": lambda: count_periodically(
-                self.tracker, settings, self.clock, after_count=self.after_count
-            ),
-            # Every session's pings, or (liveness off) those of sessions that said unavailable
-            # but still answered.
-            "liveness": component.liveness.run_forever,
-        }
-        backoffs = {name: self.backoff for name in duties}
-        if settings.retention_days:
-            duties["retention"] = lambda: retain_periodically(self.apply_retention, settings)
-            # The bot runs on without retention (it only keeps data longer): retried with a
-            # backoff up to the count interval, never a reason to exit.
-            backoffs["retention"] = dataclasses.replace(
-                self.backoff,
-                max_delay=max(self.backoff.first_delay, settings.count_interval),
-                max_failures=None,
-            )
-        if self.notifier.enabled:
-            duties["notify"] = self.notifier.run_forever
-            # Reports and alerts are extras: the counting bot never exits for them.
-            backoffs["notify"] = dataclasses.replace(self.backoff, max_failures=None)
-        return {
-            name: supervise(name, duty, self.duty_restarts, backoffs[name])
-            for name, duty in duties.items()
-        }
-
     def _component(self, timing: Timing | None) -> ActiveUsersComponent:
         settings = self.settings
         commands = CommandSet(
             admins=settings.admins,
-            figures=figures_source(self.tracker, self.clock, self.answered_windows()),
+            figures=figures_source(self.tracker, self.clock, answered_windows(settings)),
             history=self.history,
             windows=settings.windows,
             client_figures=lambda: self.tracker.client_counts(int(self.clock())),
@@ -316,180 +208,42 @@ class Bot:
                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.closed_at)),
             )
 
-    def record_today(self) -> None:
-        """Rewrite today's history snapshot with the current figures (UTC days), and give the
-        days that ended since the last call the peak of users online that happened on them.
-        A day the clock stepped back into keeps the higher of its two peaks. Reads nothing
-        from the store: the snapshots are the ones this run holds."""
-        now = int(self.clock())
-        peaks = self.tracker.peaks
-        peaks.take_rose()  # written now
-        peaks.roll(now, back=True)  # `now` is the clock's: it may step back into a day
-        for day_number, final in peaks.ended().items():
-            self._record_final_peaks(utc_day(day_number * DAY), final)
-            peaks.written(day_number)
-        today = utc_day(now)
-        by_domain = self.tracker.counts_by_domain(now)
-        snapshot = day_snapshot(by_domain, peaks.today(stored=self._days.get(today)))
-        self.store.put_day(today, snapshot)
-        self._days[today] = snapshot  # one per day of this run: a step back may reach it
+    # The parts' duties, under the names the tests, the testbed and the benchmarks call.
 
-    def _history(self, update: Callable[[], None]) -> None:
-        """Run an update of the day's history snapshot. Its fault costs the snapshot (the day's
-        peak), never the records: it is counted for /metrics, logged once per kind, and the
-        flush, the count or the shutdown that called it goes on."""
-        try:
-            update()
-        except Exception as exc:
-            self.history_failures += 1
-            kind = f"{type(exc).__name__}: {exc}"
-            if kind not in self._history_faults and len(self._history_faults) < 100:
-                self._history_faults.add(kind)
-                log.exception(
-                    "Updating the day's history snapshot failed (logged once); the records are "
-                    "written regardless"
-                )
+    def record_today(self) -> None:
+        self.day_history.record_today()
 
     def record_peak_if_risen(self) -> None:
-        """Before each flush: today's snapshot again if its peak rose (or a day began), so
-        that the peak is on disk as soon as the records that made it."""
-        if self.tracker.peaks.take_rose():
-            self.record_today()
+        self.day_history.record_peak_if_risen()
 
-    def _record_final_peaks(self, day: str, peaks: dict[str, int]) -> None:
-        held = self._days.get(day)
-        if held is None:
-            return  # no count that day: its figures are unknown, it stays a gap
-        snapshot = with_peaks(held, peaks)  # a copy: the held one may be in a batch being written
-        self.store.put_day(day, snapshot)
-        self._days[day] = snapshot
-
-    async def after_count(self) -> None:
-        """The hourly housekeeping: the figures in the admins' contact lists, today's history
-        snapshot. (Retention is a duty of its own.)"""
-        self.component.refresh_contacts()
-        self._history(self.record_today)
-
-    async def apply_retention(self) -> int:
-        days = self.settings.retention_days
-        if not days:
-            return 0
-        active_since = int(self.clock()) - days * 86_400
-        candidates = await asyncio.to_thread(
-            inactive_users, self.settings.store_path, active_since
-        )  # the scan reads the file on another connection; the loop only forgets
-        forgotten = await self.tracker.forget_inactive_soon(candidates, active_since)
-        if forgotten:
-            log.info("Retention: forgot %d users inactive for over %d days", forgotten, days)
-        return forgotten
+    @property
+    def history_failures(self) -> int:
+        return self.day_history.failures
 
     async def history(self, days: int) -> list[Day]:
-        """The last `days` days: the store's scan runs in a worker thread."""
-        return last_days(await self.store.days_off_loop(), utc_day(self.clock()), days)
+        return await self.day_history.last(days)
 
-    def metrics_snapshot(self) -> Snapshot:
-        started = time.perf_counter()
-        now = int(self.clock())
-        by_domain = self.tracker.counts_by_domain(now)
-        return Snapshot(
-            by_domain=by_domain,
-            clients_by_domain=self.tracker.client_counts_by_domain(now),
-            presence_events=dict(self.component.presence_events),
-            internal_errors=self.component.errors.by_place(),
-            session_pings=self.component.liveness.verdicts(),
-            pings_in_flight=self.component.pinger.waiting,
-            connected=self.component.connected_since is not None,
-            duty_restarts=dict(self.duty_restarts),
-            duties=self.duty_names(),
-            last_presence_at=self.last_presence_at,
-            store_last_write_at=self.store.last_write_at or self.started_at,
-            store_failed_writes=self.store.failed_writes,
-            http=self.web.stats() if self.web is not None else None,
-            history_failures=self.history_failures,
-            count_seconds=time.perf_counter() - started,
-        )
+    async def after_count(self) -> None:
+        await self.duties.after_count()
+
+    async def apply_retention(self) -> int:
+        return await self.duties.apply_retention()
 
     def duty_names(self) -> tuple[str, ...]:
-        retention = ("retention",) if self.settings.retention_days else ()
-        notify = ("notify",) if self.notifier.enabled else ()
-        return ("flush", "count", "liveness", *retention, *notify)
+        return self.duties.names()
+
+    @property
+    def web(self) -> WebServer | None:
+        return self.observed.web
+
+    def metrics_snapshot(self) -> Snapshot:
+        return self.observed.metrics_snapshot()
 
     async def status_view(self) -> StatusView:
-        """What the status page shows: the figures as the ad-hoc command gives them (after the
-        changes received so far), the stored history with today live, and the bot's health.
-        The disk is read in worker threads."""
-        await self.tracker.caught_up()
-        stored = await self.store.days_off_loop()
-        store_bytes = await asyncio.to_thread(file_bytes, self.settings.store_path)
-        now = self.clock()
-        by_domain = self.tracker.counts_by_domain(int(now))
-        days = last_days(stored, utc_day(now), HISTORY_DAYS)
-        days[-1] = Day(days[-1].date, day_snapshot(by_domain, self.tracker.peaks.today()))
-        return StatusView(
-            service=self.settings.component_jid,
-            now=now,
-            by_domain=by_domain,
-            clients_by_domain=self.tracker.client_counts_by_domain(int(now)),
-            days=days,
-            windows=self.settings.windows,
-            health=Health(
-                connected_since=self.component.connected_since,
-                last_write_at=self.store.last_write_at,
-                failed_writes=self.store.failed_writes,
-                store_bytes=store_bytes,
-            ),
-        )
-
-    def answered_windows(self) -> tuple[int, ...]:
-        """The windows of the admins' answer: the configured ones, and with NodeInfo on, the
-        windows it publishes (so that the admin reads there what the network reads)."""
-        if self.settings.nodeinfo is None:
-            return self.settings.windows
-        return tuple(sorted({*self.settings.windows, *NODEINFO_WINDOWS}))
-
-    async def nodeinfo_figures(self) -> dict[str, Counts]:
-        """Each domain's figures over NodeInfo's windows, after the changes received so far."""
-        await self.tracker.caught_up()
-        return self.tracker.counts_by_domain(int(self.clock()), NODEINFO_WINDOWS)
+        return await self.observed.status_view()
 
     def http_routes(self) -> dict[str, Handler]:
-        """The documents of the HTTP listener, by path: a new document is one more entry."""
-        routes: dict[str, Handler] = {
-            "/": status_page(self.status_view),
-            "/metrics": MetricsPage(ActivityCollector(self.metrics_snapshot)).handle,
-        }
-        if self.settings.nodeinfo is not None:
-            routes |= NodeInfoPages(self.settings.nodeinfo, self.nodeinfo_figures).routes()
-        return routes
-
-    async def _start_web(self) -> WebServer | None:
-        if self.settings.metrics_listen is None:
-            return None
-        host, port = self.settings.metrics_listen
-        server = WebServer(
-            host, port, self.http_routes(), token=self.settings.metrics_token, public=PUBLIC_PATHS
-        )
-        try:
-            await server.start()
-        except OSError as exc:  # asyncio words it at length; the errno says it in a few words
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConnectionFatal(
-                f"cannot listen for HTTP on {host}:{port} ({why}): change [metrics] "
-                'listen, or set it to "" to turn the metrics and the status page off'
-            ) from None
-        log.info(
-            "Status page on %s/ and Prometheus metrics on %s/metrics%s",
-            server.url,
-            server.url,
-            " (token required)" if self.settings.metrics_token else "",
-        )
-        if self.settings.nodeinfo is not None:
-            log.info(
-                "NodeInfo of %s on %s/.well-known/nodeinfo (public, no token)",
-                ", ".join(self.settings.nodeinfo.domains),
-                server.url,
-            )
-        return server
+        return self.observed.http_routes()
 
     async def serve(self, stop: asyncio.Event) -> int:
         """Stay connected until `stop` is set; then disconnect, write and close the store.
@@ -501,12 +255,11 @@ class Bot:
         status = 1
         try:
             try:
-                web = self.web = await self._start_web()
+                web = await self.observed.start_web()
             except ConnectionFatal as exc:
                 log.error("%s", exc)
                 return status
-            log_descriptor_budget(web)
-            status = await _serve_until_stopped(self.component, self._duties(), stop)
+            status = await _serve_until_stopped(self.component, self.duties.supervised(), stop)
         finally:
             if web is not None:
                 await web.close()
@@ -515,7 +268,8 @@ class Bot:
                 log.error(
                     "Stopped before reading the records of %d changes: they are lost", waiting
                 )
-            self._history(self.record_today)  # its fault must not keep the records from disk
+            # Its fault must not keep the records from disk.
+            self.day_history.guarded(self.day_history.record_today)
             saved = await self._close_store()
         return status if saved else (status or EXIT_NOT_SAVED)
 
@@ -588,26 +342,9 @@ async def _serve_until_stopped(
                 await asyncio.wait_for(component.disconnect(wait=1), 3)
 
 
-def log_descriptor_budget(web: WebServer | None) -> None:
-    """One start-up line: the descriptors the process may open, and the HTTP listener's share."""
-    if web is None:
-        log.info("File descriptors: %d (RLIMIT_NOFILE); no HTTP listener", descriptor_budget())
-        return
-    limits = web.limits
-    log.info(
-        "File descriptors: %d (RLIMIT_NOFILE); HTTP: at most %d connections, a request's "
-        "headers within %.0f s, idle keep-alive %.0f s",
-        web.budget,
-        limits.max_connections,
-        limits.header_timeout,
-        limits.idle_timeout,
-    )
-
-
-def file_bytes(store_path: Path) -> int | None:
-    """The size of the store on disk: its file and its write-ahead log (None: unreadable)."""
-    database, wal, _index = store_files(store_path)
-    try:
-        return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-    except OSError:
-        return None
+def answered_windows(settings: Settings) -> tuple[int, ...]:
+    """The windows of the admins' answer: the configured ones, and with NodeInfo on, the
+    windows it publishes (so that the admin reads there what the network reads)."""
+    if settings.nodeinfo is None:
+        return settings.windows
+    return tuple(sorted({*settings.windows, *NODEINFO_WINDOWS}))
