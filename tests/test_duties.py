@@ -15,7 +15,8 @@ import pytest
 from bot.app.daemon import Bot
 from bot.app.supervisor import Backoff
 from bot.core.model import UserRecord
-from bot.storage.store import Store, flush_periodically
+from bot.storage.flushing import flush_periodically
+from bot.storage.store import Store
 
 from .support import FAST, RunningBot, bot_settings
 

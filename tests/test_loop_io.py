@@ -25,8 +25,9 @@ from bot.admin.commands import ADHOC_HISTORY_NODE, ADMIN_COMMANDS
 from bot.app.daemon import Bot
 from bot.core.client_families import UNKNOWN
 from bot.core.model import UserRecord
+from bot.storage.flushing import flush_periodically
 from bot.storage.pending import Batch
-from bot.storage.store import Store, StoreError, flush_periodically
+from bot.storage.store import Store, StoreError
 
 from .support import ADMIN, bot_settings
 

@@ -210,7 +210,8 @@ _WRITER = textwrap.dedent(
     import asyncio, sys, time
     from pathlib import Path
     from bot.activity.tracker import ActivityTracker
-    from bot.storage.store import Store, flush_periodically
+    from bot.storage.flushing import flush_periodically
+    from bot.storage.store import Store
 
     async def main():
         store = Store(Path(sys.argv[1]))

@@ -11,8 +11,9 @@ import pytest
 
 from bot.core.model import UserRecord
 from bot.storage.errors import StoreError
+from bot.storage.flushing import flush_periodically
 from bot.storage.sqlite_dict import SqliteDict
-from bot.storage.store import Store, flush_periodically
+from bot.storage.store import Store
 
 T0 = 1_800_000_000
 RECORD = UserRecord(T0, T0, 0)

@@ -21,7 +21,8 @@ from ..activity.tracker import ActivityTracker
 from ..admin.notify import Notifier
 from ..config import Settings
 from ..core.counter import window_label
-from ..storage.store import Store, flush_periodically, inactive_users
+from ..storage.flushing import flush_periodically
+from ..storage.store import Store, inactive_users
 from ..xmpp.component import ActiveUsersComponent
 from .day_history import DayHistory
 from .supervisor import Backoff, supervise

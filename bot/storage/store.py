@@ -23,7 +23,6 @@ from .connection import StoreConnection
 from .damaged import log_damaged, log_set_aside
 from .errors import StoreError
 from .files import refuse_missing_store
-from .flushing import flush_periodically
 from .index_snapshot import FileState, file_state
 from .keys import NOTIFY, USER
 from .lock import is_locked_for_writing, lock_for_writing
@@ -35,7 +34,7 @@ from .snapshots import stored_day, stored_days, stored_notes
 from .worker import StoreThread
 
 # Imported from here by the callers (bot/app/daemon.py, tests): the flush duty and the error.
-__all__ = ["HEARTBEAT_INTERVAL", "Store", "StoreError", "flush_periodically", "inactive_users"]
+__all__ = ["HEARTBEAT_INTERVAL", "Store", "StoreError", "inactive_users"]
 
 log = logging.getLogger("bot.store")  # its name from before the layers: admins grep it
 
