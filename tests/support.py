@@ -403,7 +403,7 @@ async def seeded_world(server, folder: Path, **bot_changes) -> AsyncIterator[Wor
 
 # --- the component on slixmpp's fake stream -----------------------------------------------------
 
-T0 = 1_800_000_000  # the harness's clock
+T0 = 1_800_000_000  # the tests' clock (2027-01-15 08:00 UTC): one constant for every test module
 COMPONENT = "active.example.test"
 
 

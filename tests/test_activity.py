@@ -15,7 +15,8 @@ from bot.core.model import UserRecord
 from bot.storage.store import Store, inactive_users
 from bot.testbed.seed import seed_counts
 
-T0 = 1_800_000_000
+from .support import T0
+
 DOMAIN = "example.test"
 
 

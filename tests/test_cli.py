@@ -19,8 +19,6 @@ from bot.storage.store import Store
 
 from .support import MINIMAL, write
 
-T0 = 1_800_000_000
-
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

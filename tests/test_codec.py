@@ -30,7 +30,8 @@ from bot.storage.codec import (
 from bot.storage.sqlite_dict import SqliteDict
 from bot.storage.store import Store, inactive_users
 
-T0 = 1_800_000_000
+from .support import T0
+
 timestamps = st.integers(min_value=TIMESTAMPS[0], max_value=TIMESTAMPS[-1])
 families = st.sampled_from(["conversations", "gajim", "unknown", "other", "kaidan.im"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.activity.peaks import DayPeaks, stored_peaks, with_peaks
 from bot.core.counter import DAY
 
-T0 = 1_800_000_000 - 1_800_000_000 % DAY  # a midnight (UTC)
+from .support import T0
 
 
 def test_reading_the_ended_days_changes_nothing_until_they_are_written():

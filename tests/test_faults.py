@@ -26,9 +26,8 @@ from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
 
-from .support import FAST, ComponentHarness, RunningBot, ask_adhoc, bot_settings
+from .support import FAST, T0, ComponentHarness, RunningBot, ask_adhoc, bot_settings
 
-T0 = 1_800_000_000
 RECORD = UserRecord(T0, T0, 0)
 
 

@@ -16,11 +16,9 @@ from bot.storage.pending import Batch
 from bot.storage.store import StoreError
 from bot.web.server import WebServer
 
-from .support import bot_settings
+from .support import T0, bot_settings
 
 pytestmark = pytest.mark.asyncio
-
-T0 = 1_800_000_000
 
 
 class FakeServer:

@@ -27,9 +27,8 @@ from bot.storage import index_snapshot
 from bot.storage.store import Store
 from bot.testbed.clients import connect_client, disconnect_client
 
-from .support import FAST, RunningBot, bot_settings
+from .support import FAST, T0, RunningBot, bot_settings
 
-T0 = 1_800_000_000
 DOMAINS = ("one.test", "two.test")
 FAMILIES = ("conversations", "gajim", "dino", "chat.example.net")
 SECRET = b"k" * 32

@@ -109,6 +109,8 @@ from bot.storage.store import Store
 from bot.testbed.seed import seed_counts
 from bot.xmpp.component import Timing
 
+from .support import T0
+
 # --- known faults ------------------------------------------------------------------------------
 # Every fault this machine found in the code under test: name -> diagnosis. Each has its shrunk
 # example in FAULT_EXAMPLES (at the end), and turns off exactly one scenario or check, named in
@@ -192,7 +194,6 @@ class Killed(BaseException):
 
 # --- the world ---------------------------------------------------------------------------------
 
-T0 = 1_800_000_000  # 2027-01-15 08:00:00 UTC
 DAY = 86_400
 WINDOWS = (DAY, 7 * DAY, 30 * DAY)
 HEARTBEAT_IDLE = 30  # the README: the heartbeat is written every 30 s when idle

@@ -5,7 +5,8 @@ from __future__ import annotations
 from bot.core.model import UserRecord
 from bot.storage.pending import PendingWrites
 
-T0 = 1_800_000_000
+from .support import T0
+
 OLD = UserRecord(T0, T0, 0, ("phone",))
 NEW = UserRecord(T0, T0, T0 + 5)
 

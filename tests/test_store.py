@@ -20,9 +20,8 @@ from bot.storage.keys import SCHEMA_VERSION
 from bot.storage.sqlite_dict import SqliteDict
 from bot.storage.store import Store
 
-from .support import cpu_wait
+from .support import T0, cpu_wait
 
-T0 = 1_800_000_000
 ALICE = UserRecord(first_seen=T0, last_login=T0 + 5, last_logout=T0 + 9, sessions=("phone",))
 
 

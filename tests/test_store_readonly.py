@@ -31,9 +31,8 @@ from bot.storage.store import Store
 from bot.testbed.botconfig import write_config
 from bot.testbed.clients import connect_client, disconnect_client
 
-from .support import ADMIN, ask_adhoc, bot_settings
+from .support import ADMIN, T0, ask_adhoc, bot_settings
 
-T0 = 1_800_000_000
 SUFFIXES = ("", "-wal", "-shm")  # the database, its WAL, its WAL index
 
 

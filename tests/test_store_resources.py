@@ -20,7 +20,7 @@ from bot.core.model import UserRecord
 from bot.storage.errors import StoreResourceError
 from bot.storage.store import Store
 
-T0 = 1_800_000_000
+from .support import T0
 
 # Opens a store with only `spare` descriptors left (all others taken by /dev/null), so that
 # the store runs out of them at one step of its opening (the lock, the file check, SQLite's

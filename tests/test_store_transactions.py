@@ -15,7 +15,8 @@ from bot.storage.flushing import flush_periodically
 from bot.storage.sqlite_dict import SqliteDict
 from bot.storage.store import Store
 
-T0 = 1_800_000_000
+from .support import T0
+
 RECORD = UserRecord(T0, T0, 0)
 
 
