@@ -190,7 +190,8 @@ def _nodeinfo(path: Path, values: dict[str, Any]) -> NodeInfoSettings | None:
     if values["metrics.listen"] is None:
         raise ConfigError(
             f'{path}: [nodeinfo] enabled = true needs the HTTP listener, but [metrics] listen = ""'
-            '; set listen = "127.0.0.1:9470" (a reverse proxy publishes it, see the README)'
+            '; set listen = "127.0.0.1:9470" (a reverse proxy publishes it: see '
+            "docs/privacy-security.md)"
         )
     software = values["nodeinfo.software_name"] or values["server.software"]
     if software == "generic":

@@ -254,7 +254,7 @@ class ActivityIndex:
 
     def _client(self, family: str) -> ClientIndex:
         index = self.clients.get(family)
-        if index is None:  # families are bounded (clients.Families)
+        if index is None:  # families are bounded (client_families.Families)
             index = self.clients[family] = ClientIndex(floor=self.windows_floor)
         return index
 

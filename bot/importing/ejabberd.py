@@ -171,7 +171,7 @@ def read_sql_export(
         raise SourceError(
             f"{path}: the first line should name the columns of ejabberd's `last` table "
             f"(username, seconds, state), found {reprlib.repr(header.strip())}; export it with "
-            "a header (see README, 'Start with the history ejabberd already has')"
+            "a header (see docs/install.md, 'Importing from ejabberd')"
         )
     if "server_host" not in columns and not host:
         file.close()
