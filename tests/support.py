@@ -40,6 +40,24 @@ USERS = {"admin": "adminpw", "alice": "alicepw", "bob": "bobpw", "carol": "carol
 ADMIN = "admin@example.test"  # the only admin of every bot the tests start
 
 
+# --- the windows' edges ---------------------------------------------------------------------------
+
+# Seconds since the last activity -> (active in 24 h, 7 d, 30 d), by hand: `age < window`
+# (exactly 24 hours ago is no longer daily). The same for a user and for a client family.
+WINDOW_EDGES = {
+    0: (1, 1, 1),
+    DAY - 1: (1, 1, 1),
+    DAY: (0, 1, 1),
+    DAY + 1: (0, 1, 1),
+    7 * DAY - 1: (0, 1, 1),
+    7 * DAY: (0, 0, 1),
+    7 * DAY + 1: (0, 0, 1),
+    30 * DAY - 1: (0, 0, 1),
+    30 * DAY: (0, 0, 0),
+    30 * DAY + 1: (0, 0, 0),
+}
+
+
 # --- config files, as an admin writes them ------------------------------------------------------
 
 MINIMAL = """
@@ -409,6 +427,14 @@ COMPONENT = "active.example.test"
 
 class ComponentHarness(SlixTest):
     """Our component on SlixTest's fake stream; no tests of its own (other tests build on it)."""
+
+    def sent(self) -> list[str]:
+        """Every stanza the component sent since the last call, as text."""
+        self.wait_for_send_queue()
+        stanzas = []
+        while (stanza := self.xmpp.socket.next_sent()) is not None:
+            stanzas.append(stanza.decode())
+        return stanzas
 
     def setUp(self) -> None:
         self.folder = tempfile.TemporaryDirectory()

@@ -377,13 +377,6 @@ class CommandNodesTest(ComponentHarness):
 class OurFaultsStayOursTest(ComponentHarness):
     """A fault of the bot never reaches a user's client as an error stanza; it is logged once."""
 
-    def sent(self) -> list[str]:
-        self.wait_for_send_queue()
-        stanzas = []
-        while (stanza := self.xmpp.socket.next_sent()) is not None:
-            stanzas.append(stanza.decode())
-        return stanzas
-
     def test_a_damaged_stored_record_is_set_aside_and_the_user_tracked_afresh(self):
         self.store._db[b"user:alice@example.test"] = b"\x00 not a record"
         with self.assertLogs("bot.store", logging.ERROR) as logs:

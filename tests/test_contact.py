@@ -291,13 +291,6 @@ class ContactStanzaTest(ComponentHarness):
             use_values=False,
         )
 
-    def sent(self) -> list[str]:
-        self.wait_for_send_queue()
-        stanzas = []
-        while (stanza := self.xmpp.socket.next_sent()) is not None:
-            stanzas.append(stanza.decode())
-        return stanzas
-
     def test_probes_and_subscriptions_are_answered_within_each_senders_share(self):
         """One user's 1,000 probes, one stranger's 1,000 subscriptions: a few answers each, a
         few log lines, and someone else's probe still answered."""

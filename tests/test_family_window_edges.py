@@ -13,7 +13,7 @@ from bot.activity.tracker import ActivityTracker
 from bot.core.model import UserRecord
 from bot.storage.store import Store
 
-from .support import T0
+from .support import T0, WINDOW_EDGES
 
 DAY = 86_400
 WEEK, MONTH = 7 * DAY, 30 * DAY
@@ -22,20 +22,9 @@ DOMAIN = "example.test"
 GAJIM = "https://gajim.org"
 CONVERSATIONS = "http://conversations.im"
 
-# Seconds since the family's last use -> (active with it in 24 h, 7 d, 30 d), by hand.
-EDGES = {
-    0: (1, 1, 1),
-    DAY - 1: (1, 1, 1),
-    DAY: (0, 1, 1),
-    DAY + 1: (0, 1, 1),
-    WEEK - 1: (0, 1, 1),
-    WEEK: (0, 0, 1),
-    WEEK + 1: (0, 0, 1),
-    MONTH - 1: (0, 0, 1),
-    MONTH: (0, 0, 0),
-    MONTH + 1: (0, 0, 0),
-}
-ages = pytest.mark.parametrize(("age", "expected"), EDGES.items(), ids=[str(a) for a in EDGES])
+ages = pytest.mark.parametrize(
+    ("age", "expected"), WINDOW_EDGES.items(), ids=[str(a) for a in WINDOW_EDGES]
+)
 
 
 def family_figures(tracker: ActivityTracker, now: int, family: str) -> tuple[int, ...]:
@@ -71,7 +60,7 @@ def test_a_family_loaded_at_its_edge_counts_by_its_own_last_use(tmp_path, age, e
         assert tracker.load(T0).users == 4
         assert family_figures(tracker, T0, "gajim") == tuple(4 * n for n in expected)
         assert family_figures(tracker, T0, "conversations") == (3, 3, 3)
-        older = EDGES.get(age + 1, (0, 0, 0) if age >= MONTH else None)
+        older = WINDOW_EDGES.get(age + 1, (0, 0, 0) if age >= MONTH else None)
         if older is not None:  # one second later: one second older
             assert family_figures(tracker, T0 + 1, "gajim") == tuple(4 * n for n in older)
 
@@ -92,7 +81,7 @@ def test_a_family_used_live_at_its_edge_counts_by_its_own_last_use(tmp_path, age
         assert tracker.session_ended(user, "phone", T0)
         assert family_figures(tracker, T0, "gajim") == expected
         assert family_figures(tracker, T0, "conversations") == (1, 1, 1)
-        older = EDGES.get(age + 1, (0, 0, 0) if age >= MONTH else None)
+        older = WINDOW_EDGES.get(age + 1, (0, 0, 0) if age >= MONTH else None)
         if older is not None:
             assert family_figures(tracker, T0 + 1, "gajim") == older
         store.discard_pending()

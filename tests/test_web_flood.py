@@ -135,7 +135,7 @@ def open_half_open(port: int, count: int) -> list[socket.socket]:
     wanted = count + 256  # the test's own descriptors besides
     if soft != resource.RLIM_INFINITY and soft < wanted:
         if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"this process may open only {hard} descriptors, the attack needs {wanted}")
+            hard = wanted  # the suite runs as root, which may raise its hard limit
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     held = []
     for _ in range(count):

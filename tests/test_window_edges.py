@@ -22,25 +22,16 @@ from bot.core.model import UserRecord
 from bot.storage.store import Store
 from bot.testbed.seed import seed_counts
 
+from .support import WINDOW_EDGES
+
 NOW = 1_800_000_000
 WEEK, MONTH = 7 * DAY, 30 * DAY
 WINDOWS = (DAY, WEEK, MONTH)
 DOMAIN = "example.test"
 
-# Seconds since the last activity -> (active in 24 h, 7 d, 30 d), by hand: `age < window`.
-EDGES = {
-    0: (1, 1, 1),
-    DAY - 1: (1, 1, 1),
-    DAY: (0, 1, 1),  # exactly 24 hours ago: no longer daily
-    DAY + 1: (0, 1, 1),
-    WEEK - 1: (0, 1, 1),
-    WEEK: (0, 0, 1),
-    WEEK + 1: (0, 0, 1),
-    MONTH - 1: (0, 0, 1),
-    MONTH: (0, 0, 0),
-    MONTH + 1: (0, 0, 0),
-}
-ages = pytest.mark.parametrize(("age", "expected"), EDGES.items(), ids=[str(a) for a in EDGES])
+ages = pytest.mark.parametrize(
+    ("age", "expected"), WINDOW_EDGES.items(), ids=[str(a) for a in WINDOW_EDGES]
+)
 
 
 def offline_users(at: int) -> list[UserRecord]:
@@ -105,7 +96,7 @@ def test_tracker_loaded_at_the_edge_counts_like_the_rule(tmp_path, age, expected
         triple = tuple(3 * n for n in expected)
         assert figures(tracker.counts(NOW)) == (triple, triple)
         # One second later each user is one second older: the next age's figures (or none).
-        older = EDGES.get(age + 1, (0, 0, 0) if age >= MONTH else None)
+        older = WINDOW_EDGES.get(age + 1, (0, 0, 0) if age >= MONTH else None)
         if older is not None:
             assert figures(tracker.counts(NOW + 1))[0] == tuple(3 * n for n in older)
 
@@ -173,7 +164,9 @@ def test_seed_port_agrees_with_the_seed_itself_at_every_edge(tmp_path):
         pytest.skip(f"needs a Lua interpreter and {SEED_MODULE} (prosody-modules)")
     harness = tmp_path / "harness.lua"
     harness.write_text(LUA_HARNESS, encoding="utf-8")
-    cases = [(user.last_login, user.last_logout) for a in EDGES for user in offline_users(NOW - a)]
+    cases = [
+        (user.last_login, user.last_logout) for a in WINDOW_EDGES for user in offline_users(NOW - a)
+    ]
     ran = subprocess.run(
         [lua, str(harness), str(SEED_MODULE), str(NOW)],
         input="".join(f"{login} {logout}\n" for login, logout in cases),
@@ -183,7 +176,7 @@ def test_seed_port_agrees_with_the_seed_itself_at_every_edge(tmp_path):
         check=True,
     )
     by_lua = [tuple(json.loads(line)) for line in ran.stdout.splitlines()]
-    expected = [counts for counts in EDGES.values() for _ in range(3)]
+    expected = [counts for counts in WINDOW_EDGES.values() for _ in range(3)]
     assert by_lua == expected
     port = [seed_counts([UserRecord(1, login, logout)], NOW) for login, logout in cases]
     assert port == expected

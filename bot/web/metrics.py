@@ -133,30 +133,25 @@ def _bot_health(snapshot: Snapshot) -> Iterator[Metric]:
             "Unix time of the last login or logout tracked (the bot's start until the first)",
             value=snapshot.last_presence_at,
         )
-    restarts = CounterMetricFamily(
+    restarts = {duty: 0 for duty in snapshot.duties} | dict(snapshot.duty_restarts)
+    yield _counter_by(
         "xmpp_duty_restarts",
         "Restarts of a background duty (flush, count, liveness) after it failed",
-        labels=["duty"],
+        "duty",
+        restarts,
     )
-    for duty in sorted({*snapshot.duties, *snapshot.duty_restarts}):
-        restarts.add_metric([duty], snapshot.duty_restarts.get(duty, 0))
-    yield restarts
-    faults = CounterMetricFamily(
+    yield _counter_by(
         "xmpp_internal_errors",
         "Faults of the bot's own in the XMPP edge, by place (the log has the traceback)",
-        labels=["where"],
+        "where",
+        snapshot.internal_errors,
     )
-    for where, value in sorted(snapshot.internal_errors.items()):
-        faults.add_metric([where], value)
-    yield faults
-    pings = CounterMetricFamily(
+    yield _counter_by(
         "xmpp_session_pings",
         "Pings of sessions believed online, by verdict (gone: the session was closed)",
-        labels=["verdict"],
+        "verdict",
+        snapshot.session_pings,
     )
-    for verdict, value in sorted(snapshot.session_pings.items()):
-        pings.add_metric([verdict], value)
-    yield pings
     yield GaugeMetricFamily(
         "xmpp_pings_in_flight",
         "Pings of sessions sent and not answered yet (bounded per user and in total)",
@@ -233,3 +228,11 @@ class MetricsPage:
     async def handle(self, request: web.Request) -> web.Response:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encode(self.registry), headers={"Content-Type": content_type})
+
+
+def _counter_by(name: str, help_text: str, label: str, values: Mapping[str, int]) -> Metric:
+    """A counter with one label, a sample per value, in the label's order."""
+    family = CounterMetricFamily(name, help_text, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
